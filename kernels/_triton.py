@@ -1,0 +1,30 @@
+"""Lazy, optional access to Triton (absent on CPU-only torch builds of some platforms)."""
+import os
+
+try:  # pragma: no cover - depends on the torch build
+    import triton  # noqa: F401
+    import triton.language as tl  # noqa: F401
+
+    HAS_TRITON = True
+except Exception:  # ImportError, or a broken install
+    triton = None
+    tl = None
+    HAS_TRITON = False
+
+
+def triton_interpreting() -> bool:
+    """True when Triton kernels run in the interpreter (CPU tensors; ``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def check_triton_tensors(*tensors) -> None:
+    """Raise a clear error unless Triton can run on these tensors."""
+    if not HAS_TRITON:
+        raise ValueError("backend='triton' needs the triton package, which is not importable here")
+    for t in tensors:
+        if not t.is_cuda and not triton_interpreting():
+            raise ValueError(
+                f"backend='triton' needs CUDA tensors (got a tensor on {t.device}); on a CPU use "
+                "backend='native' or 'torch', or set TRITON_INTERPRET=1 before importing sls_fast "
+                "to run the kernels in Triton's interpreter"
+            )

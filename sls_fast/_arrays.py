@@ -1,0 +1,60 @@
+"""Array interchange: NumPy, torch, CuPy (anything with DLPack) and plain lists in; results go
+back to the caller's library (and device). Conversions are zero-copy where the libraries allow."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["array_library", "as_tensor", "to_library"]
+
+
+def array_library(x) -> str:
+    """'torch', 'numpy', 'cupy', 'dlpack' or 'list' (anything else NumPy can read)."""
+    if isinstance(x, torch.Tensor):
+        return "torch"
+    if isinstance(x, np.ndarray):
+        return "numpy"
+    mod = type(x).__module__.split(".")[0]
+    if mod == "cupy":
+        return "cupy"
+    if hasattr(x, "__dlpack__") and not isinstance(x, (list, tuple)):
+        return "dlpack"
+    return "list"
+
+
+def as_tensor(x, name: str = "X") -> tuple[torch.Tensor, str]:
+    """Wrap ``x`` as a torch tensor without copying where possible; returns (tensor, library)."""
+    lib = array_library(x)
+    if lib == "torch":
+        return x, lib
+    if lib in ("cupy", "dlpack"):
+        return torch.from_dlpack(x), lib
+    if lib == "numpy":
+        arr = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except (ValueError, TypeError) as exc:
+            raise TypeError(f"{name} could not be read as an array: {exc}") from exc
+    if arr.dtype == object or arr.dtype.kind in "USV":
+        raise TypeError(f"{name} must hold numbers, got NumPy dtype {arr.dtype}")
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} must be real, got complex dtype {arr.dtype}")
+    if not arr.flags.writeable or arr.dtype.byteorder not in ("=", "|", "<" if np.little_endian else ">"):
+        arr = np.array(arr, dtype=arr.dtype.newbyteorder("="))
+    return torch.from_numpy(arr), "numpy" if lib == "numpy" else "list"
+
+
+def to_library(t: torch.Tensor, library: str, *, scalar: bool = False):
+    """Return ``t`` in ``library``: numpy/list -> NumPy (float for a scalar), cupy -> CuPy,
+    torch -> torch (same device)."""
+    if library == "torch":
+        return t
+    if library in ("cupy", "dlpack"):
+        import cupy
+
+        return cupy.from_dlpack(t.contiguous())
+    arr = t.detach().cpu().numpy()
+    if scalar:
+        return float(arr)
+    return arr
