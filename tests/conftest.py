@@ -1,0 +1,40 @@
+"""Test setup: Triton kernels run in Triton's interpreter on CPU tensors when CUDA is absent
+(this must happen before triton or sls_fast is imported), and the ``cuda`` / ``cuml`` markers
+skip only what truly needs a GPU or cuML."""
+import importlib.util
+import os
+
+import pytest
+
+try:
+    import torch
+
+    _HAS_CUDA = torch.cuda.is_available()
+except Exception:  # pragma: no cover
+    _HAS_CUDA = False
+
+if not _HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+_HAS_CUML = importlib.util.find_spec("cuml") is not None and _HAS_CUDA
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
+    skip_cuml = pytest.mark.skip(reason="needs cuML on a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords and not _HAS_CUDA:
+            item.add_marker(skip_cuda)
+        if "cuml" in item.keywords and not _HAS_CUML:
+            item.add_marker(skip_cuml)
+
+
+@pytest.fixture
+def rng(request):
+    """A fresh random generator per test (seed printed on failure via the test id)."""
+    import numpy as np
+
+    seed = int.from_bytes(os.urandom(4), "little")
+    request.node.user_properties.append(("seed", seed))
+    print(f"random seed {seed}")
+    return np.random.default_rng(seed)
