@@ -5,6 +5,7 @@ classes (t-SNE to 2-D, then silhouette), keep the layers up to where that score 
 delete the rest, and store only a pruning index plus adapters and head.
 """
 from ._version import __version__
+from .select import select_depth
 from .metrics import (
     calinski_harabasz_score,
     cluster_scores,
@@ -18,4 +19,5 @@ __all__ = [
     "calinski_harabasz_score",
     "davies_bouldin_score",
     "cluster_scores",
+    "select_depth",
 ]
