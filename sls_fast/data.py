@@ -1,0 +1,419 @@
+"""Data sets that work offline, in the formats users already have.
+
+Every loader returns a map-style :class:`torch.utils.data.Dataset` of ``(image, label)`` pairs,
+``image`` a float tensor ``[3, H, W]`` already resized and normalised, ``label`` an ``int``. Each
+dataset also carries ``.labels`` (``[N]`` int64 NumPy array, data order), ``.num_classes`` and
+``.classes`` (class names).
+
+* :func:`digits` -- scikit-learn's bundled ``load_digits`` (1,797 8x8 images, 10 classes), the
+  embedded default; upscaled (bicubic) to any size, three channels, normalised.
+* :func:`lfw` -- scikit-image's bundled ``lfw_subset`` (100 faces, 100 non-faces, 25x25).
+* :func:`vtab` -- a VTAB-1k task folder as the SLS / NOAH reference code reads it: list files
+  ``train800.txt``, ``val200.txt``, ``train800val200.txt``, ``test.txt``, each line
+  ``relative/path.jpg label``.
+* :func:`image_folder` -- one sub-folder per class (torchvision's ImageFolder layout).
+* :func:`from_spec` -- ``"digits" | "lfw" | "vtab:PATH" | "folder:PATH"`` (used by the CLI).
+
+Normalisation: pass ``model=`` to take the mean/std (and, when ``image_size`` is None, the input
+size) from a timm model's pretrained config (:func:`data_config`), or ``mean=``/``std=``
+explicitly. Defaults are ImageNet's mean/std, which the embedded default model
+(EfficientNet-Lite0, ImageNet weights) expects.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SPLITS",
+    "VTAB_SPLITS",
+    "data_config",
+    "normalization",
+    "ArrayImageDataset",
+    "FileListDataset",
+    "digits",
+    "lfw",
+    "vtab",
+    "image_folder",
+    "from_spec",
+    "stratified_split",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPLITS = ("train", "val", "test", "all")
+VTAB_SPLITS = ("train800", "val200", "train800val200", "test")
+_VTAB_ALIASES = {"train": "train800", "val": "val200", "all": "train800val200", "trainval": "train800val200"}
+
+
+# --------------------------------------------------------------------------- configuration
+def data_config(model) -> dict:
+    """The input configuration of a timm model: ``input_size`` (C, H, W), ``mean``, ``std``,
+    ``interpolation`` (timm's :func:`timm.data.resolve_data_config`).
+
+    Example:
+        >>> import timm
+        >>> cfg = data_config(timm.create_model("efficientnet_lite0", pretrained=False))
+        >>> cfg["mean"], cfg["input_size"]
+        ((0.485, 0.456, 0.406), (3, 224, 224))
+    """
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    return {k: cfg[k] for k in ("input_size", "mean", "std", "interpolation") if k in cfg}
+
+
+def normalization(model) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """``(mean, std)`` a timm model was pretrained with (3 floats each)."""
+    cfg = data_config(model)
+    return tuple(cfg["mean"]), tuple(cfg["std"])
+
+
+def _resolve_norm(model, image_size, mean, std, default_size):
+    if model is not None:
+        cfg = data_config(model)
+        if mean is None:
+            mean = cfg["mean"]
+        if std is None:
+            std = cfg["std"]
+        if image_size is None:
+            image_size = cfg["input_size"][-2:]
+    mean = IMAGENET_MEAN if mean is None else mean
+    std = IMAGENET_STD if std is None else std
+    image_size = default_size if image_size is None else image_size
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    image_size = tuple(int(s) for s in image_size)
+    if len(image_size) != 2 or min(image_size) < 1:
+        raise ValueError(f"image_size must be a positive int or (H, W), got {image_size}")
+    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need 3 values (RGB), got mean={mean}, std={std}")
+    if min(std) <= 0:
+        raise ValueError(f"std must be positive, got {std}")
+    return image_size, mean, std
+
+
+def stratified_split(labels, split: str, *, seed: int = 0,
+                     fractions: Sequence[float] = (0.6, 0.2, 0.2)) -> np.ndarray:
+    """Indices of ``split`` ("train" | "val" | "test" | "all") in a stratified split of
+    ``labels`` fixed by ``seed`` (default 60/20/20). The three splits are disjoint and cover
+    every index; "all" returns every index in data order. Indices come back sorted.
+
+    Example:
+        >>> idx = stratified_split(np.repeat(np.arange(3), 10), "val", seed=0)
+        >>> len(idx)
+        6
+    """
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    idx = np.arange(len(labels))
+    if split == "all":
+        return idx
+    fr = np.asarray(fractions, dtype=np.float64)
+    if fr.shape != (3,) or np.any(fr <= 0) or abs(fr.sum() - 1.0) > 1e-6:
+        raise ValueError(f"fractions must be 3 positive numbers summing to 1, got {tuple(fractions)}")
+    rest, test = train_test_split(idx, test_size=fr[2], stratify=labels, random_state=seed)
+    train, val = train_test_split(rest, test_size=fr[1] / (fr[0] + fr[1]), stratify=labels[rest],
+                                  random_state=seed)
+    return np.sort({"train": train, "val": val, "test": test}[split])
+
+
+# --------------------------------------------------------------------------- in-memory images
+class ArrayImageDataset(Dataset):
+    """Images held in memory (``[N, H, W]`` grey or ``[N, H, W, 3]`` RGB, values in [0, 1]),
+    resized on access to ``image_size`` with bicubic interpolation, clamped to [0, 1], made three
+    channels and normalised. Items: ``(float tensor [3, H', W'], int label)``.
+
+    Batched access (``__getitems__``, used by ``DataLoader``) resizes a whole batch at once.
+    """
+
+    def __init__(self, images, labels, *, image_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 classes: Optional[Sequence[str]] = None, name: str = "images"):
+        images = torch.as_tensor(np.asarray(images), dtype=torch.float32)
+        if images.ndim == 3:
+            images = images[:, None]
+        elif images.ndim == 4 and images.shape[-1] in (1, 3):
+            images = images.permute(0, 3, 1, 2)
+        else:
+            raise ValueError(f"images must be [N, H, W] or [N, H, W, 1|3], got {tuple(images.shape)}")
+        labels = np.asarray(labels).astype(np.int64).reshape(-1)
+        if len(labels) != images.shape[0]:
+            raise ValueError(f"{len(labels)} labels for {images.shape[0]} images")
+        self.images = images.contiguous()
+        self.labels = labels
+        self.image_size, self.mean, self.std = _resolve_norm(None, image_size, mean, std, 64)
+        self._mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.std).view(1, 3, 1, 1)
+        self.classes = list(classes) if classes is not None else [str(c) for c in np.unique(labels)]
+        self.num_classes = len(self.classes)
+        self.name = name
+
+    def __len__(self):
+        return self.images.shape[0]
+
+    def _transform(self, x: torch.Tensor) -> torch.Tensor:  # x [B, C, h, w] in [0, 1]
+        if tuple(x.shape[-2:]) != self.image_size:
+            x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False)
+            x = x.clamp_(0.0, 1.0)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return (x - self._mean) / self._std
+
+    def __getitem__(self, i):
+        i = int(i)
+        return self._transform(self.images[i:i + 1])[0], int(self.labels[i])
+
+    def __getitems__(self, indices):
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        x = self._transform(self.images[idx])
+        return [(x[k], int(self.labels[j])) for k, j in enumerate(idx.tolist())]
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.name}, n={len(self)}, classes={self.num_classes}, "
+                f"image_size={self.image_size})")
+
+
+def digits(split: str = "train", *, image_size=64, seed: int = 0, mean=None, std=None, model=None,
+           fractions: Sequence[float] = (0.6, 0.2, 0.2)) -> ArrayImageDataset:
+    """scikit-learn's bundled handwritten digits (1,797 8x8 images, 10 classes), offline.
+
+    Pixel values 0..16 are scaled to [0, 1], upscaled bicubically to ``image_size``, repeated to
+    three channels and normalised (ImageNet mean/std unless ``mean``/``std`` or ``model`` say
+    otherwise). ``split``: "train" | "val" | "test" (a stratified 60/20/20 split fixed by
+    ``seed``) or "all" (data order).
+
+    Returns a Dataset of ``(float tensor [3, image_size, image_size], int label)``.
+
+    Example:
+        >>> ds = digits("train", image_size=32)
+        >>> x, y = ds[0]; x.shape, len(ds), ds.num_classes
+        (torch.Size([3, 32, 32]), 1077, 10)
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = bunch.images.astype(np.float32) / 16.0
+    labels = bunch.target.astype(np.int64)
+    idx = stratified_split(labels, split, seed=seed, fractions=fractions)
+    size, mean, std = _resolve_norm(model, image_size, mean, std, 64)
+    return ArrayImageDataset(images[idx], labels[idx], image_size=size, mean=mean, std=std,
+                             classes=[str(c) for c in range(10)], name=f"digits/{split}")
+
+
+def lfw(split: str = "train", *, image_size=64, seed: int = 0, mean=None, std=None, model=None,
+        fractions: Sequence[float] = (0.6, 0.2, 0.2)) -> ArrayImageDataset:
+    """scikit-image's bundled ``lfw_subset``: 200 grey 25x25 images, the first 100 faces
+    (label 1), the other 100 non-faces (label 0). Same splits and transform as :func:`digits`.
+
+    Example:
+        >>> ds = lfw("all", image_size=32); len(ds), ds.classes
+        (200, ['non-face', 'face'])
+    """
+    from skimage.data import lfw_subset
+
+    images = np.asarray(lfw_subset(), dtype=np.float32)
+    labels = np.zeros(len(images), dtype=np.int64)
+    labels[:100] = 1
+    idx = stratified_split(labels, split, seed=seed, fractions=fractions)
+    size, mean, std = _resolve_norm(model, image_size, mean, std, 64)
+    return ArrayImageDataset(images[idx], labels[idx], image_size=size, mean=mean, std=std,
+                             classes=["non-face", "face"], name=f"lfw/{split}")
+
+
+# --------------------------------------------------------------------------- image files
+def _file_transform(image_size, mean, std, interpolation="bicubic"):
+    from torchvision import transforms
+    from torchvision.transforms import InterpolationMode
+
+    mode = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
+            "nearest": InterpolationMode.NEAREST}.get(interpolation)
+    if mode is None:
+        raise ValueError(f"interpolation must be bicubic, bilinear or nearest, got {interpolation!r}")
+    return transforms.Compose([
+        transforms.Resize(tuple(image_size), interpolation=mode),
+        transforms.ToTensor(),
+        transforms.Normalize(mean, std),
+    ])
+
+
+def _open_rgb(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+class FileListDataset(Dataset):
+    """Images listed as ``(path, label)``; each opened with PIL as RGB, resized to
+    ``image_size`` (bicubic by default) and normalised. Items: ``(float tensor [3, H, W], int)``.
+    """
+
+    def __init__(self, samples, *, image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 interpolation="bicubic", classes: Optional[Sequence[str]] = None, name="files"):
+        self.samples = [(str(p), int(y)) for p, y in samples]
+        self.labels = np.asarray([y for _, y in self.samples], dtype=np.int64)
+        self.image_size, self.mean, self.std = _resolve_norm(None, image_size, mean, std, 224)
+        self.transform = _file_transform(self.image_size, self.mean, self.std, interpolation)
+        if classes is None:
+            classes = [str(c) for c in np.unique(self.labels)]
+        self.classes = list(classes)
+        self.num_classes = len(self.classes)
+        self.name = name
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, y = self.samples[int(i)]
+        return self.transform(_open_rgb(path)), y
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.name}, n={len(self)}, classes={self.num_classes}, "
+                f"image_size={self.image_size})")
+
+
+def read_vtab_list(list_file) -> list:
+    """Parse a VTAB-1k list file: one ``relative/path.jpg label`` per line (blank lines skipped).
+    Returns ``[(relative_path, int label), ...]`` in file order; malformed lines raise ValueError
+    with the line number."""
+    out = []
+    with open(list_file, "r") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            parts = line.rsplit(None, 1)
+            if len(parts) != 2:
+                raise ValueError(f"{list_file}:{lineno}: expected 'relative/path.jpg label', got {line!r}")
+            try:
+                label = int(parts[1])
+            except ValueError:
+                raise ValueError(f"{list_file}:{lineno}: label {parts[1]!r} is not an integer") from None
+            out.append((parts[0], label))
+    return out
+
+
+def vtab(task_dir, split: str = "train800", *, image_size=224, mean=None, std=None, model=None,
+         interpolation: str = "bicubic", check_files: bool = True) -> FileListDataset:
+    """A VTAB-1k task folder as the reference code reads it.
+
+    ``task_dir`` holds ``train800.txt``, ``val200.txt``, ``train800val200.txt`` and ``test.txt``;
+    each line is ``relative/path.jpg label`` (path relative to ``task_dir``). ``split`` is one of
+    those names (aliases: "train" -> train800, "val" -> val200, "all"/"trainval" ->
+    train800val200). Images are resized to ``image_size`` (bicubic, like the reference's
+    ``Resize((224, 224), interpolation=3)``) and normalised with ``mean``/``std`` or the model's
+    pretrained config.
+
+    Example:
+        >>> ds = vtab("vtab-1k/cifar", "train800", model=model)   # doctest: +SKIP
+        >>> x, y = ds[0]; x.shape                                   # torch.Size([3, 224, 224])
+    """
+    split = _VTAB_ALIASES.get(split, split)
+    if split not in VTAB_SPLITS:
+        raise ValueError(f"VTAB split must be one of {VTAB_SPLITS} (or train/val/all), got {split!r}")
+    task_dir = os.fspath(task_dir)
+    if not os.path.isdir(task_dir):
+        raise ValueError(f"VTAB task folder {task_dir!r} does not exist")
+    list_file = os.path.join(task_dir, f"{split}.txt")
+    if not os.path.isfile(list_file):
+        present = sorted(f for f in os.listdir(task_dir) if f.endswith(".txt"))
+        raise ValueError(f"{list_file!r} not found; list files present: {present or 'none'}")
+    entries = read_vtab_list(list_file)
+    if not entries:
+        raise ValueError(f"{list_file!r} lists no images")
+    samples = [(os.path.join(task_dir, p), y) for p, y in entries]
+    if check_files:
+        missing = [p for p, _ in samples if not os.path.isfile(p)]
+        if missing:
+            raise ValueError(f"{len(missing)} image(s) listed in {list_file!r} are missing, "
+                             f"e.g. {missing[:3]}")
+    size, mean, std = _resolve_norm(model, image_size, mean, std, 224)
+    n_classes = int(max(y for _, y in samples)) + 1
+    return FileListDataset(samples, image_size=size, mean=mean, std=std, interpolation=interpolation,
+                           classes=[str(c) for c in range(n_classes)],
+                           name=f"vtab:{os.path.basename(os.path.normpath(task_dir))}/{split}")
+
+
+_IMG_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def image_folder(path, split: Optional[str] = None, *, image_size=224, mean=None, std=None,
+                 model=None, seed: int = 0, fractions: Sequence[float] = (0.6, 0.2, 0.2),
+                 interpolation: str = "bicubic") -> FileListDataset:
+    """Images in one sub-folder per class (``path/<class>/<image>``), classes sorted by name.
+
+    ``split``: None or "all" (every image); "train" | "val" | "test": ``path/<split>/`` when that
+    folder exists, otherwise a stratified split of all images fixed by ``seed``.
+
+    Example:
+        >>> ds = image_folder("my_images", "train", image_size=224)   # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    if split not in (None, "all") and split not in SPLITS:
+        raise ValueError(f"split must be None or one of {SPLITS}, got {split!r}")
+    if split not in (None, "all") and os.path.isdir(os.path.join(path, split)):
+        return image_folder(os.path.join(path, split), None, image_size=image_size, mean=mean,
+                            std=std, model=model, interpolation=interpolation)
+    if not os.path.isdir(path):
+        raise ValueError(f"image folder {path!r} does not exist")
+    classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+    samples = []
+    for c, name in enumerate(classes):
+        for root, _, files in sorted(os.walk(os.path.join(path, name))):
+            for f in sorted(files):
+                if f.lower().endswith(_IMG_EXT):
+                    samples.append((os.path.join(root, f), c))
+    if not samples:
+        raise ValueError(f"no images found in {path!r} (expected one sub-folder per class "
+                         f"holding {', '.join(_IMG_EXT)} files)")
+    if split not in (None, "all"):
+        idx = stratified_split([y for _, y in samples], split, seed=seed, fractions=fractions)
+        samples = [samples[i] for i in idx]
+    size, mean, std = _resolve_norm(model, image_size, mean, std, 224)
+    return FileListDataset(samples, image_size=size, mean=mean, std=std, interpolation=interpolation,
+                           classes=classes, name=f"folder:{os.path.basename(os.path.normpath(path))}")
+
+
+def from_spec(spec: str, split: str = "train", *, image_size=None, model=None, seed: int = 0,
+              **kwargs) -> Dataset:
+    """A dataset from a short spec (the CLI's ``--data``):
+
+    * ``"digits"`` / ``"lfw"`` -- bundled sets (stratified split fixed by ``seed``);
+    * ``"vtab:PATH"`` -- a VTAB-1k task folder (train -> train800, val -> val200, test -> test,
+      all -> train800val200; the VTAB names work too);
+    * ``"folder:PATH"`` -- an ImageFolder layout (``PATH/<split>/`` if present, else a split).
+
+    ``image_size`` None means the model's input size when ``model`` is given, else 64 px for the
+    bundled sets and 224 px for image files.
+
+    Example:
+        >>> ds = from_spec("digits", "val", image_size=32); len(ds)
+        360
+    """
+    if not isinstance(spec, str) or not spec:
+        raise TypeError(f"spec must be a non-empty string, got {spec!r}")
+    kind, _, arg = spec.partition(":")
+    kind = kind.lower()
+    if kind in ("digits", "lfw"):
+        if arg:
+            raise ValueError(f"{kind!r} takes no path, got {spec!r}")
+        fn = digits if kind == "digits" else lfw
+        return fn(split, image_size=image_size, seed=seed, model=model, **kwargs)
+    if kind in ("vtab", "folder"):
+        if not arg:
+            raise ValueError(f"{kind!r} needs a path: '{kind}:PATH'")
+        if kind == "vtab":
+            return vtab(arg, split, image_size=image_size, model=model, **kwargs)
+        return image_folder(arg, split, image_size=image_size, model=model, seed=seed, **kwargs)
+    raise ValueError(f"unknown data spec {spec!r}; use 'digits', 'lfw', 'vtab:PATH' or 'folder:PATH'")
