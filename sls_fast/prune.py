@@ -88,10 +88,9 @@ def truncate(model: nn.Module, depth: int, num_classes: Optional[int] = None, *,
         raise TypeError(f"depth must be an int, got {type(depth).__name__}")
     if not 1 <= depth <= L:
         raise ValueError(f"depth must be in 1..{L} for this {family} model, got {depth}")
-    if getattr(model, "sls_pruned", None) and model.sls_pruned["depth"] != L:
-        raise ValueError(f"model is already truncated to {L} blocks; truncate the full model")
     if not inplace:
         model = copy.deepcopy(model)
+        blocks = find_blocks(model)
     _record_base(model)
     if num_classes is None:
         num_classes = int(getattr(model, "num_classes", 0))
@@ -161,8 +160,6 @@ def truncate(model: nn.Module, depth: int, num_classes: Optional[int] = None, *,
                         norm_layer=norm_layer).to(device=ref.device, dtype=ref.dtype)
                     model.num_features = model.head_hidden_size = width
                     new.append("head")
-                else:
-                    model.reset_classifier(num_classes)
             else:  # resnet
                 stage = getattr(model, f"layer{s + 1}")
                 setattr(model, f"layer{s + 1}", stage[:j])
@@ -183,7 +180,8 @@ def truncate(model: nn.Module, depth: int, num_classes: Optional[int] = None, *,
     if head_fresh:
         model.sls_head_fresh = True
     model.sls_new_modules = sorted(set(new))
-    model.sls_pruned = dict(depth=depth, num_blocks=L, num_classes=num_classes, family=family)
+    L0 = (getattr(model, "sls_pruned", None) or {}).get("num_blocks", L)
+    model.sls_pruned = dict(depth=depth, num_blocks=L0, num_classes=num_classes, family=family)
     if getattr(model, "sls_adapters", None):
         kept = [i for i in model.sls_adapters["layers"] if i < depth]
         model.sls_adapters = dict(model.sls_adapters, layers=kept)
