@@ -6,6 +6,8 @@ delete the rest, and store only a pruning index plus adapters and head.
 """
 from ._version import __version__
 from .select import select_depth
+from .bench import compare_throughput, measure_throughput, sweep_batch_sizes
+from .score import LayerReport, score_layers
 from .metrics import (
     calinski_harabasz_score,
     cluster_scores,
@@ -20,4 +22,9 @@ __all__ = [
     "davies_bouldin_score",
     "cluster_scores",
     "select_depth",
+    "score_layers",
+    "LayerReport",
+    "measure_throughput",
+    "compare_throughput",
+    "sweep_batch_sizes",
 ]

@@ -19,15 +19,16 @@ _AMP = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def model_image_size(model) -> int:
-    """Input side length from the model's pretrained config (timm), else a clear error."""
+    """Input side length: the patch embedding's image size (ViT/Swin), else the pretrained
+    config (timm), else a clear error."""
+    patch = getattr(model, "patch_embed", None)  # fixed-size models: what they were built for
+    if patch is not None and getattr(patch, "img_size", None):
+        return int(patch.img_size[-1])
     for attr in ("pretrained_cfg", "default_cfg"):
         cfg = getattr(model, attr, None) or {}
         size = cfg.get("input_size") if isinstance(cfg, dict) else None
         if size:
             return int(size[-1])
-    patch = getattr(model, "patch_embed", None)
-    if patch is not None and getattr(patch, "img_size", None):
-        return int(patch.img_size[-1])
     raise ValueError(f"cannot tell the input size of {type(model).__name__}: pass image_size=")
 
 

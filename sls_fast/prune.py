@@ -47,7 +47,7 @@ def truncate(model: nn.Module, depth: int, num_classes: Optional[int] = None, *,
     """Keep blocks 1..``depth`` of ``model``, delete the rest, and attach a head of the right width.
 
     Args:
-        model: a timm ViT/DeiT, Swin, EfficientNet/MobileNet, ConvNeXt or ResNet (adapted or not).
+        model: a timm ViT/DeiT, Swin, EfficientNet/MobileNet or ConvNeXt (adapted or not).
         depth: K, the number of blocks kept, 1..L, counted over all stages in forward order
             (:func:`sls_fast.blocks.find_blocks`).
         num_classes: classes of the head; default: the model's current ``num_classes``.
@@ -61,7 +61,7 @@ def truncate(model: nn.Module, depth: int, num_classes: Optional[int] = None, *,
       later stages are deleted. When the width of stage s differs from the final width, the final
       norm and the head are **new** modules of stage s's width (fresh LayerNorm, fresh linear head);
       when the cut is inside the last stage, norm and head are kept.
-    * EfficientNet / MobileNet / ConvNeXt / ResNet: cut after block K (inside its stage), delete later
+    * EfficientNet / MobileNet / ConvNeXt: cut after block K (inside its stage), delete later
       blocks and stages, and - when K < L - the layers whose input width no longer matches
       (EfficientNet's ``conv_head`` + ``bn2``; ConvNeXt's head norm, replaced by a new
       ``NormMlpClassifierHead`` of the new width); then global pooling and a **new** linear head of
@@ -128,7 +128,7 @@ def truncate(model: nn.Module, depth: int, num_classes: Optional[int] = None, *,
         if num_classes != model.num_classes:
             model.reset_classifier(num_classes)
             head_fresh = True
-    elif family in ("efficientnet", "convnext", "resnet"):
+    elif family in ("efficientnet", "convnext"):
         if cut:
             width = block_shapes(model, blocks)[depth - 1]["out_ch"]
             s, j = blocks[depth - 1].stage, blocks[depth - 1].index + 1
@@ -160,21 +160,13 @@ def truncate(model: nn.Module, depth: int, num_classes: Optional[int] = None, *,
                         norm_layer=norm_layer).to(device=ref.device, dtype=ref.dtype)
                     model.num_features = model.head_hidden_size = width
                     new.append("head")
-            else:  # resnet
-                stage = getattr(model, f"layer{s + 1}")
-                setattr(model, f"layer{s + 1}", stage[:j])
-                for k in range(s + 2, 5):
-                    setattr(model, f"layer{k}", nn.Identity())
-                model.num_features = width
-                if hasattr(model, "head_hidden_size"):
-                    model.head_hidden_size = width
-                model.reset_classifier(num_classes)
             head_fresh = True
         if num_classes != model.num_classes:
             model.reset_classifier(num_classes)
             head_fresh = True
-    else:  # pragma: no cover - model_family covers all
-        raise ValueError(f"truncate does not support the {family} layout")
+    else:
+        raise ValueError(f"truncate does not support the {family} layout yet (supported: vit, swin, "
+                         f"efficientnet, convnext)")
     model.num_classes = num_classes
     model.to(device=ref.device)
     if head_fresh:

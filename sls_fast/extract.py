@@ -1,0 +1,610 @@
+"""Per-layer features of every block in one forward pass per batch (SLS step 1).
+
+For each batch the model runs once; every block's output is pooled to one vector per image the
+moment it is produced and written straight into preallocated buffers on the model's device; the
+pass stops after the last requested block (final norm and head never run).
+
+* ViT / DeiT / EVA (flat ``model.blocks``): timm's ``forward_intermediates`` (block granularity,
+  ``stop_early``, class token split off with ``return_prefix_tokens``).
+* Everything else (Swin, EfficientNet / MobileNet, ConvNeXt, ResNet, explicit ``layers=``): one
+  forward hook per block, the pass cut short by the last block's hook.
+
+Buffers: ``[N, D_i]`` per layer, or one ``[L, N, D]`` when all widths agree. On CUDA they are
+CuPy arrays (written through torch views obtained with DLPack, no host round trip) when CuPy
+imports and ``dtype`` is float32/float16; torch CUDA tensors otherwise. On CPU, torch tensors.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset
+
+from .blocks import find_blocks, model_family
+
+__all__ = ["LayerFeatures", "extract_features", "estimate_bytes", "pool_output"]
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_POOLS = ("auto", "cls", "mean")
+_AMP = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+# --------------------------------------------------------------------------- result
+@dataclass
+class LayerFeatures:
+    """Features of L layers for N images.
+
+    Attributes:
+        features: one ``[L, N, D]`` array when every width agrees, else a list of L ``[N, D_i]``
+            arrays (CuPy on CUDA when available, else torch; NumPy after :meth:`to_numpy`).
+            ``features[i]`` is layer i's ``[N, D_i]`` either way.
+        labels: ``[N]`` int64 labels in data order (same library/device as the features).
+        layer_names: the L module paths (e.g. ``"blocks.3"``, ``"layers.2.blocks.5"``).
+        widths: the L feature widths D_i.
+        pool: the pooling used per layer ("cls" or "mean").
+    """
+
+    features: Union[list, object]
+    labels: object
+    layer_names: List[str]
+    widths: List[int]
+    pool: List[str] = field(default_factory=list)
+
+    @property
+    def stacked(self) -> bool:
+        """True when ``features`` is one ``[L, N, D]`` array."""
+        return not isinstance(self.features, (list, tuple))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_names)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __len__(self) -> int:
+        return self.num_layers
+
+    def __getitem__(self, i):
+        """Layer i's features ``[N, D_i]``."""
+        return self.features[i]
+
+    def to_numpy(self) -> "LayerFeatures":
+        """A copy with every array as NumPy (host memory)."""
+        conv = _to_numpy
+        feats = conv(self.features) if self.stacked else [conv(f) for f in self.features]
+        return LayerFeatures(feats, conv(self.labels), list(self.layer_names), list(self.widths),
+                             list(self.pool))
+
+    def to_torch(self) -> "LayerFeatures":
+        """The same data as torch tensors on the same device (zero-copy via DLPack)."""
+        conv = _to_torch
+        feats = conv(self.features) if self.stacked else [conv(f) for f in self.features]
+        return LayerFeatures(feats, conv(self.labels), list(self.layer_names), list(self.widths),
+                             list(self.pool))
+
+    def __repr__(self):
+        lib = type(self.features if self.stacked else self.features[0]).__module__.split(".")[0]
+        return (f"LayerFeatures(L={self.num_layers}, N={self.num_samples}, widths={self.widths}, "
+                f"stacked={self.stacked}, library={lib})")
+
+
+def _to_numpy(x):
+    if isinstance(x, np.ndarray):
+        return x
+    if isinstance(x, torch.Tensor):
+        x = x.detach()
+        if x.dtype == torch.bfloat16:
+            x = x.float()
+        return x.cpu().numpy()
+    if type(x).__module__.split(".")[0] == "cupy":
+        return x.get()
+    return np.asarray(x)
+
+
+def _to_torch(x):
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    return torch.from_dlpack(x)
+
+
+# --------------------------------------------------------------------------- pooling
+def pool_output(out, pool: str, *, nhwc: bool = False, num_prefix_tokens: int = 0) -> torch.Tensor:
+    """Pool one block output to ``[B, D]`` (float32 accumulation for means).
+
+    * ``[B, T, D]`` tokens: "cls" -> token 0; "mean" -> mean over the tokens after the
+      ``num_prefix_tokens`` prefix (class / register / distillation tokens), like timm's avg pool;
+    * ``[B, H, W, C]`` (``nhwc=True``, Swin) or ``[B, C, H, W]``: "mean" over spatial positions;
+    * ``[B, D]``: unchanged.
+    """
+    if isinstance(out, (tuple, list)):
+        out = next((o for o in out if isinstance(o, torch.Tensor)), None)
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"a block returned {type(out).__name__}, expected a tensor")
+    if out.ndim == 2:
+        return out
+    if out.ndim == 3:
+        if pool == "cls":
+            return out[:, 0]
+        return out[:, num_prefix_tokens:].mean(dim=1, dtype=torch.float32)
+    if out.ndim == 4:
+        if pool == "cls":
+            raise ValueError(f"pool='cls' needs token outputs [B, T, D]; a block returned a "
+                             f"feature map {tuple(out.shape)}")
+        return out.mean(dim=(1, 2) if nhwc else (2, 3), dtype=torch.float32)
+    raise ValueError(f"cannot pool a block output of shape {tuple(out.shape)}")
+
+
+def _has_cls_token(model) -> bool:
+    return getattr(model, "cls_token", None) is not None and getattr(model, "num_prefix_tokens", 1) > 0
+
+
+def _resolve_pool(model, pool: str) -> str:
+    if pool not in _POOLS:
+        raise ValueError(f"pool must be one of {_POOLS}, got {pool!r}")
+    if pool == "cls" and not _has_cls_token(model):
+        raise ValueError(f"pool='cls' but {type(model).__name__} has no class token; use 'mean' or 'auto'")
+    if pool == "auto":
+        return "cls" if _has_cls_token(model) else "mean"
+    return pool
+
+
+def _is_nhwc(model) -> bool:
+    fmt = getattr(model, "output_fmt", None)
+    if fmt is not None:
+        return str(getattr(fmt, "value", fmt)).upper() == "NHWC"
+    try:
+        return model_family(model) == "swin"
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------- helpers
+class _StopForward(Exception):
+    """Raised by the last block's hook: the rest of the forward (final norm, head) is skipped."""
+
+
+def estimate_bytes(num_samples: int, widths: Sequence[int], dtype=torch.float32) -> int:
+    """Bytes of the feature buffers: ``N * sum(D_i) * itemsize`` plus the int64 labels."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return int(num_samples) * int(sum(widths)) * itemsize + 8 * int(num_samples)
+
+
+def _free_bytes(device: torch.device) -> Optional[int]:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _fmt_bytes(n) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+
+
+def _model_device(model) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _as_loader(data, batch_size: int):
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, Dataset) or isinstance(data, IterableDataset):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
+    raise TypeError(f"data must be a torch DataLoader or Dataset of (image, label) pairs, "
+                    f"got {type(data).__name__}")
+
+
+def _expected_rows(loader: DataLoader) -> Optional[int]:
+    """N when the loader knows it (map-style dataset, default batch sampler); None otherwise."""
+    if isinstance(loader.dataset, IterableDataset):
+        return None
+    bs = loader.batch_sampler
+    if bs is None:  # batch_size=None: the dataset items are already batches
+        return None
+    if type(bs) is not BatchSampler:
+        return None
+    try:
+        n = len(bs.sampler)
+    except TypeError:
+        return None
+    return (n // bs.batch_size) * bs.batch_size if bs.drop_last else n
+
+
+def _split_batch(batch):
+    if isinstance(batch, dict):
+        keys = [k for k in ("image", "images", "pixel_values", "x") if k in batch]
+        lkeys = [k for k in ("label", "labels", "target", "y") if k in batch]
+        if keys and lkeys:
+            return batch[keys[0]], batch[lkeys[0]]
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise TypeError("each batch must be an (images, labels) pair; got "
+                    f"{type(batch).__name__}" + (f" of length {len(batch)}" if hasattr(batch, "__len__") else ""))
+
+
+def _check_images(model, x) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"images must be a torch tensor [B, C, H, W], got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"images must be [B, C, H, W], got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"images must be floating point (normalised), got {x.dtype}")
+    pe = getattr(model, "patch_embed", None)
+    img_size = getattr(pe, "img_size", None)
+    strict = getattr(pe, "strict_img_size", False) and not getattr(pe, "dynamic_img_pad", False)
+    if img_size is not None and strict and tuple(x.shape[-2:]) != tuple(img_size):
+        raise ValueError(f"images are {tuple(x.shape[-2:])} (H, W) but {type(model).__name__} expects "
+                         f"{tuple(img_size)}; resize them (e.g. sls_fast.data.digits(image_size="
+                         f"{img_size[0]})) or build the model with img_size={tuple(x.shape[-2:])}")
+    in_chans = None
+    first = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    if isinstance(first, str):
+        try:
+            in_chans = getattr(model.get_submodule(first), "in_channels", None)
+        except AttributeError:
+            in_chans = None
+    if in_chans is not None and x.shape[1] != in_chans:
+        raise ValueError(f"images have {x.shape[1]} channels, {type(model).__name__} expects {in_chans}")
+
+
+def _resolve_layers(model, layers):
+    if layers is None:
+        blocks = find_blocks(model)
+        return [b.name for b in blocks], [b.module for b in blocks], True
+    if isinstance(layers, (nn.Module, str)):
+        layers = [layers]
+    names_by_id = {id(m): n for n, m in model.named_modules()}
+    names, modules = [], []
+    for item in layers:
+        if isinstance(item, str):
+            try:
+                mod = model.get_submodule(item)
+            except AttributeError:
+                raise ValueError(f"layer {item!r} is not a submodule of {type(model).__name__}") from None
+            names.append(item)
+            modules.append(mod)
+        elif isinstance(item, nn.Module):
+            if id(item) not in names_by_id:
+                raise ValueError(f"layer {type(item).__name__} is not a submodule of {type(model).__name__}")
+            names.append(names_by_id[id(item)])
+            modules.append(item)
+        else:
+            raise TypeError(f"layers must hold modules or module paths, got {type(item).__name__}")
+    if not modules:
+        raise ValueError("layers is empty")
+    if len({id(m) for m in modules}) != len(modules):
+        raise ValueError("layers lists the same module twice")
+    return names, modules, False
+
+
+def _use_intermediates(model, is_all_blocks: bool, method: str) -> bool:
+    if method == "hooks":
+        return False
+    ok = False
+    if is_all_blocks and hasattr(model, "forward_intermediates"):
+        try:
+            fam = model_family(model)
+            params = inspect.signature(model.forward_intermediates).parameters
+            ok = fam == "vit" and all(k in params for k in (
+                "indices", "return_prefix_tokens", "stop_early", "output_fmt", "intermediates_only"))
+        except (ValueError, TypeError):
+            ok = False
+    if method == "intermediates" and not ok:
+        raise ValueError(f"method='intermediates' needs a timm ViT-style model with "
+                         f"forward_intermediates (all blocks); {type(model).__name__} does not qualify")
+    return ok
+
+
+def _probe_widths(model, modules, x, nhwc: bool) -> Optional[List[int]]:
+    """Output widths of ``modules`` from a shape-only pass on the meta device (no compute, no
+    data); None when some op does not support meta tensors."""
+    from torch.func import functional_call
+
+    shapes = {}
+
+    def make(i):
+        def hook(_m, _inp, out):
+            o = out[0] if isinstance(out, (tuple, list)) else out
+            shapes[i] = tuple(o.shape)
+            if len(shapes) == len(modules):
+                raise _StopForward
+        return hook
+
+    handles = [m.register_forward_hook(make(i)) for i, m in enumerate(modules)]
+    try:
+        meta = {k: torch.empty_like(v, device="meta") for k, v in
+                list(model.named_parameters()) + list(model.named_buffers())}
+        xm = torch.empty((1,) + tuple(x.shape[1:]), dtype=x.dtype, device="meta")
+        with torch.inference_mode():
+            try:
+                functional_call(model, meta, (xm,), strict=False)
+            except _StopForward:
+                pass
+    except Exception:  # noqa: BLE001 - fall back to sizing from the first real batch
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    if len(shapes) != len(modules):
+        return None
+    widths = []
+    for i in range(len(modules)):
+        s = shapes[i]
+        widths.append(int(s[1]) if len(s) == 4 and not nhwc else int(s[-1]))
+    return widths
+
+
+class _Buffers:
+    """Feature buffers: a CuPy / torch array per layer or one stacked [L, cap, D] array, with
+    torch views for writing; grows by doubling when N was unknown."""
+
+    def __init__(self, widths, capacity, dtype, device):
+        self.widths, self.dtype, self.device = list(widths), dtype, device
+        self.stacked = len(set(self.widths)) == 1
+        self.cupy = None
+        if device.type == "cuda" and dtype in (torch.float32, torch.float16):
+            try:
+                import cupy
+
+                self.cupy = cupy
+            except Exception:  # noqa: BLE001 - CuPy missing or broken: torch CUDA tensors
+                self.cupy = None
+        self.capacity = 0
+        self.arrays, self.views = None, None
+        self._allocate(capacity)
+
+    def _empty(self, shape):
+        if self.cupy is not None:
+            cp = self.cupy
+            with cp.cuda.Device(self.device.index if self.device.index is not None else torch.cuda.current_device()):
+                arr = cp.empty(shape, dtype=cp.float32 if self.dtype == torch.float32 else cp.float16)
+            return arr, torch.from_dlpack(arr)
+        t = torch.empty(shape, dtype=self.dtype, device=self.device)
+        return t, t
+
+    def _allocate(self, capacity):
+        old_views, n_old = self.views, self.capacity
+        if self.stacked:
+            arr, view = self._empty((len(self.widths), capacity, self.widths[0]))
+            arrays, views = arr, [view[i] for i in range(len(self.widths))]
+        else:
+            pairs = [self._empty((capacity, d)) for d in self.widths]
+            arrays, views = [a for a, _ in pairs], [v for _, v in pairs]
+        if old_views is not None:
+            for new, old in zip(views, old_views):
+                new[:n_old].copy_(old[:n_old])
+        self.arrays, self.views, self.capacity = arrays, views, capacity
+
+    def ensure(self, rows):
+        if rows > self.capacity:
+            cap = max(1, self.capacity)
+            while cap < rows:
+                cap *= 2
+            self._allocate(cap)
+
+    def result(self, n):
+        if n == self.capacity:
+            return self.arrays
+        if self.stacked:
+            out = self.arrays[:, :n]
+            return self.cupy.ascontiguousarray(out) if self.cupy is not None else out.contiguous()
+        return [a[:n] for a in self.arrays]
+
+
+# --------------------------------------------------------------------------- main entry
+def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
+                     dtype: torch.dtype = torch.float32, batch_size: int = 64,
+                     amp: Optional[str] = None, progress: bool = True, layers=None,
+                     max_bytes: Optional[int] = None, method: str = "auto") -> LayerFeatures:
+    """Pooled output of every block for every image, in one forward pass per batch.
+
+    Args:
+        model: a timm-style model (layers found by :func:`sls_fast.blocks.find_blocks`) or any
+            module when ``layers`` is given. Run in eval mode under ``torch.inference_mode()``
+            (its training flag is restored afterwards).
+        data: a ``DataLoader`` or a ``Dataset`` of ``(image [3, H, W], label)`` pairs (batched
+            with ``batch_size``, in order). Labels are kept in iteration order.
+        pool: "auto" (class token for models with one (ViT, DeiT), else the mean over tokens /
+            spatial positions: Swin NHWC maps, conv NCHW maps), "cls" or "mean".
+        device: where to run; default the model's device (the model is moved when given).
+        dtype: buffer dtype, float32 (default), float16 (half the memory) or bfloat16.
+        amp: None, "bf16" or "fp16": autocast of the forward.
+        progress: tqdm bar over batches.
+        layers: explicit list of modules or module paths instead of every block.
+        max_bytes: refuse (ValueError) when the buffers would exceed this many bytes; the
+            limit otherwise is the free memory of the device (host RAM on CPU).
+        method: "auto" (``forward_intermediates`` for timm ViTs, hooks otherwise), "hooks" or
+            "intermediates".
+
+    Buffers are sized once, before the first batch, from the data's length and a shape-only
+    (meta-device) pass through the model. When the data has no length (an
+    ``IterableDataset``, a custom batch sampler), the buffers start at one batch and double
+    whenever they fill, then are trimmed to N (one extra copy).
+
+    Returns:
+        :class:`LayerFeatures`: ``features[i]`` ``[N, D_i]`` (one ``[L, N, D]`` array when the
+        widths agree), ``labels`` ``[N]``, ``layer_names``, ``widths``.
+
+    Example:
+        >>> import timm, sls_fast
+        >>> m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32)
+        >>> lf = extract_features(m, sls_fast.data.digits("val", image_size=32), progress=False)
+        >>> lf.features.shape, lf.labels.shape      # 12 blocks, 360 images, width 192
+        (torch.Size([12, 360, 192]), torch.Size([360]))
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if dtype not in _DTYPES:
+        raise TypeError(f"dtype must be one of {_DTYPES}, got {dtype}")
+    if amp is not None and amp not in _AMP:
+        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+    if method not in ("auto", "hooks", "intermediates"):
+        raise ValueError(f"method must be 'auto', 'hooks' or 'intermediates', got {method!r}")
+    names, modules, all_blocks = _resolve_layers(model, layers)
+    pool_kind = _resolve_pool(model, pool)
+    nhwc = _is_nhwc(model)
+    npt = int(getattr(model, "num_prefix_tokens", 0) or 0)
+    use_fi = _use_intermediates(model, all_blocks, method)
+
+    if device is not None:
+        device = torch.device(device)
+        model.to(device)
+    else:
+        device = _model_device(model)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    loader = _as_loader(data, batch_size)
+    n_hint = _expected_rows(loader)
+    if n_hint == 0:
+        raise ValueError("data is empty: no images to extract features from")
+    try:
+        n_batches = len(loader)
+    except TypeError:
+        n_batches = None
+
+    L = len(modules)
+    state = {"start": 0, "stop": 0, "fired": 0, "probe": False}
+    bufs: Optional[_Buffers] = None
+    pending: dict = {}  # first batch's pooled features when the meta probe could not size buffers
+
+    def write(i, pooled):
+        if bufs is None:
+            pending[i] = pooled
+        else:
+            bufs.views[i][state["start"]:state["stop"]].copy_(pooled)
+
+    def make_hook(i):
+        def hook(_m, _inp, out):
+            if state["probe"]:
+                return
+            if state["fired"] & (1 << i):
+                raise ValueError(f"layer {names[i]} ran twice in one forward pass; pass distinct layers")
+            write(i, pool_output(out, pool_kind, nhwc=nhwc, num_prefix_tokens=npt))
+            state["fired"] |= 1 << i
+            if state["fired"] == (1 << L) - 1:
+                raise _StopForward
+        return hook
+
+    if use_fi:
+        fi_params = dict(indices=list(range(L)), return_prefix_tokens=npt > 0, norm=False,
+                         stop_early=True, output_fmt="NLC", intermediates_only=True)
+
+        def forward(x):
+            outs = model.forward_intermediates(x, **fi_params)
+            for i, o in enumerate(outs):
+                if isinstance(o, (tuple, list)):  # (spatial tokens, prefix tokens)
+                    spatial, prefix = o
+                    pooled = prefix[:, 0] if pool_kind == "cls" else spatial.mean(dim=1, dtype=torch.float32)
+                else:
+                    pooled = pool_output(o, pool_kind, num_prefix_tokens=0)
+                write(i, pooled)
+    else:
+        def forward(x):
+            state["fired"] = 0
+            try:
+                model(x)
+            except _StopForward:
+                return
+            missing = [names[i] for i in range(L) if not state["fired"] & (1 << i)]
+            raise ValueError(f"layers {missing[:5]} did not run during the forward pass of "
+                             f"{type(model).__name__}")
+
+    amp_ctx = (lambda: torch.autocast(device_type=device.type, dtype=_AMP[amp])) if amp else None
+    was_training = model.training
+    handles = [] if use_fi else [m.register_forward_hook(make_hook(i)) for i, m in enumerate(modules)]
+    labels: List[torch.Tensor] = []
+    n = 0
+    try:
+        model.eval()
+        bar = tqdm(loader, total=n_batches, disable=not progress, desc="extract features",
+                   unit="batch", leave=False)
+        for batch in bar:
+            x, y = _split_batch(batch)
+            if bufs is None and not pending:
+                _check_images(model, x)
+                state["probe"] = True
+                try:
+                    widths = _probe_widths(model, modules, x, nhwc)
+                finally:
+                    state["probe"] = False
+                if widths is not None:
+                    bufs = _allocate(widths, n_hint, x.shape[0], dtype, device, max_bytes)
+            x = x.to(device, non_blocking=True)
+            y = torch.as_tensor(y).reshape(-1).to(torch.int64)
+            b = x.shape[0]
+            if y.shape[0] != b:
+                raise ValueError(f"a batch has {b} images but {y.shape[0]} labels")
+            if bufs is not None:
+                bufs.ensure(n + b)
+            state["start"], state["stop"] = n, n + b
+            with torch.inference_mode():
+                if amp_ctx is not None:
+                    with amp_ctx():
+                        forward(x)
+                else:
+                    forward(x)
+            if bufs is None:  # meta probe failed: size from the first batch, then write it
+                widths = [int(pending[i].shape[-1]) for i in range(L)]
+                bufs = _allocate(widths, n_hint, b, dtype, device, max_bytes)
+                bufs.ensure(n + b)
+                for i in range(L):
+                    bufs.views[i][n:n + b].copy_(pending.pop(i))
+            labels.append(y)
+            n += b
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("data is empty: no images to extract features from")
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+    lab = torch.cat(labels)
+    if bufs.cupy is not None:
+        lab_out = bufs.cupy.asarray(lab.numpy()) if device.type == "cuda" else lab.numpy()
+    else:
+        lab_out = lab.to(device)
+    return LayerFeatures(bufs.result(n), lab_out, names, list(bufs.widths), [pool_kind] * L)
+
+
+def _allocate(widths, n_hint, first_batch, dtype, device, max_bytes):
+    rows = n_hint if n_hint is not None else first_batch
+    need = estimate_bytes(rows, widths, dtype)
+    limit = max_bytes if max_bytes is not None else _free_bytes(device)
+    if limit is not None and need > limit:
+        what = "max_bytes" if max_bytes is not None else f"free {device.type} memory"
+        raise ValueError(
+            f"feature buffers need {_fmt_bytes(need)} ({rows} images x {sum(widths)} features over "
+            f"{len(widths)} layers, {dtype}) but {what} is {_fmt_bytes(limit)}; use "
+            "dtype=torch.float16, fewer layers (layers=...) or fewer images")
+    if n_hint is None:
+        warnings.warn("the data has no length: feature buffers start at one batch and grow by "
+                      "doubling", RuntimeWarning, stacklevel=3)
+    return _Buffers(widths, rows, dtype, device)

@@ -1,0 +1,227 @@
+"""Per-task artifacts: store only the pruning index plus the small trained parts (DESIGN.md step 7).
+
+An artifact is one safetensors file holding the adapters of the kept blocks, the classifier and
+any module :func:`sls_fast.truncate` created (Swin's new final norm, ConvNeXt's new head), with
+metadata (JSON under the ``sls_fast`` key): base model name, checksums of the base model's frozen
+weights, depth K, adapter kind and configuration, number of classes, package version.
+:func:`load_pruned` rebuilds the pruned model from a freshly built base model.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from ._version import __version__
+from .adapters import (
+    adapter_modules,
+    add_adapters,
+    base_checksum,
+    classifier_name,
+    model_name,
+)
+from .blocks import find_blocks
+
+__all__ = ["save_pruned", "load_pruned", "storage_report", "read_pruned_metadata", "stored_prefixes"]
+
+_META_KEY = "sls_fast"
+FORMAT_VERSION = 1
+
+
+def stored_prefixes(model: nn.Module) -> list:
+    """Module paths whose tensors go into the artifact: adapters, classifier, truncation's new modules."""
+    pre = list(adapter_modules(model))
+    clf = classifier_name(model)
+    if clf:
+        pre.append(clf)
+    pre += list(getattr(model, "sls_new_modules", ()) or ())
+    # drop prefixes covered by another one (e.g. 'head.fc' under a new 'head')
+    pre = sorted(set(pre))
+    return [p for p in pre if not any(p != q and p.startswith(q + ".") for q in pre)]
+
+
+def _stored_state(model: nn.Module) -> Dict[str, torch.Tensor]:
+    pre = tuple(p + "." for p in stored_prefixes(model))
+    return {k: v for k, v in model.state_dict().items()
+            if k.startswith(pre) and not k.endswith("num_batches_tracked")}
+
+
+def _state_bytes(sd: Dict[str, torch.Tensor]) -> int:
+    seen, total = set(), 0
+    for v in sd.values():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), v.numel(), v.dtype)
+        if key in seen:
+            continue
+        seen.add(key)
+        total += v.numel() * v.element_size()
+    return total
+
+
+def save_pruned(path: Union[str, os.PathLike], model: nn.Module, depth: int, **meta) -> dict:
+    """Write the per-task artifact of a truncated, adapted model to ``path`` (safetensors).
+
+    Args:
+        path: output file (``.safetensors``).
+        model: the model returned by :func:`sls_fast.truncate` (adapters from
+            :func:`sls_fast.add_adapters` optional, RepAdapter not merged).
+        depth: K; must equal the number of blocks the model runs.
+        **meta: extra JSON-serialisable metadata; ``base_model="name"`` overrides the recorded
+            architecture name.
+
+    Returns the metadata dict written (also in the file).
+
+    Example:
+        >>> import timm, sls_fast
+        >>> m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32)
+        >>> m = sls_fast.add_adapters(m, "convpass", num_classes=10)
+        >>> p = sls_fast.truncate(m, 5)
+        >>> meta = sls_fast.save_pruned("/tmp/task.safetensors", p, 5)
+        >>> q = sls_fast.load_pruned("/tmp/task.safetensors",
+        ...     timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32))
+    """
+    from safetensors.torch import save_file
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"save_pruned needs an nn.Module, got {type(model).__name__}")
+    n = len(find_blocks(model))
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth != n:
+        raise ValueError(f"depth={depth!r} but the model runs {n} blocks; call "
+                         f"sls_fast.truncate(model, {depth}) first and save its result")
+    cfg = getattr(model, "sls_adapters", None) or None
+    if cfg and cfg.get("merged"):
+        raise ValueError("the model's RepAdapters were merged into qkv/fc1; save the unmerged model "
+                         "(merge after load_pruned)")
+    pruned = getattr(model, "sls_pruned", None) or dict(depth=n, num_blocks=n,
+                                                        num_classes=int(getattr(model, "num_classes", 0)))
+    base = getattr(model, "sls_base", None) or {}
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in _stored_state(model).items()}
+    prefixes = stored_prefixes(model)
+    info = dict(
+        format=FORMAT_VERSION,
+        package_version=__version__,
+        base_model=str(meta.pop("base_model", None) or base.get("name") or model_name(model)),
+        base_checksum=base.get("checksum"),
+        kept_checksum=base_checksum(model, exclude=prefixes),
+        depth=int(depth),
+        num_blocks=int(pruned.get("num_blocks", n)),
+        num_classes=int(pruned.get("num_classes") or getattr(model, "num_classes", 0)),
+        adapters=({k: cfg[k] for k in ("kind", "dim", "scale", "layers", "dropout", "groups")}
+                  if cfg else None),
+        new_modules=list(getattr(model, "sls_new_modules", ()) or ()),
+        stored=prefixes,
+        meta=meta,
+    )
+    try:
+        text = json.dumps(info)
+    except TypeError as exc:
+        raise TypeError(f"save_pruned: metadata must be JSON-serialisable ({exc})") from None
+    save_file(tensors, os.fspath(path), metadata={_META_KEY: text})
+    return info
+
+
+def read_pruned_metadata(path: Union[str, os.PathLike]) -> dict:
+    """The metadata dict of an artifact written by :func:`save_pruned`."""
+    from safetensors import safe_open
+
+    with safe_open(os.fspath(path), framework="pt") as f:
+        md = f.metadata() or {}
+    if _META_KEY not in md:
+        raise ValueError(f"{os.fspath(path)} is not an sls_fast artifact (no '{_META_KEY}' metadata)")
+    return json.loads(md[_META_KEY])
+
+
+def load_pruned(path: Union[str, os.PathLike], base_model: nn.Module, *, strict_name: bool = True
+                ) -> nn.Module:
+    """Rebuild the pruned model of an artifact from a freshly built base model.
+
+    ``base_model`` (same architecture and frozen weights as the model the artifact came from; its
+    classifier may differ) is modified in place: adapters are added, it is truncated to K blocks,
+    then the stored tensors are loaded. Outputs equal the saved model's (bit-identical on the same
+    device and dtype).
+
+    Raises ValueError when the base model is of another architecture (name) or carries other
+    weights (checksum of the frozen weights), or when the stored tensors do not fit.
+
+    Example:
+        >>> q = load_pruned("task.safetensors", timm.create_model("efficientnet_lite0"))  # doctest: +SKIP
+    """
+    from safetensors.torch import load_file
+
+    from .prune import truncate
+
+    if not isinstance(base_model, nn.Module):
+        raise TypeError(f"load_pruned needs the base model (nn.Module), got {type(base_model).__name__}")
+    info = read_pruned_metadata(path)
+    if info.get("format", 0) > FORMAT_VERSION:
+        raise ValueError(f"artifact format {info['format']} is newer than this sls_fast ({__version__})")
+    name = model_name(base_model)
+    if strict_name and name != info["base_model"]:
+        raise ValueError(f"artifact was made from base model {info['base_model']!r}, got {name!r}")
+    if getattr(base_model, "sls_adapters", None) or getattr(base_model, "sls_pruned", None):
+        raise ValueError("load_pruned needs a fresh base model (this one already has adapters or "
+                         "was truncated)")
+    try:
+        n_blocks = len(find_blocks(base_model))
+    except ValueError as exc:
+        raise ValueError(f"base model does not fit the artifact: {exc}") from None
+    if n_blocks != info["num_blocks"]:
+        raise ValueError(f"artifact was made from a model with {info['num_blocks']} blocks; the base "
+                         f"model has {n_blocks}")
+    if info.get("base_checksum"):
+        got = base_checksum(base_model)
+        if got != info["base_checksum"]:
+            raise ValueError(f"the base model's frozen weights differ from those the artifact was "
+                             f"made with (checksum {got[:12]}... != {info['base_checksum'][:12]}...)")
+    ad = info.get("adapters")
+    model = base_model
+    if ad:
+        model = add_adapters(model, ad["kind"], dim=ad["dim"], scale=ad["scale"], layers=ad["layers"],
+                             dropout=ad["dropout"], groups=ad.get("groups", 2))
+    model = truncate(model, info["depth"], num_classes=info["num_classes"], inplace=True)
+    got = base_checksum(model, exclude=info["stored"])
+    if got != info["kept_checksum"]:
+        raise ValueError("the frozen weights of the rebuilt pruned model differ from the saved one's "
+                         "(other base weights, or the backbone was changed after add_adapters)")
+    tensors = load_file(os.fspath(path))
+    pre = tuple(p + "." for p in info["stored"])
+    want = {k for k in model.state_dict() if k.startswith(pre) and not k.endswith("num_batches_tracked")}
+    if set(tensors) != want:
+        raise ValueError(f"stored tensors do not fit the rebuilt model: missing "
+                         f"{sorted(want - set(tensors))[:5]}, unexpected {sorted(set(tensors) - want)[:5]}")
+    sd = model.state_dict()
+    for k, v in tensors.items():
+        if sd[k].shape != v.shape:
+            raise ValueError(f"{k}: stored shape {tuple(v.shape)} != model shape {tuple(sd[k].shape)}")
+    model.load_state_dict(tensors, strict=False)
+    model.sls_head_fresh = False
+    return model
+
+
+def storage_report(path: Union[str, os.PathLike], model: nn.Module,
+                   full_model: Optional[nn.Module] = None) -> dict:
+    """Bytes of the artifact vs. the whole pruned model (what a structural pruner such as
+    Torch-Pruning stores per task), and optionally vs. the full (unpruned) model.
+
+    Returns ``artifact_bytes`` (file size), ``artifact_tensor_bytes``, ``pruned_model_bytes``
+    (all tensors of ``model``'s state dict), ``ratio_pruned`` = artifact / pruned model, and with
+    ``full_model``: ``full_model_bytes`` and ``ratio_full``.
+
+    Example:
+        >>> r = storage_report("task.safetensors", pruned)  # doctest: +SKIP
+        >>> r["ratio_pruned"] < 0.05  # doctest: +SKIP
+    """
+    from safetensors import safe_open
+
+    size = os.path.getsize(os.fspath(path))
+    with safe_open(os.fspath(path), framework="pt") as f:
+        tbytes = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys())
+    pruned = _state_bytes(model.state_dict())
+    out = dict(artifact_bytes=size, artifact_tensor_bytes=tbytes, pruned_model_bytes=pruned,
+               ratio_pruned=size / pruned if pruned else float("nan"))
+    if full_model is not None:
+        full = _state_bytes(full_model.state_dict())
+        out.update(full_model_bytes=full, ratio_full=size / full if full else float("nan"))
+    return out
