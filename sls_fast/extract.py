@@ -16,7 +16,6 @@ imports and ``dtype`` is float32/float16; torch CUDA tensors otherwise. On CPU, 
 from __future__ import annotations
 
 import inspect
-import os
 import warnings
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Union
@@ -77,7 +76,8 @@ class LayerFeatures:
         return self.features[i]
 
     def to_numpy(self) -> "LayerFeatures":
-        """A copy with every array as NumPy (host memory)."""
+        """The same result with every array as NumPy in host memory (a device-to-host copy on
+        CUDA; zero-copy for CPU float32/float16 tensors; bfloat16 is widened to float32)."""
         conv = _to_numpy
         feats = conv(self.features) if self.stacked else [conv(f) for f in self.features]
         return LayerFeatures(feats, conv(self.labels), list(self.layer_names), list(self.widths),
@@ -320,45 +320,6 @@ def _use_intermediates(model, is_all_blocks: bool, method: str) -> bool:
     return ok
 
 
-def _probe_widths(model, modules, x, nhwc: bool) -> Optional[List[int]]:
-    """Output widths of ``modules`` from a shape-only pass on the meta device (no compute, no
-    data); None when some op does not support meta tensors."""
-    from torch.func import functional_call
-
-    shapes = {}
-
-    def make(i):
-        def hook(_m, _inp, out):
-            o = out[0] if isinstance(out, (tuple, list)) else out
-            shapes[i] = tuple(o.shape)
-            if len(shapes) == len(modules):
-                raise _StopForward
-        return hook
-
-    handles = [m.register_forward_hook(make(i)) for i, m in enumerate(modules)]
-    try:
-        meta = {k: torch.empty_like(v, device="meta") for k, v in
-                list(model.named_parameters()) + list(model.named_buffers())}
-        xm = torch.empty((1,) + tuple(x.shape[1:]), dtype=x.dtype, device="meta")
-        with torch.inference_mode():
-            try:
-                functional_call(model, meta, (xm,), strict=False)
-            except _StopForward:
-                pass
-    except Exception:  # noqa: BLE001 - fall back to sizing from the first real batch
-        return None
-    finally:
-        for h in handles:
-            h.remove()
-    if len(shapes) != len(modules):
-        return None
-    widths = []
-    for i in range(len(modules)):
-        s = shapes[i]
-        widths.append(int(s[1]) if len(s) == 4 and not nhwc else int(s[-1]))
-    return widths
-
-
 class _Buffers:
     """Feature buffers: a CuPy / torch array per layer or one stacked [L, cap, D] array, with
     torch views for writing; grows by doubling when N was unknown."""
@@ -426,7 +387,7 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
     Args:
         model: a timm-style model (layers found by :func:`sls_fast.blocks.find_blocks`) or any
             module when ``layers`` is given. Run in eval mode under ``torch.inference_mode()``
-            (its training flag is restored afterwards).
+            (every submodule's training flag is restored afterwards).
         data: a ``DataLoader`` or a ``Dataset`` of ``(image [3, H, W], label)`` pairs (batched
             with ``batch_size``, in order). Labels are kept in iteration order.
         pool: "auto" (class token for models with one (ViT, DeiT), else the mean over tokens /
@@ -441,10 +402,11 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
         method: "auto" (``forward_intermediates`` for timm ViTs, hooks otherwise), "hooks" or
             "intermediates".
 
-    Buffers are sized once, before the first batch, from the data's length and a shape-only
-    (meta-device) pass through the model. When the data has no length (an
-    ``IterableDataset``, a custom batch sampler), the buffers start at one batch and double
-    whenever they fill, then are trimmed to N (one extra copy).
+    Buffers are allocated once, for all N images (N from the data's length), as soon as the
+    first batch's forward has revealed the widths, and before anything is written into them;
+    the memory check (free device memory or ``max_bytes``) happens then, before allocating.
+    When the data has no length (an ``IterableDataset``, a custom batch sampler), the buffers
+    start at one batch and double whenever they fill, then are trimmed to N (one extra copy).
 
     Returns:
         :class:`LayerFeatures`: ``features[i]`` ``[N, D_i]`` (one ``[L, N, D]`` array when the
@@ -490,9 +452,9 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
         n_batches = None
 
     L = len(modules)
-    state = {"start": 0, "stop": 0, "fired": 0, "probe": False}
+    state = {"start": 0, "stop": 0, "fired": 0}
     bufs: Optional[_Buffers] = None
-    pending: dict = {}  # first batch's pooled features when the meta probe could not size buffers
+    pending: dict = {}  # the first batch's pooled features, until the buffers exist
 
     def write(i, pooled):
         if bufs is None:
@@ -502,8 +464,6 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
 
     def make_hook(i):
         def hook(_m, _inp, out):
-            if state["probe"]:
-                return
             if state["fired"] & (1 << i):
                 raise ValueError(f"layer {names[i]} ran twice in one forward pass; pass distinct layers")
             write(i, pool_output(out, pool_kind, nhwc=nhwc, num_prefix_tokens=npt))
@@ -537,25 +497,19 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
                              f"{type(model).__name__}")
 
     amp_ctx = (lambda: torch.autocast(device_type=device.type, dtype=_AMP[amp])) if amp else None
-    was_training = model.training
+    training = [m for m in model.modules() if m.training]  # restored exactly afterwards
     handles = [] if use_fi else [m.register_forward_hook(make_hook(i)) for i, m in enumerate(modules)]
     labels: List[torch.Tensor] = []
     n = 0
     try:
-        model.eval()
+        if training:
+            model.eval()
         bar = tqdm(loader, total=n_batches, disable=not progress, desc="extract features",
                    unit="batch", leave=False)
         for batch in bar:
             x, y = _split_batch(batch)
-            if bufs is None and not pending:
+            if bufs is None:
                 _check_images(model, x)
-                state["probe"] = True
-                try:
-                    widths = _probe_widths(model, modules, x, nhwc)
-                finally:
-                    state["probe"] = False
-                if widths is not None:
-                    bufs = _allocate(widths, n_hint, x.shape[0], dtype, device, max_bytes)
             x = x.to(device, non_blocking=True)
             y = torch.as_tensor(y).reshape(-1).to(torch.int64)
             b = x.shape[0]
@@ -570,7 +524,7 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
                         forward(x)
                 else:
                     forward(x)
-            if bufs is None:  # meta probe failed: size from the first batch, then write it
+            if bufs is None:  # first batch: widths known now; check memory, allocate, write it
                 widths = [int(pending[i].shape[-1]) for i in range(L)]
                 bufs = _allocate(widths, n_hint, b, dtype, device, max_bytes)
                 bufs.ensure(n + b)
@@ -581,16 +535,14 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+        for m in training:
+            m.training = True
     if n == 0:
         raise ValueError("data is empty: no images to extract features from")
     if device.type == "cuda":
         torch.cuda.current_stream(device).synchronize()
-    lab = torch.cat(labels)
-    if bufs.cupy is not None:
-        lab_out = bufs.cupy.asarray(lab.numpy()) if device.type == "cuda" else lab.numpy()
-    else:
-        lab_out = lab.to(device)
+    lab = torch.cat([t.to(device) for t in labels])
+    lab_out = bufs.cupy.from_dlpack(lab) if bufs.cupy is not None else lab
     return LayerFeatures(bufs.result(n), lab_out, names, list(bufs.widths), [pool_kind] * L)
 
 

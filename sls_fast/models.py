@@ -137,6 +137,23 @@ def _checkpoint_classes(model: nn.Module, sd) -> Optional[int]:
     return None
 
 
+def _raw_checkpoint_classes(name: str, sd) -> Optional[int]:
+    """Head width of a checkpoint before any conversion, from timm's config of ``name``."""
+    try:
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name)
+        heads = getattr(cfg, "classifier", None) if cfg is not None else None
+    except Exception:  # noqa: BLE001 - unknown name: create_model reports it
+        return None
+    heads = [heads] if isinstance(heads, str) else list(heads or ())
+    for head in heads:
+        w = sd.get(f"{head}.weight")
+        if w is not None and w.ndim >= 1:
+            return int(w.shape[0])
+    return None
+
+
 def _filter(model: nn.Module, sd):
     """timm's own key conversion for the model's family (``checkpoint_filter_fn``), e.g. official
     Swin / DeiT / EfficientNet checkpoints; the raw dict when the family has none or it fails."""
@@ -224,8 +241,15 @@ def load(name: str = DEFAULT_MODEL, *, checkpoint=None, num_classes: Optional[in
                          "architecture name and a local checkpoint=")
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 0):
         raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
+    raw = None
+    kwargs = dict(model_kwargs)
+    if checkpoint is not None and not os.fspath(checkpoint).endswith(".npz"):
+        raw = read_state_dict(checkpoint)
+        n_raw = _raw_checkpoint_classes(name, raw)
+        if n_raw is not None and "num_classes" not in kwargs:
+            kwargs["num_classes"] = n_raw  # build the head the checkpoint has (one model build)
     try:
-        model = timm.create_model(name, pretrained=False, **model_kwargs)
+        model = timm.create_model(name, pretrained=False, **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise ValueError(f"unknown model {name!r}: {exc}") from None
@@ -233,11 +257,12 @@ def load(name: str = DEFAULT_MODEL, *, checkpoint=None, num_classes: Optional[in
 
     if checkpoint is not None:
         sd = None
-        if not os.fspath(checkpoint).endswith(".npz"):
-            sd = _filter(model, read_state_dict(checkpoint))
+        if raw is not None:
+            sd = _filter(model, raw)
             n_ckpt = _checkpoint_classes(model, sd)
             if n_ckpt is not None and n_ckpt != getattr(model, "num_classes", n_ckpt):
-                model = timm.create_model(name, pretrained=False, num_classes=n_ckpt, **model_kwargs)
+                kwargs["num_classes"] = n_ckpt
+                model = timm.create_model(name, pretrained=False, **kwargs)
                 sd = _filter(model, read_state_dict(checkpoint))
         load_checkpoint(model, checkpoint, name=name, state_dict=sd)
     elif name == DEFAULT_MODEL and pretrained_default:

@@ -105,8 +105,7 @@ def test_one_forward_per_batch_and_head_not_run(models):
 
         def counter(key):
             def hook(m, inp, out):
-                if inp[0].device.type != "meta":  # the sizing pass computes nothing
-                    calls[key] += 1
+                calls[key] += 1
             return hook
 
         head = model.get_classifier()
@@ -142,7 +141,7 @@ def test_explicit_layers_and_unknown_length(models):
     x, y = _data(size, n=7)
     names, ref = reference(model, x)
     picked = [names[3], find_blocks(model)[10].module, names[1]]
-    lf = extract_features(model, TensorDataset(x, y), layers=picked, batch_size=3, progress=False)
+    lf = extract_features(model, TensorDataset(x, y), layers=picked, batch_size=BATCH, progress=False)
     assert lf.layer_names == [names[3], names[10], names[1]]
     _assert_close(lf, [ref[3], ref[10], ref[1]])
 
@@ -151,7 +150,7 @@ def test_explicit_layers_and_unknown_length(models):
             return iter(zip(x, y))
 
     with pytest.warns(RuntimeWarning, match="no length"):
-        lf2 = extract_features(model, Stream(), batch_size=2, progress=False)
+        lf2 = extract_features(model, Stream(), batch_size=BATCH, progress=False)
     assert lf2.num_samples == 7
     _assert_close(lf2, ref)
 
@@ -242,3 +241,20 @@ def test_cuda_buffers(models):
     except ImportError:
         assert lf.features.is_cuda
     _assert_close(lf, ref, tol=1e-4)
+
+
+def test_training_flags_restored(models):
+    model, size = models["vit"]
+    x, y = _data(size, n=2)
+    model.train()
+    model.blocks[1].eval()  # a partly frozen model keeps its exact per-module modes
+    try:
+        seen = []
+        h = model.blocks[0].register_forward_hook(lambda m, i, o: seen.append(m.training))
+        extract_features(model, TensorDataset(x, y), progress=False)
+        h.remove()
+        assert seen == [False]
+        assert model.training and model.blocks[0].training and not model.blocks[1].training
+        assert not model.blocks[1].attn.training
+    finally:
+        model.eval()
