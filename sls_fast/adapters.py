@@ -484,7 +484,9 @@ def add_adapters(model: nn.Module, kind: str = "convpass", dim: int = 8, scale: 
         dropout: adapter dropout (default: 0.1 for transformer adapters as in the references, 0 for
             conv Convpass).
         groups: RepAdapter groups of the up-projection (2 in the paper).
-        num_classes: if given, the classifier is replaced by a new one with that many classes.
+        num_classes: if given, the classifier is replaced by a new one with that many classes
+            (trained from its random init together with the adapters; :func:`sls_fast.finetune`
+            probe-initialises only heads that :func:`sls_fast.truncate` creates).
         freeze: freeze the backbone (``requires_grad=False``, batch norms converted to timm's
             ``FrozenBatchNorm2d`` so their statistics never change): only adapters and the head train.
 
@@ -551,7 +553,6 @@ def add_adapters(model: nn.Module, kind: str = "convpass", dim: int = 8, scale: 
         if not hasattr(model, "reset_classifier"):
             raise TypeError(f"{type(model).__name__} has no reset_classifier(); cannot set num_classes")
         model.reset_classifier(int(num_classes))
-        model.sls_head_fresh = True
     model.sls_adapters = dict(kind=kind, dim=int(dim), scale=scale, layers=idx, dropout=dropout,
                               groups=int(groups), family=family, num_blocks=len(blocks))
     if freeze:

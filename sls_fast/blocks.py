@@ -52,7 +52,7 @@ def model_family(model: nn.Module) -> str:
     if stages is not None and _is_container(stages) and len(stages) > 0 and all(
             hasattr(s, "blocks") for s in stages):
         return "convnext"
-    if all(_is_container(getattr(model, f"layer{k}", None) or nn.Identity()) for k in (1, 2, 3, 4)):
+    if all(_is_container(getattr(model, f"layer{k}", nn.Identity())) for k in (1, 2, 3, 4)):
         return "resnet"
     raise ValueError(
         f"{type(model).__name__} has no recognisable blocks; looked for "

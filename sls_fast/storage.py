@@ -74,13 +74,16 @@ def save_pruned(path: Union[str, os.PathLike], model: nn.Module, depth: int, **m
     Returns the metadata dict written (also in the file).
 
     Example:
-        >>> import timm, sls_fast
-        >>> m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32)
-        >>> m = sls_fast.add_adapters(m, "convpass", num_classes=10)
-        >>> p = sls_fast.truncate(m, 5)
-        >>> meta = sls_fast.save_pruned("/tmp/task.safetensors", p, 5)
-        >>> q = sls_fast.load_pruned("/tmp/task.safetensors",
-        ...     timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32))
+        >>> import os, tempfile, timm, torch, sls_fast
+        >>> def base():  # the same frozen weights each time (a real base: a checkpoint)
+        ...     torch.manual_seed(0)
+        ...     return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32)
+        >>> p = sls_fast.truncate(sls_fast.add_adapters(base(), "convpass", num_classes=10), 5)
+        >>> path = os.path.join(tempfile.mkdtemp(), "task.safetensors")
+        >>> meta = sls_fast.save_pruned(path, p, 5, dataset="digits")
+        >>> q = sls_fast.load_pruned(path, base())
+        >>> len(q.blocks), meta["depth"], meta["num_classes"]
+        (5, 5, 10)
     """
     from safetensors.torch import save_file
 
