@@ -13,21 +13,9 @@ SECTION = "prune"
 
 
 def _time_ms(fn, warmup=2, iters=5):
-    import torch
+    from gpu_check import cuda_time_ms
 
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
+    return cuda_time_ms(fn, warmup=warmup, iters=iters)
 
 
 def _randomize_adapters(model, std=0.02):

@@ -80,14 +80,25 @@ def silhouette_samples_torch(x_sorted: torch.Tensor, offsets: torch.Tensor, own:
 if HAS_TRITON:
 
     @triton.jit
+    def _point_block(xt_ptr, own_ptr, N, D, BLOCK_I: tl.constexpr):
+        """This program's layer and block of points: (layer, offsets, mask, layer base, clusters)."""
+        layer = tl.program_id(0).to(tl.int64)
+        offs_i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+        mask_i = offs_i < N
+        own = tl.load(own_ptr + offs_i, mask=mask_i, other=0)
+        return layer, offs_i, mask_i, xt_ptr + layer * D * N, own
+
+    @triton.jit
+    def _silhouette_value(a, b, singleton):
+        """(b - a) / max(a, b); 0 for 0/0 and for points alone in their cluster (scikit-learn)."""
+        m = tl.maximum(a, b)
+        s = tl.where(m > 0, (b - a) / tl.where(m > 0, m, 1.0), 0.0)
+        return tl.where(singleton, 0.0, s)
+
+    @triton.jit
     def _silhouette_segment_kernel(xt_ptr, off_ptr, own_ptr, size_ptr, out_ptr, N, D, K,
                                    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
-        layer = tl.program_id(0).to(tl.int64)
-        pid = tl.program_id(1)
-        offs_i = pid * BLOCK_I + tl.arange(0, BLOCK_I)
-        mask_i = offs_i < N
-        base = xt_ptr + layer * D * N
-        own = tl.load(own_ptr + offs_i, mask=mask_i, other=0)
+        layer, offs_i, mask_i, base, own = _point_block(xt_ptr, own_ptr, N, D, BLOCK_I)
         a = tl.zeros([BLOCK_I], dtype=tl.float64)
         b = tl.full([BLOCK_I], float("inf"), dtype=tl.float64)
         for c in range(0, K):
@@ -110,21 +121,14 @@ if HAS_TRITON:
             a = tl.where(is_own, acc / tl.maximum(n_c - 1.0, 1.0), a)
             b = tl.where(is_own, b, tl.minimum(b, acc / n_c))
         own_size = tl.load(size_ptr + own, mask=mask_i, other=1)
-        m = tl.maximum(a, b)
-        s = tl.where(m > 0, (b - a) / tl.where(m > 0, m, 1.0), 0.0)
-        s = tl.where(own_size > 1, s, 0.0)
+        s = _silhouette_value(a, b, own_size <= 1)
         tl.store(out_ptr + layer * N + offs_i, s, mask=mask_i)
 
     @triton.jit
     def _silhouette_onehot_kernel(xt_ptr, own_ptr, size_ptr, out_ptr, N, D, K,
                                   BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr,
                                   KP: tl.constexpr, PRECISION: tl.constexpr):
-        layer = tl.program_id(0).to(tl.int64)
-        pid = tl.program_id(1)
-        offs_i = pid * BLOCK_I + tl.arange(0, BLOCK_I)
-        mask_i = offs_i < N
-        base = xt_ptr + layer * D * N
-        own = tl.load(own_ptr + offs_i, mask=mask_i, other=0)
+        layer, offs_i, mask_i, base, own = _point_block(xt_ptr, own_ptr, N, D, BLOCK_I)
         kidx = tl.arange(0, KP)
         acc = tl.zeros([BLOCK_I, KP], dtype=tl.float32)
         for j0 in range(0, N, BLOCK_J):
@@ -146,9 +150,7 @@ if HAS_TRITON:
         a = tl.sum(tl.where(is_own, acc, 0.0), axis=1) / tl.maximum(own_size - 1.0, 1.0)
         other = (~is_own) & (kidx[None, :] < K)
         b = tl.min(tl.where(other, acc / sizes[None, :], float("inf")), axis=1)
-        m = tl.maximum(a, b)
-        s = tl.where(m > 0, (b - a) / tl.where(m > 0, m, 1.0), 0.0)
-        s = tl.where(own_size > 1.0, s, 0.0)
+        s = _silhouette_value(a, b, own_size <= 1.0)
         tl.store(out_ptr + layer * N + offs_i, s.to(tl.float64), mask=mask_i)
 
 

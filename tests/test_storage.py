@@ -8,13 +8,7 @@ from sls_fast.prune import truncate
 from sls_fast.storage import load_pruned, read_pruned_metadata, save_pruned, storage_report
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and immune to OpenMP spin-waits on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _vit(seed=0, name="vit_tiny_patch16_224"):

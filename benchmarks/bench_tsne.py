@@ -1,0 +1,125 @@
+"""t-SNE of a ViT-B-like feature set (L = 12 layers, N = 1,000 images, D = 768, 10 classes):
+scikit-learn layer by layer (the reference), openTSNE layer by layer, and sls_fast's "auto"
+path, in the same run, with the mean trustworthiness (n_neighbors=10) of each beside its time.
+
+    pytest benchmarks/bench_tsne.py --benchmark-only -q
+
+Ratios against scikit-learn (measured in the same run) are written to each row's
+``extra_info`` and printed at the end. The batched torch backend runs here only on CUDA (its
+exact O(L N^2) iterations take minutes on a 2-core CPU; set ``SLS_BENCH_TORCH_CPU=1`` to time
+it anyway); ``benchmarks/gpu_tsne.py`` times it on a GPU. ``SLS_BENCH_ROUNDS`` sets the rounds
+of the fast rows (default 3; the scikit-learn baseline runs once: it is deterministic and slow).
+"""
+import importlib.util
+import os
+import platform
+
+import numpy as np
+import pytest
+import torch
+
+import sls_fast.embed as embed
+from sls_fast.embed import tsne
+
+L, N, D, CLASSES = 12, 1000, 768, 10
+ROUNDS = int(os.environ.get("SLS_BENCH_ROUNDS", "3"))
+HAS_OPENTSNE = importlib.util.find_spec("openTSNE") is not None
+_RESULTS = {}
+
+
+def vit_like_features(seed=0):
+    """``[12, 1000, 768]`` float32 class-token-like features whose class separation grows with
+    depth (as in an adapted ViT-B), plus a shared low-rank component and isotropic noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, CLASSES, N)
+    shared = rng.normal(size=(N, 16)) @ rng.normal(size=(16, D)) * 0.3
+    feats = np.empty((L, N, D), dtype=np.float32)
+    for layer in range(L):
+        centres = rng.normal(size=(CLASSES, D)) * (0.25 + 0.12 * layer)
+        feats[layer] = centres[labels] + shared + rng.normal(size=(N, D))
+    return feats, labels
+
+
+@pytest.fixture(scope="module")
+def features():
+    return vit_like_features()
+
+
+def mean_trustworthiness(x, emb):
+    from sklearn.manifold import trustworthiness
+
+    emb = emb.detach().cpu().numpy() if isinstance(emb, torch.Tensor) else np.asarray(emb)
+    x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+    return float(np.mean([trustworthiness(x[i], emb[i], n_neighbors=10) for i in range(len(x))]))
+
+
+def _record(benchmark, name, x, emb):
+    trust = mean_trustworthiness(x, emb)
+    if benchmark.stats is None:  # --benchmark-disable: nothing was timed
+        return trust
+    median = benchmark.stats.stats.median
+    _RESULTS[name] = (median, trust)
+    info = benchmark.extra_info
+    info.update(trustworthiness=round(trust, 4), L=L, N=N, D=D, machine=platform.machine(),
+                cpu_count=os.cpu_count(), torch=torch.__version__)
+    if "sklearn" in _RESULTS and name != "sklearn":
+        base_t, base_trust = _RESULTS["sklearn"]
+        info["speedup_vs_sklearn"] = round(base_t / median, 2)
+        info["trust_minus_sklearn"] = round(trust - base_trust, 4)
+    return trust
+
+
+def test_sklearn_serial(benchmark, features):
+    x, _ = features
+    emb = benchmark.pedantic(lambda: tsne(x, backend="sklearn", normalize=None), rounds=1,
+                             iterations=1)
+    _record(benchmark, "sklearn", x, emb)
+
+
+@pytest.mark.skipif(not HAS_OPENTSNE, reason="openTSNE not installed")
+def test_opentsne_serial(benchmark, features):
+    x, _ = features
+    emb = benchmark.pedantic(lambda: tsne(x, backend="opentsne", normalize=None), rounds=ROUNDS,
+                             iterations=1, warmup_rounds=0)
+    _record(benchmark, "opentsne", x, emb)
+
+
+def test_auto(benchmark, features):
+    x, _ = features
+    chosen = embed._resolve("auto", torch.device("cpu"), N)
+    benchmark.extra_info["backend"] = chosen
+    emb = benchmark.pedantic(lambda: tsne(x, normalize=None), rounds=ROUNDS, iterations=1,
+                             warmup_rounds=0)
+    trust = _record(benchmark, "auto", x, emb)
+    if "sklearn" in _RESULTS:
+        assert trust >= _RESULTS["sklearn"][1] - 0.02, "auto path loses > 0.02 trustworthiness"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("SLS_BENCH_TORCH_CPU") != "1",
+                    reason="batched exact t-SNE on CPU takes minutes; runs on CUDA "
+                           "(or set SLS_BENCH_TORCH_CPU=1)")
+def test_torch_batched(benchmark, features):
+    x, _ = features
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    t = torch.from_numpy(x).to(dev)
+
+    def run():
+        out = tsne(t, backend="torch", normalize=None)
+        if out.is_cuda:
+            torch.cuda.synchronize()
+        return out
+
+    emb = benchmark.pedantic(run, rounds=1 if dev == "cpu" else ROUNDS, iterations=1,
+                             warmup_rounds=0 if dev == "cpu" else 1)
+    benchmark.extra_info["device"] = dev
+    _record(benchmark, f"torch ({dev})", x, emb)
+
+
+def teardown_module(module):
+    if not _RESULTS:
+        return
+    base = _RESULTS.get("sklearn")
+    print("\nt-SNE of 12 x 1000 x 768 (median seconds, mean trustworthiness):")
+    for name, (sec, trust) in _RESULTS.items():
+        ratio = f"  {base[0] / sec:5.2f}x vs sklearn" if base and name != "sklearn" else ""
+        print(f"  {name:<14} {sec:8.2f} s  trust {trust:.4f}{ratio}")

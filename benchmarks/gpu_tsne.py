@@ -1,0 +1,146 @@
+"""gpu_check section: batched t-SNE on CUDA (sls_fast.kernels.tsne, sls_fast.tsne).
+
+1. The Triton force kernel (dense P and kNN P) and the fused update kernel against the torch
+   reference on CUDA (float64 reference; gradient and Z to 1e-5 relative).
+2. A full 12 x 1,000 x 768 run: ours (Triton) against the same algorithm with the torch forces on
+   CUDA, both timed, trustworthiness of each (n_neighbors=10, mean over layers).
+3. Ours at 12 x 10,000 x 768 (kNN P; the torch reference is timed per iteration only).
+4. cuML's TSNE at the same sizes when cuML is importable.
+
+Goal: all 12 layers at N = 1,000 in under 1 s on an H100/H200.
+"""
+from __future__ import annotations
+
+import time
+
+SECTION = "tsne"
+DEVICE = "cuda"  # a dry run of _check_kernels on CPU sets "cpu" (with TRITON_INTERPRET=1)
+L, D, CLASSES = 12, 768, 10
+
+
+def _features(n, seed=0, device=None):
+    """ViT-B-like class-token features ``[12, n, 768]``: class separation grows with depth."""
+    import torch
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    labels = torch.randint(0, CLASSES, (n,), generator=gen)
+    shared = (torch.randn(n, 16, generator=gen) @ torch.randn(16, D, generator=gen)) * 0.3
+    x = torch.empty((L, n, D), dtype=torch.float32)
+    for layer in range(L):
+        centres = torch.randn(CLASSES, D, generator=gen) * (0.25 + 0.12 * layer)
+        x[layer] = centres[labels] + shared + torch.randn(n, D, generator=gen)
+    return x.to(device or DEVICE), labels
+
+
+def _trust(x, emb, layers=None):
+    import numpy as np
+    from sklearn.manifold import trustworthiness
+
+    xs = x.detach().cpu().numpy()
+    es = emb.detach().cpu().numpy()
+    idx = range(len(xs)) if layers is None else layers
+    return float(np.mean([trustworthiness(xs[i], es[i], n_neighbors=10) for i in idx]))
+
+
+def _rel_err(a, b):
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30))
+
+
+def _check_kernels(report, sizes=((777, True), (2500, False))):
+    import torch
+
+    from sls_fast.kernels import tsne as K
+
+    for n, dense in sizes:
+        x, _ = _features(n, seed=n)
+        red = K.pca_project(x[:3], 50)
+        aff = K.joint_probabilities(red, 30.0, dense=dense)
+        gen = torch.Generator(device="cpu").manual_seed(1)
+        y = (torch.randn(3, n, 2, generator=gen) * 5).to(DEVICE)
+        if dense:
+            ref = K.tsne_forces_torch(y.double(), aff.double())
+            got = K.tsne_forces_triton(y, aff)
+        else:
+            ref = K.tsne_forces_torch(y.double(), None, aff[0], aff[1].double())
+            got = K.tsne_forces_triton(y, None, aff[0], aff[1])
+        kind = "dense P" if dense else "kNN P"
+        for ex in (12.0, 1.0):
+            err = _rel_err(K.gradient_from_forces(*got, ex), K.gradient_from_forces(*ref, ex))
+            report(SECTION, f"forces triton vs torch, {kind}, 3x{n}, exag {ex:g}: gradient",
+                   ok=err < 1e-5, max_err=err)
+        err = _rel_err(got[2], ref[2])
+        report(SECTION, f"forces triton vs torch, {kind}, 3x{n}: Z", ok=err < 1e-5, max_err=err)
+        args = (aff,) if dense else (None, aff[0], aff[1])
+        a, r, zpart = K.tsne_forces_triton(y, *args, return_partials=True)
+        upd = torch.randn_like(y) * 1e-3
+        gains = torch.rand_like(y) + 0.5
+        want = [t.clone() for t in (y, upd, gains)]
+        K.tsne_step_torch(*want, a, r, zpart.sum(1), exaggeration=12.0, momentum=0.5,
+                          learning_rate=50.0)
+        have = [t.clone() for t in (y, upd, gains)]
+        K.tsne_step_triton(*have, a, r, zpart, exaggeration=12.0, momentum=0.5, learning_rate=50.0)
+        err = max(_rel_err(h, w) for h, w in zip(have, want))
+        report(SECTION, f"update triton vs torch, {kind}, 3x{n}", ok=err < 1e-5, max_err=err)
+
+
+def run(report, quick=False):
+    import torch
+
+    from gpu_check import cuda_time_ms
+    from sls_fast.embed import tsne
+    from sls_fast.kernels import tsne as K
+
+    _check_kernels(report)
+    max_iter = 300 if quick else 1000
+
+    # 12 x 1,000: ours (Triton) vs the torch forces on CUDA
+    x, _ = _features(1000)
+    ms = cuda_time_ms(lambda: tsne(x, backend="torch", max_iter=max_iter, normalize=None),
+                      warmup=1, iters=3 if quick else 5)
+    emb = tsne(x, backend="torch", max_iter=max_iter, normalize=None)
+    trust = _trust(x, emb)
+    goal = "" if quick else (" (goal < 1000 ms: " + ("met)" if ms < 1000 else "MISSED)"))
+    report(SECTION, f"ours triton 12x1000x768, {max_iter} it", ms=ms,
+           ok=bool(torch.isfinite(emb).all()), note=f"trust {trust:.4f}{goal}")
+    t0 = time.time()
+    ref = K.tsne_batched(x, max_iter=max_iter, forces="torch")
+    torch.cuda.synchronize()
+    ref_ms = (time.time() - t0) * 1e3
+    ref_trust = _trust(x, ref)
+    report(SECTION, f"torch reference on CUDA 12x1000x768, {max_iter} it", ms=ref_ms,
+           ok=trust >= ref_trust - 0.01,
+           note=f"trust {ref_trust:.4f}; ours {ref_ms / ms:.1f}x faster")
+
+    # 12 x 10,000: ours end to end; both force paths per iteration
+    if not quick:
+        x10, _ = _features(10_000, seed=1)
+        ms10 = cuda_time_ms(lambda: tsne(x10, backend="torch", normalize=None), warmup=1, iters=2)
+        emb10 = tsne(x10, backend="torch", normalize=None)
+        report(SECTION, "ours triton 12x10000x768, 1000 it", ms=ms10,
+               ok=bool(torch.isfinite(emb10).all()), note="kNN P (N > dense bound)")
+        red = K.pca_project(x10, 50)
+        nbr, pval = K.joint_probabilities(red, 30.0, dense=False)
+        y = K.initial_embedding(red, "pca", 0) * 1e4
+        it_tri = cuda_time_ms(lambda: K.tsne_forces_triton(y, None, nbr, pval), warmup=2, iters=10)
+        it_ref = cuda_time_ms(lambda: K.tsne_forces_torch(y, None, nbr, pval), warmup=1, iters=3)
+        report(SECTION, "forces per iteration 12x10000: triton", ms=it_tri)
+        report(SECTION, "forces per iteration 12x10000: torch reference", ms=it_ref,
+               note=f"triton {it_ref / it_tri:.1f}x faster")
+        del x10, emb10, red, nbr, pval, y
+
+    # cuML, layer by layer
+    try:
+        import cuml  # noqa: F401
+    except Exception:
+        report(SECTION, "cuml", note="cuML not importable: skipped")
+        return
+    ms_c = cuda_time_ms(lambda: tsne(x, backend="cuml", max_iter=max_iter, normalize=None),
+                        warmup=1, iters=2)
+    emb_c = tsne(x, backend="cuml", max_iter=max_iter, normalize=None)
+    report(SECTION, f"cuml 12x1000x768 (serial), {max_iter} it", ms=ms_c,
+           note=f"trust {_trust(x, emb_c):.4f}; ours {ms_c / ms:.1f}x faster")
+    if not quick:
+        x10, _ = _features(10_000, seed=1)
+        ms_c10 = cuda_time_ms(lambda: tsne(x10, backend="cuml", normalize=None), warmup=0, iters=1)
+        report(SECTION, "cuml 12x10000x768 (serial), 1000 it", ms=ms_c10,
+               note=f"ours {ms_c10 / ms10:.2f}x faster")

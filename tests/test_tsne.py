@@ -1,0 +1,343 @@
+"""sls_fast.tsne and the batched t-SNE kernels (sls_fast.kernels.tsne).
+
+t-SNE is tested by quality, not coordinates (DESIGN.md section 6): trustworthiness and the
+silhouette of the normalised embedding against scikit-learn's on the same clustered data. The
+"sklearn" backend must equal scikit-learn bit for bit; the Triton kernels (run by Triton's
+interpreter on CPU tensors here) must equal the torch reference; batched layers must equal each
+layer alone.
+"""
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from sklearn.manifold import TSNE, trustworthiness
+from sklearn.metrics import silhouette_score as sk_silhouette
+
+import sls_fast.embed as embed
+from sls_fast.embed import tsne
+from sls_fast.kernels import tsne as K
+
+HAS_OPENTSNE = importlib.util.find_spec("openTSNE") is not None
+HAS_CUML = importlib.util.find_spec("cuml") is not None
+
+
+def clustered(n=240, d=50, k=6, layers=1, seed=0, spread=1.3):
+    """``[layers, n, d]`` float32 Gaussian blobs (same labels in every layer) and the labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % k
+    out = []
+    for _ in range(layers):
+        centres = rng.normal(size=(k, d)) * 1.0
+        out.append(centres[labels] + rng.normal(size=(n, d)) * spread)
+    return np.stack(out).astype(np.float32), labels
+
+
+def minmax(e):
+    e = e - e.min(0)
+    return e / e.max(0)
+
+
+@pytest.fixture(scope="module")
+def quality_case():
+    x, labels = clustered()
+    ref = TSNE(n_components=2, init="pca", perplexity=30, random_state=0).fit_transform(x[0])
+    return x, labels, trustworthiness(x[0], ref, n_neighbors=10), sk_silhouette(minmax(ref), labels)
+
+
+def assert_close(actual, expected, tol, what):
+    actual = torch.as_tensor(actual, dtype=torch.float64)
+    expected = torch.as_tensor(expected, dtype=torch.float64)
+    assert not torch.isnan(actual).any(), f"{what}: NaN in result"
+    scale = expected.abs().max().clamp_min(1e-30)
+    err = (actual - expected).abs()
+    worst = int(err.argmax())
+    assert float(err.max() / scale) <= tol, (
+        f"{what}: max relative error {float(err.max() / scale):.3e} > {tol} at flat index "
+        f"{worst} (got {actual.flatten()[worst]:.6e}, want {expected.flatten()[worst]:.6e})")
+
+
+# --------------------------------------------------------------------------------------------
+# quality per backend
+# --------------------------------------------------------------------------------------------
+
+def _check_quality(emb, quality_case, name):
+    x, labels, trust_ref, sil_ref = quality_case
+    e = np.asarray(emb)[0]
+    assert e.shape == (x.shape[1], 2)
+    assert np.isfinite(e).all()
+    trust = trustworthiness(x[0], e, n_neighbors=10)
+    sil = sk_silhouette(minmax(e), labels)
+    assert trust >= trust_ref - 0.02, f"{name}: trustworthiness {trust:.4f} vs sklearn {trust_ref:.4f}"
+    assert abs(sil - sil_ref) <= 0.1, f"{name}: silhouette {sil:.4f} vs sklearn {sil_ref:.4f}"
+
+
+def test_quality_torch(quality_case):
+    x = quality_case[0]
+    _check_quality(tsne(torch.from_numpy(x), backend="torch", normalize=None), quality_case, "torch")
+
+
+def test_quality_torch_sparse_affinities(quality_case):
+    x = quality_case[0]
+    emb = K.tsne_batched(torch.from_numpy(x), dense=False)
+    _check_quality(emb, quality_case, "torch (kNN P)")
+
+
+@pytest.mark.skipif(not HAS_OPENTSNE, reason="openTSNE not installed")
+def test_quality_opentsne(quality_case):
+    _check_quality(tsne(quality_case[0], backend="opentsne", normalize=None), quality_case,
+                   "opentsne")
+
+
+@pytest.mark.cuml
+def test_quality_cuml(quality_case):
+    import cupy
+
+    x = cupy.asarray(quality_case[0])
+    _check_quality(cupy.asnumpy(tsne(x, backend="cuml", normalize=None)), quality_case, "cuml")
+
+
+# --------------------------------------------------------------------------------------------
+# sklearn parity, normalisation, libraries
+# --------------------------------------------------------------------------------------------
+
+def test_sklearn_backend_is_exact():
+    x, _ = clustered(n=90, d=30, layers=1, seed=3)
+    y = x[0][:, :17].copy()  # a second layer of another width (list input)
+    out = tsne([x[0], y], backend="sklearn", perplexity=20.0, normalize=None, seed=5)
+    for i, layer in enumerate((x[0], y)):
+        ref = TSNE(n_components=2, init="pca", perplexity=20.0, random_state=5).fit_transform(layer)
+        assert out.dtype == ref.dtype
+        assert np.array_equal(out[i], ref), f"layer {i} differs from scikit-learn"
+    normed = tsne([x[0], y], backend="sklearn", perplexity=20.0, seed=5)
+    raw = out[1]
+    expect = (raw - raw.min(0)) / (raw.max(0) - raw.min(0))
+    assert np.array_equal(normed[1], expect)
+
+
+def test_minmax_and_libraries():
+    x, _ = clustered(n=64, d=12, layers=2, seed=1)
+    t = torch.from_numpy(x)
+    out = tsne(t, backend="torch", perplexity=10.0, max_iter=60)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 64, 2) and out.dtype == torch.float32
+    assert torch.equal(out.amin(1), torch.zeros(2, 2)) and torch.equal(out.amax(1), torch.ones(2, 2))
+    raw = tsne(x, backend="torch", perplexity=10.0, max_iter=60, normalize=None)
+    assert isinstance(raw, np.ndarray) and raw.shape == (2, 64, 2)
+    assert np.array_equal(out.numpy(), embed.minmax_normalize(torch.from_numpy(raw)).numpy())
+    one = tsne(x[1], backend="torch", perplexity=10.0, max_iter=60)  # a single [N, D] layer
+    assert isinstance(one, np.ndarray) and one.shape == (64, 2)
+    assert np.array_equal(one, out[1].numpy())
+    nested = tsne(x.tolist(), backend="torch", perplexity=10.0, max_iter=60)
+    assert isinstance(nested, np.ndarray) and np.array_equal(nested, out.numpy())
+
+
+def test_list_of_widths_and_batched_equals_alone():
+    x, _ = clustered(n=70, d=40, layers=3, seed=2)
+    layers = [x[0], x[1][:, :23], x[2][:, :40]]
+    batched = tsne(layers, backend="torch", perplexity=12.0, max_iter=120, normalize=None)
+    assert batched.shape == (3, 70, 2)
+    for i, layer in enumerate(layers):
+        alone = tsne([layer], backend="torch", perplexity=12.0, max_iter=120, normalize=None)
+        assert np.array_equal(batched[i], alone[0]), f"layer {i}: batched != alone"
+
+
+def test_batched_equals_alone_sparse_and_pca():
+    """kNN affinities and the randomized PCA (D > 50) are batch-independent too."""
+    x, _ = clustered(n=100, d=120, layers=3, seed=4)
+    t = torch.from_numpy(x)
+    both = K.tsne_batched(t, perplexity=10.0, max_iter=60, dense=False)
+    alone = K.tsne_batched(t[2:], perplexity=10.0, max_iter=60, dense=False)
+    assert torch.equal(both[2], alone[0])
+
+
+def test_deterministic_on_cpu():
+    x, _ = clustered(n=60, d=20, layers=2, seed=6)
+    a = tsne(x, backend="torch", perplexity=10.0, max_iter=80, seed=3)
+    b = tsne(x, backend="torch", perplexity=10.0, max_iter=80, seed=3)
+    c = tsne(x, backend="torch", perplexity=10.0, max_iter=80, seed=3, init="random")
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.skipif(not HAS_OPENTSNE, reason="openTSNE not installed")
+def test_opentsne_deterministic():
+    x, _ = clustered(n=100, d=20, layers=3, seed=7)  # layers spread over threads
+    a = tsne(x, backend="opentsne", perplexity=10.0, max_iter=300)
+    b = tsne(x, backend="opentsne", perplexity=10.0, max_iter=300)
+    assert a.shape == (3, 100, 2) and np.array_equal(a, b)
+
+
+def test_auto_resolution():
+    cpu = torch.device("cpu")
+    assert embed._resolve("auto", cpu, 500) == ("opentsne" if HAS_OPENTSNE else "sklearn")
+    cuda = torch.device("cuda")
+    assert embed._resolve("auto", cuda, 1000) == "torch"
+    big = embed._resolve("auto", cuda, embed.TORCH_AUTO_MAX_N + 1)
+    assert big == ("cuml" if HAS_CUML else "torch")
+    assert embed._resolve("sklearn", cuda, 10) == "sklearn"
+
+
+# --------------------------------------------------------------------------------------------
+# affinities and PCA
+# --------------------------------------------------------------------------------------------
+
+def test_conditional_perplexity_reached():
+    d2 = torch.rand(2, 50, 49, dtype=torch.float64) * 40
+    p = K._conditional_p(d2, 15.0)
+    assert torch.allclose(p.sum(-1), torch.ones(2, 50, dtype=torch.float64))
+    ent = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)
+    assert (ent - np.log(15.0)).abs().max() < 1e-4
+
+
+def test_sparse_P_equals_dense_when_all_neighbours_kept():
+    x, _ = clustered(n=61, d=10, layers=2, seed=8)
+    red = K.pca_project(torch.from_numpy(x), 50)
+    dense = K.joint_probabilities(red, 25.0, dense=True)  # 3 * 25 >= N - 1: k = N - 1
+    nbr, pval = K.joint_probabilities(red, 25.0, dense=False)
+    scattered = torch.zeros_like(dense)
+    scattered.scatter_add_(2, nbr.transpose(1, 2).long(), pval.transpose(1, 2))
+    assert_close(scattered, dense, 1e-5, "sparse P vs dense P")
+    assert torch.allclose(dense.sum(dim=(1, 2)), torch.ones(2), atol=1e-5)
+    assert torch.equal(dense, dense.transpose(1, 2))
+
+
+def test_pca_project_matches_sklearn_components():
+    from sklearn.decomposition import PCA
+
+    x, _ = clustered(n=150, d=200, layers=1, seed=9, spread=0.5)
+    ours = K.pca_project(torch.from_numpy(x), 50)[0].numpy()  # randomized path (D > 60)
+    ref = PCA(n_components=5).fit_transform(x[0])
+    for c in range(3):  # leading (well separated) components agree up to sign
+        corr = abs(np.corrcoef(ours[:, c], ref[:, c])[0, 1])
+        assert corr > 0.999, f"component {c}: |corr| = {corr}"
+    small = K.pca_project(torch.from_numpy(x[:, :, :20]), 50)  # exact path, D <= 50
+    assert small.shape == (1, 150, 20)
+
+
+# --------------------------------------------------------------------------------------------
+# Triton kernels against the torch reference (interpreter on CPU)
+# --------------------------------------------------------------------------------------------
+
+def _problem(L, N, perplexity, dense, seed):
+    x, _ = clustered(n=N, d=12, layers=L, seed=seed)
+    red = K.pca_project(torch.from_numpy(x), 50)
+    aff = K.joint_probabilities(red, perplexity, dense=dense)
+    gen = torch.Generator().manual_seed(seed)
+    y = (torch.randn(L, N, 2, generator=gen) * 4).contiguous()
+    return y, aff
+
+
+def _triton_device():
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if not K.HAS_TRITON:
+        pytest.skip("triton not importable")
+    from sls_fast.kernels import triton_interpreting
+
+    if not triton_interpreting():
+        pytest.skip("no CUDA and TRITON_INTERPRET is not set")
+    return torch.device("cpu")
+
+
+@pytest.mark.parametrize("L,N,dense", [(2, 40, True), (3, 77, True), (2, 53, False), (1, 80, False)])
+def test_triton_forces_match_torch(L, N, dense):
+    dev = _triton_device()
+    y, aff = _problem(L, N, 8.0, dense, seed=N)
+    if dense:
+        args_ref, args = (aff.double(), None, None), (aff.to(dev), None, None)
+    else:
+        args_ref, args = (None, aff[0], aff[1].double()), (None, aff[0].to(dev), aff[1].to(dev))
+    a_ref, r_ref, z_ref = K.tsne_forces_torch(y.double(), *args_ref)
+    a, r, z = K.tsne_forces_triton(y.to(dev), *args)
+    for ex in (1.0, 12.0):
+        g_ref = K.gradient_from_forces(a_ref, r_ref, z_ref, ex)
+        g = K.gradient_from_forces(a.double().cpu(), r.double().cpu(), z.double().cpu(), ex)
+        assert_close(g, g_ref, 1e-5, f"gradient (exaggeration {ex})")
+    assert_close(z.cpu(), z_ref, 1e-5, "Z")
+    assert_close(a.cpu(), a_ref, 1e-5, "attractive sum")
+    assert_close(r.cpu(), r_ref, 1e-5, "repulsive sum")
+
+
+def test_triton_update_matches_torch():
+    dev = _triton_device()
+    y, P = _problem(2, 45, 8.0, True, seed=11)
+    a, r, zpart = K.tsne_forces_triton(y.to(dev), P.to(dev), return_partials=True)
+    gen = torch.Generator().manual_seed(1)
+    upd = torch.randn(2, 45, 2, generator=gen) * 1e-3
+    gains = torch.rand(2, 45, 2, generator=gen) + 0.5
+    ref = [t.clone() for t in (y, upd, gains)]
+    K.tsne_step_torch(*ref, a.cpu(), r.cpu(), zpart.sum(1).cpu(), exaggeration=12.0,
+                      momentum=0.5, learning_rate=50.0)
+    got = [t.clone().to(dev) for t in (y, upd, gains)]
+    K.tsne_step_triton(*got, a, r, zpart, exaggeration=12.0, momentum=0.5, learning_rate=50.0)
+    for name, g, e in zip(("y", "update", "gains"), got, ref):
+        assert_close(g.cpu(), e, 1e-5, name)
+
+
+def test_triton_optimizer_matches_torch_short_run():
+    dev = _triton_device()
+    y, P = _problem(2, 48, 8.0, True, seed=12)
+    ref = K.tsne_optimize(y.clone(), P, max_iter=12, exploration_iter=6, forces="torch")
+    got = K.tsne_optimize(y.clone().to(dev), P.to(dev), max_iter=12, exploration_iter=6,
+                          forces="triton")
+    assert_close(got.cpu(), ref, 1e-4, "embedding after 12 steps")
+
+
+@pytest.mark.cuda
+def test_torch_backend_on_cuda_quality(quality_case):
+    x = torch.from_numpy(quality_case[0]).cuda()
+    emb = tsne(x, backend="torch", normalize=None)
+    assert emb.is_cuda
+    _check_quality(emb.cpu(), quality_case, "torch (Triton, CUDA)")
+
+
+# --------------------------------------------------------------------------------------------
+# bad input
+# --------------------------------------------------------------------------------------------
+
+def test_errors():
+    x, _ = clustered(n=40, d=8, layers=2, seed=13)
+    with pytest.raises(ValueError, match="perplexity"):
+        tsne(x, backend="sklearn", perplexity=40.0)
+    with pytest.raises(ValueError, match="smaller|perplexity <="):
+        tsne(x, backend="torch", perplexity=45.0)
+    with pytest.raises(ValueError, match="nearest neighbours"):
+        tsne(x, backend="opentsne", perplexity=30.0)
+    with pytest.raises(ValueError, match="nearest neighbours"):
+        tsne(x, backend="cuml", perplexity=30.0)
+    bad = x.copy()
+    bad[1, 3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        tsne(bad, backend="torch", perplexity=5.0)
+    bad[1, 3, 2] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        tsne(bad, backend="sklearn", perplexity=5.0)
+    with pytest.raises(ValueError, match="4-D"):
+        tsne(x[None], perplexity=5.0)
+    with pytest.raises(ValueError, match="1-D"):
+        tsne(x[0, 0], perplexity=5.0)
+    with pytest.raises(ValueError, match="unknown backend"):
+        tsne(x, backend="umap")
+    with pytest.raises(ValueError, match="unknown init"):
+        tsne(x, init="spectral", perplexity=5.0)
+    with pytest.raises(ValueError, match="unknown normalize"):
+        tsne(x, normalize="zscore", perplexity=5.0)
+    with pytest.raises(ValueError, match="same N"):
+        tsne([x[0], x[1][:30]], perplexity=5.0)
+    with pytest.raises(ValueError, match="max_iter"):
+        tsne(x, max_iter=0, perplexity=5.0)
+    with pytest.raises(ValueError, match="max_iter >= 250"):
+        tsne(x, backend="sklearn", max_iter=100, perplexity=5.0)
+    with pytest.raises(ValueError, match="empty"):
+        tsne([], perplexity=5.0)
+    with pytest.raises(TypeError, match="seed"):
+        tsne(x, seed=1.5, perplexity=5.0)
+    with pytest.raises(TypeError):
+        tsne(np.array([["a", "b"], ["c", "d"]]), perplexity=1.0)
+
+
+@pytest.mark.skipif(HAS_CUML, reason="cuML is installed here")
+def test_cuml_missing_is_a_clear_error():
+    x, _ = clustered(n=100, d=8, layers=1, seed=14)
+    with pytest.raises(ValueError, match="cuML"):
+        tsne(x, backend="cuml", perplexity=10.0)
