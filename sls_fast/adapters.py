@@ -68,6 +68,16 @@ def _init_conv_identity(conv: nn.Conv2d) -> None:
     nn.init.zeros_(conv.bias)
 
 
+def _init_bottleneck(down: nn.Module, conv: nn.Conv2d, up: nn.Module) -> None:
+    """Convpass initialisation: Xavier down-projection, identity-like 3x3 conv, zero up-projection
+    (so the adapter starts as an exact zero and the adapted model equals the base model)."""
+    nn.init.xavier_uniform_(down.weight)
+    nn.init.zeros_(down.bias)
+    _init_conv_identity(conv)
+    nn.init.zeros_(up.weight)
+    nn.init.zeros_(up.bias)
+
+
 class Convpass(nn.Module):
     """Convpass adapter for token sequences (ViT) or token maps (Swin).
 
@@ -105,11 +115,7 @@ class Convpass(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.xavier_uniform_(self.down.weight)
-        nn.init.zeros_(self.down.bias)
-        _init_conv_identity(self.conv)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+        _init_bottleneck(self.down, self.conv, self.up)
 
     def _grid(self, n: int):
         if self.grid_size is not None and self.grid_size[0] * self.grid_size[1] == n:
@@ -171,11 +177,7 @@ class ConvpassConv(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.xavier_uniform_(self.down.weight)
-        nn.init.zeros_(self.down.bias)
-        _init_conv_identity(self.conv)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+        _init_bottleneck(self.down, self.conv, self.up)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.dropout(self.act(self.conv(self.act(self.down(x))))))
