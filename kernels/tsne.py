@@ -8,7 +8,8 @@ Everything works on a stack of L independent problems (one per layer) of the sam
    first has standard deviation 1e-4, as scikit-learn's ``init="pca"``.
 2. **Affinities** (:func:`joint_probabilities`): squared Euclidean distances (float64) of the
    full features, as scikit-learn computes them, then a per-point bisection on the Gaussian
-   precision beta = 1 / (2 sigma^2) until the conditional distribution's perplexity matches (scikit-learn's search: start at beta = 1, double
+   precision beta = 1 / (2 sigma^2) until the conditional distribution's perplexity matches
+   (scikit-learn's search: start at beta = 1, double
    or halve until bracketed, then bisect; 100 steps at most, entropy tolerance 1e-5), all layers
    and points at once. The conditional P is symmetrised and normalised per layer.
 
@@ -161,12 +162,11 @@ def auto_learning_rate(n: int, early_exaggeration: float = EARLY_EXAGGERATION) -
 # 2. affinities
 # ----------------------------------------------------------------------------------------------
 
-def _sq_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """float64 ``[L, n, m]`` squared distances between rows of a ``[L, n, d]`` and b ``[L, m, d]``."""
-    a = a.to(torch.float64)
-    b = b.to(torch.float64)
-    d2 = (a * a).sum(-1)[:, :, None] + (b * b).sum(-1)[:, None, :]
-    d2 = torch.baddbmm(d2, a, b.transpose(1, 2), alpha=-2.0)
+def _sq_distances(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor, b_sq: torch.Tensor
+                  ) -> torch.Tensor:
+    """float64 ``[L, n, m]`` squared distances between rows of float64 a ``[L, n, d]`` and
+    b ``[L, m, d]`` given their squared norms ``[L, n]`` and ``[L, m]``."""
+    d2 = torch.baddbmm(a_sq[:, :, None] + b_sq[:, None, :], a, b.transpose(1, 2), alpha=-2.0)
     return d2.clamp_min_(0.0)
 
 
@@ -234,12 +234,14 @@ def joint_probabilities(reduced: torch.Tensor, perplexity: float, *, dense: Opti
     if dense is None:
         dense = N <= DENSE_P_MAX_N
     dev = reduced.device
+    src = reduced.to(torch.float64)
+    sq = (src * src).sum(-1)
     if dense:
         P = torch.empty((L, N, N), dtype=torch.float32, device=dev)
         rows = _row_chunk(L, N)
         for i0 in range(0, N, rows):
             i1 = min(N, i0 + rows)
-            d2 = _sq_distances(reduced[:, i0:i1], reduced)
+            d2 = _sq_distances(src[:, i0:i1], src, sq[:, i0:i1], sq)
             idx = torch.arange(i0, i1, device=dev)
             d2[:, idx - i0, idx] = float("inf")
             P[:, i0:i1] = _conditional_p(d2, perplexity).to(torch.float32)
@@ -255,7 +257,7 @@ def joint_probabilities(reduced: torch.Tensor, perplexity: float, *, dense: Opti
     rows = _row_chunk(L, N)
     for i0 in range(0, N, rows):
         i1 = min(N, i0 + rows)
-        d2 = _sq_distances(reduced[:, i0:i1], reduced)
+        d2 = _sq_distances(src[:, i0:i1], src, sq[:, i0:i1], sq)
         idx = torch.arange(i0, i1, device=dev)
         d2[:, idx - i0, idx] = float("inf")
         vals, ind = torch.topk(d2, k, dim=2, largest=False, sorted=True)
@@ -551,7 +553,8 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
     if forces not in ("torch", "triton"):
         raise ValueError(f"unknown forces implementation {forces!r}; use 'torch' or 'triton'")
     L, N, _ = y.shape
-    lr = auto_learning_rate(N, early_exaggeration) if learning_rate == "auto" else float(learning_rate)
+    lr = (auto_learning_rate(N, early_exaggeration) if learning_rate == "auto"
+          else float(learning_rate))
     y = y.to(torch.float32).contiguous()
     if forces == "triton":
         tensors = [y] + ([P] if P is not None else [nbr, pval])

@@ -18,6 +18,8 @@ import sls_fast.embed as embed
 from sls_fast.embed import tsne
 from sls_fast.kernels import tsne as K
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # torch on small N: no OpenMP spin-waits
+
 HAS_OPENTSNE = importlib.util.find_spec("openTSNE") is not None
 HAS_CUML = importlib.util.find_spec("cuml") is not None
 
@@ -68,13 +70,15 @@ def _check_quality(emb, quality_case, name):
     assert np.isfinite(e).all()
     trust = trustworthiness(x[0], e, n_neighbors=10)
     sil = sk_silhouette(minmax(e), labels)
-    assert trust >= trust_ref - 0.02, f"{name}: trustworthiness {trust:.4f} vs sklearn {trust_ref:.4f}"
+    assert trust >= trust_ref - 0.02, (
+        f"{name}: trustworthiness {trust:.4f} vs sklearn {trust_ref:.4f}")
     assert abs(sil - sil_ref) <= 0.1, f"{name}: silhouette {sil:.4f} vs sklearn {sil_ref:.4f}"
 
 
 def test_quality_torch(quality_case):
     x = quality_case[0]
-    _check_quality(tsne(torch.from_numpy(x), backend="torch", normalize=None), quality_case, "torch")
+    emb = tsne(torch.from_numpy(x), backend="torch", normalize=None)
+    _check_quality(emb, quality_case, "torch")
 
 
 def test_quality_torch_sparse_affinities(quality_case):
@@ -120,7 +124,8 @@ def test_minmax_and_libraries():
     t = torch.from_numpy(x)
     out = tsne(t, backend="torch", perplexity=10.0, max_iter=60)
     assert isinstance(out, torch.Tensor) and out.shape == (2, 64, 2) and out.dtype == torch.float32
-    assert torch.equal(out.amin(1), torch.zeros(2, 2)) and torch.equal(out.amax(1), torch.ones(2, 2))
+    assert torch.equal(out.amin(1), torch.zeros(2, 2))
+    assert torch.equal(out.amax(1), torch.ones(2, 2))
     raw = tsne(x, backend="torch", perplexity=10.0, max_iter=60, normalize=None)
     assert isinstance(raw, np.ndarray) and raw.shape == (2, 64, 2)
     assert np.array_equal(out.numpy(), embed.minmax_normalize(torch.from_numpy(raw)).numpy())
@@ -239,7 +244,8 @@ def _triton_device():
     return torch.device("cpu")
 
 
-@pytest.mark.parametrize("L,N,dense", [(2, 40, True), (3, 77, True), (2, 53, False), (1, 80, False)])
+@pytest.mark.parametrize("L,N,dense",
+                         [(2, 40, True), (3, 77, True), (2, 53, False), (1, 80, False)])
 def test_triton_forces_match_torch(L, N, dense):
     dev = _triton_device()
     y, aff = _problem(L, N, 8.0, dense, seed=N)
