@@ -59,7 +59,7 @@ from ._triton import HAS_TRITON, check_triton_tensors, tl, triton
 __all__ = [
     "DENSE_P_MAX_N", "PCA_DIMS", "EXPLORATION_ITER", "EARLY_EXAGGERATION",
     "pca_project", "joint_probabilities", "initial_embedding", "auto_learning_rate",
-    "tsne_forces_torch", "tsne_forces_triton", "gradient_from_forces",
+    "tsne_forces_torch", "tsne_forces_triton", "tsne_forces_native", "gradient_from_forces",
     "tsne_step_torch", "tsne_step_triton", "tsne_optimize", "tsne_batched",
 ]
 
@@ -508,6 +508,30 @@ def tsne_forces_triton(y: torch.Tensor, P: Optional[torch.Tensor] = None,
 # 4. optimiser
 # ----------------------------------------------------------------------------------------------
 
+def tsne_forces_native(y: torch.Tensor, P: Optional[torch.Tensor] = None,
+                       nbr: Optional[torch.Tensor] = None, pval: Optional[torch.Tensor] = None,
+                       *, num_threads: int = 0):
+    """Same contract as :func:`tsne_forces_torch`, computed by the C++/OpenMP kernel of
+    ``sls_fast._C`` (CPU tensors; float32 coordinates and affinities, float64 Z): one fused pass
+    over all pairs of all layers, Q never stored, the inner loop over j vectorised."""
+    from .native import native_module
+
+    if (P is None) == (nbr is None):
+        raise ValueError("pass either a dense P or sparse (nbr, pval)")
+    if y.device.type != "cpu":
+        raise ValueError(f"native t-SNE forces run on the CPU; y is on {y.device}")
+    L, N, _ = y.shape
+    yt = y.to(torch.float32).permute(0, 2, 1).contiguous().numpy()
+    attr = torch.empty((L, N, 2), dtype=torch.float32)
+    rep = torch.empty((L, N, 2), dtype=torch.float32)
+    Z = torch.empty(L, dtype=torch.float64)
+    args = (None if P is None else P.to(torch.float32).contiguous().numpy(),
+            None if nbr is None else nbr.to(torch.int32).contiguous().numpy(),
+            None if pval is None else pval.to(torch.float32).contiguous().numpy())
+    native_module().tsne_forces_f32(yt, *args, attr.numpy(), rep.numpy(), Z.numpy(), num_threads)
+    return attr.to(y.dtype), rep.to(y.dtype), Z.to(y.dtype)
+
+
 def tsne_step_torch(y, update, gains, attr, rep, Z, *, exaggeration: float, momentum: float,
                     learning_rate: float, min_gain: float = MIN_GAIN) -> None:
     """One delta-bar-delta step in place (scikit-learn's rule), all layers."""
@@ -542,7 +566,8 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
         P / nbr, pval: affinities from :func:`joint_probabilities`.
         max_iter: total iterations, counted as scikit-learn does (exploration iterations
             0..249, then 251..max_iter-1).
-        forces: ``"torch"`` (reference, any device) or ``"triton"`` (fused kernels).
+        forces: ``"torch"`` (reference, any device), ``"triton"`` (fused kernels) or
+            ``"native"`` (C++/OpenMP, CPU).
 
     Returns:
         ``y``, the ``[L, N, 2]`` embeddings.
@@ -550,8 +575,9 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
     Example:
         >>> y = tsne_optimize(y0, P, max_iter=1000)  # doctest: +SKIP
     """
-    if forces not in ("torch", "triton"):
-        raise ValueError(f"unknown forces implementation {forces!r}; use 'torch' or 'triton'")
+    if forces not in ("torch", "triton", "native"):
+        raise ValueError(f"unknown forces implementation {forces!r}; use 'torch', 'triton' or "
+                         "'native'")
     L, N, _ = y.shape
     lr = (auto_learning_rate(N, early_exaggeration) if learning_rate == "auto"
           else float(learning_rate))
@@ -580,7 +606,8 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
                 tsne_step_triton(y, update, gains, attr, rep, zpart, exaggeration=exaggeration,
                                  momentum=momentum, learning_rate=lr)
             else:
-                attr, rep, Z = tsne_forces_torch(y, P, nbr, pval)
+                force_fn = tsne_forces_native if forces == "native" else tsne_forces_torch
+                attr, rep, Z = force_fn(y, P, nbr, pval)
                 tsne_step_torch(y, update, gains, attr, rep, Z, exaggeration=exaggeration,
                                 momentum=momentum, learning_rate=lr)
     return y
@@ -649,7 +676,8 @@ def tsne_batched(features: Union[torch.Tensor, Sequence[torch.Tensor]], *,
         pca_dims: compute the affinities on each layer's first ``pca_dims`` principal
             components (the common practice, e.g. 50) instead of the full features (default:
             full features, like scikit-learn; see the module docstring for the measurement).
-        forces: ``"triton"`` (default on CUDA when Triton is importable) or ``"torch"``.
+        forces: ``"triton"`` (default on CUDA when Triton is importable), ``"torch"`` (the
+            reference; default elsewhere) or ``"native"`` (C++/OpenMP on the CPU).
 
     Returns:
         float32 ``[L, N, 2]`` raw embeddings on the features' device.

@@ -81,6 +81,20 @@ def test_quality_torch(quality_case):
     _check_quality(emb, quality_case, "torch")
 
 
+def test_quality_native(quality_case):
+    _check_quality(tsne(quality_case[0], backend="native", normalize=None), quality_case, "native")
+
+
+def test_native_equals_torch_reference_short_run():
+    """Same affinities, same optimiser: over a short run the C++ forces follow the torch
+    reference's path (t-SNE trajectories are chaotic: measured here, a 1e-7 difference grows
+    to 2e-2 by step 20, so long runs are compared by quality instead)."""
+    x = torch.from_numpy(clustered()[0][:, :200])
+    a = K.tsne_batched(x, max_iter=8, forces="torch")
+    b = K.tsne_batched(x, max_iter=8, forces="native")
+    assert_close(b, a, 1e-4, "native vs torch embedding after 8 iterations")
+
+
 def test_quality_torch_sparse_affinities(quality_case):
     x = quality_case[0]
     emb = K.tsne_batched(torch.from_numpy(x), dense=False)
@@ -174,7 +188,7 @@ def test_opentsne_deterministic():
 
 def test_auto_resolution():
     cpu = torch.device("cpu")
-    assert embed._resolve("auto", cpu, 500) == ("opentsne" if HAS_OPENTSNE else "sklearn")
+    assert embed._resolve("auto", cpu, 500) == "native"
     cuda = torch.device("cuda")
     assert embed._resolve("auto", cuda, 1000) == "torch"
     big = embed._resolve("auto", cuda, embed.TORCH_AUTO_MAX_N + 1)
@@ -262,6 +276,34 @@ def test_triton_forces_match_torch(L, N, dense):
     assert_close(z.cpu(), z_ref, 1e-5, "Z")
     assert_close(a.cpu(), a_ref, 1e-5, "attractive sum")
     assert_close(r.cpu(), r_ref, 1e-5, "repulsive sum")
+
+
+@pytest.mark.parametrize("L,N,dense", [(1, 37, True), (3, 129, True), (2, 53, False), (2, 200, False)])
+def test_native_forces_match_torch(L, N, dense):
+    """C++ forces vs the float64 torch reference (output buffers are fresh: no stale values)."""
+    y, aff = _problem(L, N, 8.0, dense, seed=N)
+    if dense:
+        args_ref, args = (aff.double(), None, None), (aff, None, None)
+    else:
+        args_ref, args = (None, aff[0], aff[1].double()), (None, aff[0], aff[1])
+    a_ref, r_ref, z_ref = K.tsne_forces_torch(y.double(), *args_ref)
+    a, r, z = K.tsne_forces_native(y, *args)
+    for ex in (1.0, 12.0):
+        g_ref = K.gradient_from_forces(a_ref, r_ref, z_ref, ex)
+        g = K.gradient_from_forces(a.double(), r.double(), z.double(), ex)
+        assert_close(g, g_ref, 1e-5, f"gradient (exaggeration {ex})")
+    assert_close(z, z_ref, 1e-5, "Z")
+    assert_close(a, a_ref, 1e-5, "attractive sum")
+    assert_close(r, r_ref, 1e-5, "repulsive sum")
+
+
+def test_native_forces_errors():
+    y = torch.randn(1, 10, 2)
+    with pytest.raises(ValueError, match="either a dense P"):
+        K.tsne_forces_native(y)
+    bad = torch.full((1, 2, 10), 10, dtype=torch.int32)
+    with pytest.raises(ValueError, match="outside"):
+        K.tsne_forces_native(y, None, bad, torch.ones(1, 2, 10))
 
 
 def test_triton_update_matches_torch():

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "cluster_metrics.h"
+#include "tsne_forces.h"
 
 namespace py = pybind11;
 
@@ -71,6 +72,51 @@ void segment_statistics_py(const CArray<T>& x, const CArray<int64_t>& offsets,
   sls_fast::segment_statistics<T>(px, L, N, d, po, K, pc, ps, pd, nt);
 }
 
+void check_shape(const py::array& a, std::initializer_list<int64_t> shape, const char* what) {
+  bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+  int k = 0;
+  for (int64_t s : shape) ok = ok && a.shape(k++) == s;
+  if (!ok) throw std::invalid_argument(std::string(what) + " has the wrong shape");
+}
+
+void tsne_forces_py(const CArray<float>& yt, py::object P, py::object nbr, py::object pval,
+                    CArray<float>& attr, CArray<float>& rep, CArray<double>& Z, int num_threads) {
+  if (yt.ndim() != 3 || yt.shape(1) != 2) throw std::invalid_argument("yt must be [L, 2, N]");
+  const int64_t L = yt.shape(0), N = yt.shape(2);
+  check_shape(attr, {L, N, 2}, "attr");
+  check_shape(rep, {L, N, 2}, "rep");
+  check_shape(Z, {L}, "Z");
+  const int nt = resolve_threads(num_threads);
+  if (!P.is_none()) {
+    auto p = P.cast<CArray<float>>();
+    check_shape(p, {L, N, N}, "P");
+    const float* pp = p.data();
+    const float* py_ = yt.data();
+    float* pa = attr.mutable_data();
+    float* pr = rep.mutable_data();
+    double* pz = Z.mutable_data();
+    py::gil_scoped_release release;
+    sls_fast::tsne_forces_dense(py_, pp, L, N, pa, pr, pz, nt);
+    return;
+  }
+  auto nb = nbr.cast<CArray<int32_t>>();
+  auto pv = pval.cast<CArray<float>>();
+  if (nb.ndim() != 3 || nb.shape(0) != L || nb.shape(2) != N)
+    throw std::invalid_argument("nbr must be int32 [L, M, N]");
+  const int64_t M = nb.shape(1);
+  check_shape(pv, {L, M, N}, "pval");
+  const int32_t* pn = nb.data();
+  for (int64_t s = 0; s < L * M * N; ++s)
+    if (pn[s] < 0 || pn[s] >= N) throw std::invalid_argument("nbr holds an index outside 0..N-1");
+  const float* pvv = pv.data();
+  const float* py_ = yt.data();
+  float* pa = attr.mutable_data();
+  float* pr = rep.mutable_data();
+  double* pz = Z.mutable_data();
+  py::gil_scoped_release release;
+  sls_fast::tsne_forces_sparse(py_, pn, pvv, L, N, M, pa, pr, pz, nt);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -88,6 +134,12 @@ PYBIND11_MODULE(_C, m) {
         py::arg("offsets"), py::arg("centroid"), py::arg("sq"), py::arg("dist"),
         py::arg("num_threads") = 0,
         "Per-cluster centroid [L, K, d], sum of squared and plain distances to it [L, K].");
+  m.def("tsne_forces_f32", &tsne_forces_py, py::arg("yt"), py::arg("P"), py::arg("nbr"),
+        py::arg("pval"), py::arg("attr"), py::arg("rep"), py::arg("Z"),
+        py::arg("num_threads") = 0,
+        "Exact t-SNE forces of float32 yt [L, 2, N] with dense P [L, N, N] (nbr = pval = None) "
+        "or neighbour lists nbr int32 / pval float32 [L, M, N] (P = None): attr, rep [L, N, 2], "
+        "Z [L] float64.");
   m.def("max_threads", []() { return omp_get_max_threads(); },
         "OpenMP threads used when num_threads is 0.");
 }
