@@ -379,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quick", action="store_true", help="reduced setting (32 px, 1 epoch, 400 "
                    "scored images, eager timing): about a minute on 2 cores")
     r.add_argument("--image-size", type=int, default=64, help="digits are upscaled to this size")
-    r.add_argument("--epochs", type=int, default=4, help="epochs to adapt the full model")
+    r.add_argument("--epochs", type=int, default=10, help="epochs to adapt the full model")
     r.add_argument("--prune-epochs", type=int, default=4, help="epochs to retrain the pruned model")
     r.add_argument("--strategy", default="CLR", choices=("FT", "CLR", "TFS"),
                    help="retraining strategy of the pruned model")
