@@ -4,7 +4,8 @@ vs our torch reference vs our native C++ kernels, same run.
     pytest benchmarks/bench_metrics.py --benchmark-only --benchmark-json=out.json
     python benchmarks/ratios.py out.json        # speed-ups against the baseline of each group
 
-Groups: ``silhouette L=12 N=... K=...``; baseline ``sklearn-loop``. A separate test measures the
+Groups: ``silhouette L=12 N=... K=...``; baseline ``sklearn-loop``. On a CUDA machine the
+groups also time ``torch-cuda`` (the reference on the GPU) and ``triton``. A separate test measures the
 peak resident-memory growth of the native silhouette at N = 40,000 in a fresh process.
 """
 import json
@@ -13,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import silhouette_score as sk_silhouette
 
 import sls_fast
@@ -33,14 +35,27 @@ def rounds_for(N):
     return 1 if N >= 10_000 else 3
 
 
+CUDA = torch.cuda.is_available()
+METHODS = ["sklearn-loop", "torch", "native"] + (["torch-cuda", "triton"] if CUDA else [])
+
+
 @pytest.mark.parametrize("N,K", SIZES, ids=[f"N{n}-K{k}" for n, k in SIZES])
-@pytest.mark.parametrize("method", ["sklearn-loop", "torch", "native"])
+@pytest.mark.parametrize("method", METHODS)
 def test_silhouette(benchmark, method, N, K):
     X, y = make(N, K)
     benchmark.group = f"silhouette L={L} N={N} K={K} d=2 float32"
     benchmark.extra_info.update(method=method, L=L, N=N, K=K, d=2)
     if method == "sklearn-loop":
         fn = lambda: np.array([sk_silhouette(X[l], y) for l in range(L)])  # noqa: E731
+    elif method in ("torch-cuda", "triton"):
+        Xc = torch.from_numpy(X).cuda()
+        backend = "torch" if method == "torch-cuda" else "triton"
+
+        def fn():
+            out = sls_fast.silhouette_score(Xc, y, backend=backend)
+            torch.cuda.synchronize()
+            return out.cpu().numpy()
+        fn()  # warm-up: Triton compilation
     else:
         fn = lambda: sls_fast.silhouette_score(X, y, backend=method)  # noqa: E731
     result = benchmark.pedantic(fn, rounds=rounds_for(N), iterations=1, warmup_rounds=0)

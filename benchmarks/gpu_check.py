@@ -20,7 +20,7 @@ import traceback
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-SECTIONS = ["gpu_metrics", "gpu_tsne", "gpu_extract", "gpu_prune"]
+SECTIONS = ["gpu_metrics", "gpu_tsne", "gpu_extract", "gpu_prune", "gpu_pipeline"]
 
 
 class Report:
