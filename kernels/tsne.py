@@ -558,7 +558,8 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
                   nbr: Optional[torch.Tensor] = None, pval: Optional[torch.Tensor] = None, *,
                   max_iter: int = 1000, learning_rate: Union[str, float] = "auto",
                   early_exaggeration: float = EARLY_EXAGGERATION,
-                  exploration_iter: int = EXPLORATION_ITER, forces: str = "torch") -> torch.Tensor:
+                  exploration_iter: int = EXPLORATION_ITER, forces: str = "torch",
+                  progress: bool = False) -> torch.Tensor:
     """Run scikit-learn's gradient-descent schedule on all layers at once.
 
     Args:
@@ -595,6 +596,11 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
         rep = torch.empty_like(y)
         zpart = torch.empty((L, triton.cdiv(N, bi)), dtype=torch.float32, device=y.device)
     n_explore = min(exploration_iter, max_iter)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_iter, desc=f"t-SNE ({forces}, {L} layers)", unit="it", leave=False)
     phases = [(early_exaggeration, 0.5, n_explore),
               (1.0, 0.8, max(0, max_iter - exploration_iter - 1))]
     for exaggeration, momentum, n_steps in phases:
@@ -610,6 +616,10 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
                 attr, rep, Z = force_fn(y, P, nbr, pval)
                 tsne_step_torch(y, update, gains, attr, rep, Z, exaggeration=exaggeration,
                                 momentum=momentum, learning_rate=lr)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
     return y
 
 
@@ -666,7 +676,7 @@ def _affinities_by_width(layers: Sequence[torch.Tensor], perplexity: float,
 def tsne_batched(features: Union[torch.Tensor, Sequence[torch.Tensor]], *,
                  perplexity: float = 30.0, max_iter: int = 1000, init: str = "pca",
                  seed: int = 0, dense: Optional[bool] = None, pca_dims: Optional[int] = None,
-                 forces: Optional[str] = None) -> torch.Tensor:
+                 forces: Optional[str] = None, progress: bool = False) -> torch.Tensor:
     """Exact t-SNE of every layer at once (the ``backend="torch"`` engine of :func:`sls_fast.tsne`).
 
     Args:
@@ -696,5 +706,6 @@ def tsne_batched(features: Union[torch.Tensor, Sequence[torch.Tensor]], *,
     else:
         aff = _affinities_by_width(layers, perplexity, dense)
     if isinstance(aff, tuple):
-        return tsne_optimize(y, nbr=aff[0], pval=aff[1], max_iter=max_iter, forces=forces)
-    return tsne_optimize(y, aff, max_iter=max_iter, forces=forces)
+        return tsne_optimize(y, nbr=aff[0], pval=aff[1], max_iter=max_iter, forces=forces,
+                             progress=progress)
+    return tsne_optimize(y, aff, max_iter=max_iter, forces=forces, progress=progress)

@@ -179,11 +179,20 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def _run_sklearn(layers, perplexity, max_iter, init, seed):
+def _bar(iterable, progress: bool, desc: str, total=None):
+    """tqdm over ``iterable`` when ``progress`` is on."""
+    if not progress:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, unit="layer", leave=False)
+
+
+def _run_sklearn(layers, perplexity, max_iter, init, seed, progress=False):
     from sklearn.manifold import TSNE
 
     out = []
-    for t in layers:
+    for t in _bar(layers, progress, "t-SNE (scikit-learn)"):
         x = _to_numpy(t)
         kwargs = dict(n_components=2, init=init, perplexity=perplexity, random_state=seed)
         if max_iter != 1000:
@@ -204,7 +213,7 @@ def _opentsne_layer(x: np.ndarray, perplexity, max_iter, init, seed, n_jobs) -> 
     return np.asarray(model.fit(x), dtype=np.float32)
 
 
-def _run_opentsne(layers, perplexity, max_iter, init, seed):
+def _run_opentsne(layers, perplexity, max_iter, init, seed, progress=False):
     if not _has("openTSNE"):
         raise ValueError("backend='opentsne' needs the openTSNE package, which is not "
                          "installed; `pip install sls_fast[tsne]` (or openTSNE), or use "
@@ -218,12 +227,13 @@ def _run_opentsne(layers, perplexity, max_iter, init, seed):
         # one single-threaded openTSNE per core, layers handed out in order: its Barnes-Hut
         # loops release the GIL, and at N ~ 1,000 this scales better than n_jobs within a layer
         with ThreadPoolExecutor(max_workers=min(cores, len(xs))) as pool:
-            embs = list(pool.map(
-                lambda x: _opentsne_layer(x, perplexity, max_iter, init, seed, 1), xs))
+            embs = list(_bar(pool.map(
+                lambda x: _opentsne_layer(x, perplexity, max_iter, init, seed, 1), xs),
+                progress, "t-SNE (openTSNE)", total=len(xs)))
     return torch.stack([torch.from_numpy(np.ascontiguousarray(e)) for e in embs])
 
 
-def _run_cuml(layers, perplexity, max_iter, init, seed):
+def _run_cuml(layers, perplexity, max_iter, init, seed, progress=False):
     if not _has("cuml"):
         raise ValueError("backend='cuml' needs RAPIDS cuML, which is not installed; "
                          "`pip install sls_fast[cuml]` on a CUDA machine, or use backend='torch'")
@@ -236,7 +246,7 @@ def _run_cuml(layers, perplexity, max_iter, init, seed):
     iters = "max_iter" if "max_iter" in params else "n_iter"
     n = layers[0].shape[0]
     out = []
-    for t in layers:
+    for t in _bar(layers, progress, "t-SNE (cuML)"):
         t = t.to(device="cuda" if not t.is_cuda else t.device, dtype=torch.float32)
         x = cupy.from_dlpack(t.contiguous())  # zero-copy view of the CUDA buffer
         model = TSNE(n_components=2, perplexity=perplexity, init=init, random_state=seed,
@@ -248,7 +258,7 @@ def _run_cuml(layers, perplexity, max_iter, init, seed):
     return torch.stack(out)
 
 
-def _run_torch(layers, perplexity, max_iter, init, seed, forces=None):
+def _run_torch(layers, perplexity, max_iter, init, seed, forces=None, progress=False):
     feats = [t.detach() if t.is_floating_point() else t.to(torch.float32) for t in layers]
     if forces == "native":
         if feats[0].device.type != "cpu":
@@ -256,7 +266,7 @@ def _run_torch(layers, perplexity, max_iter, init, seed, forces=None):
                              f"{feats[0].device}. Use backend='torch' (Triton on CUDA) or 'auto'")
         feats = [t.cpu() for t in feats]
     return tsne_batched(feats, perplexity=float(perplexity), max_iter=int(max_iter), init=init,
-                        seed=int(seed), forces=forces)
+                        seed=int(seed), forces=forces, progress=progress)
 
 
 def minmax_normalize(emb: torch.Tensor) -> torch.Tensor:
@@ -269,7 +279,7 @@ def minmax_normalize(emb: torch.Tensor) -> torch.Tensor:
 
 
 def tsne(features, *, backend: str = "auto", perplexity: float = 30.0, max_iter: int = 1000,
-         init: str = "pca", seed: int = 0, normalize="minmax"):
+         init: str = "pca", seed: int = 0, normalize="minmax", progress: bool = False):
     """2-D t-SNE embedding of every layer's features.
 
     Args:
@@ -285,6 +295,8 @@ def tsne(features, *, backend: str = "auto", perplexity: float = 30.0, max_iter:
             CPU are deterministic given the seed.
         normalize: ``"minmax"`` (default, the reference's per-axis rescale of each layer to
             [0, 1], which changes silhouette values) or ``None`` (raw coordinates).
+        progress: a tqdm progress bar (over layers, or over iterations for the batched
+            backends).
 
     Returns:
         float32 ``[L, N, 2]`` (``[N, 2]`` for a single ``[N, D]`` input) in the input's library:
@@ -305,14 +317,14 @@ def tsne(features, *, backend: str = "auto", perplexity: float = 30.0, max_iter:
     be = _resolve(backend, device, n)
     _check_sizes(be, n, perplexity, max_iter)
     if be == "sklearn":
-        emb = _run_sklearn(layers, perplexity, max_iter, init, seed)
+        emb = _run_sklearn(layers, perplexity, max_iter, init, seed, progress)
     elif be == "opentsne":
-        emb = _run_opentsne(layers, perplexity, max_iter, init, seed)
+        emb = _run_opentsne(layers, perplexity, max_iter, init, seed, progress)
     elif be == "cuml":
-        emb = _run_cuml(layers, perplexity, max_iter, init, seed)
+        emb = _run_cuml(layers, perplexity, max_iter, init, seed, progress)
     else:
         emb = _run_torch(layers, perplexity, max_iter, init, seed,
-                         forces="native" if be == "native" else None)
+                         forces="native" if be == "native" else None, progress=progress)
     if normalize == "minmax":
         emb = minmax_normalize(emb)
     if library in ("torch", "cupy", "dlpack"):

@@ -202,7 +202,7 @@ def score_layers(model, data, *, metrics=METRICS, tsne_backend: str = "auto",
 
     t0 = time.perf_counter()
     emb = tsne(feats.features, backend=tsne_backend, perplexity=perplexity, max_iter=max_iter,
-               seed=seed, normalize="minmax")
+               seed=seed, normalize="minmax", progress=progress)
     timings["tsne"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
