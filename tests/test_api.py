@@ -1,0 +1,41 @@
+"""The public API is pinned: names, and a docstring on every public callable."""
+import inspect
+
+import sls_fast
+
+PUBLIC = {
+    "__version__", "silhouette_score", "calinski_harabasz_score", "davies_bouldin_score",
+    "cluster_scores", "extract_features", "LayerFeatures", "tsne", "select_depth",
+    "score_layers", "LayerReport", "add_adapters", "merge_adapters", "trainable_parameters",
+    "truncate", "save_pruned", "load_pruned", "storage_report", "finetune", "evaluate",
+    "measure_throughput", "compare_throughput", "sweep_batch_sizes", "data", "models",
+}
+
+
+def test_all_is_pinned():
+    assert set(sls_fast.__all__) == PUBLIC
+    assert len(sls_fast.__all__) == len(PUBLIC)  # no duplicates
+    for name in sls_fast.__all__:
+        assert hasattr(sls_fast, name), name
+
+
+def test_public_callables_have_docstrings():
+    for name in sls_fast.__all__:
+        obj = getattr(sls_fast, name)
+        if callable(obj):
+            assert inspect.getdoc(obj) and len(inspect.getdoc(obj)) > 40, f"{name} needs a docstring"
+
+
+def test_design_signatures():
+    """Keyword arguments that DESIGN.md section 3 promises."""
+    def kw(f):
+        return set(inspect.signature(f).parameters)
+
+    assert {"backend"} <= kw(sls_fast.silhouette_score)
+    assert {"metrics", "backend"} <= kw(sls_fast.cluster_scores)
+    assert {"pool", "device", "dtype", "batch_size", "progress", "amp"} <= kw(sls_fast.extract_features)
+    assert {"backend", "perplexity", "max_iter", "init", "seed", "normalize"} <= kw(sls_fast.tsne)
+    assert {"alpha"} <= kw(sls_fast.select_depth)
+    assert {"kind", "dim", "scale"} <= kw(sls_fast.add_adapters)
+    assert {"depth", "num_classes"} <= kw(sls_fast.truncate)
+    assert {"batch_size", "image_size", "compile", "amp", "warmup", "iters"} <= kw(sls_fast.measure_throughput)
