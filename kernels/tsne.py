@@ -209,6 +209,19 @@ def _row_chunk(L: int, N: int, budget: int = 1 << 25) -> int:
     return max(1, min(N, budget // max(1, L * N)))
 
 
+def _distance_rows(src: torch.Tensor, sq: torch.Tensor):
+    """Squared distances of all layers in chunks of rows: yields ``(i0, i1, d2 [L, i1-i0, N])``
+    with each point's distance to itself set to +inf (it is never its own neighbour)."""
+    L, N, _ = src.shape
+    rows = _row_chunk(L, N)
+    for i0 in range(0, N, rows):
+        i1 = min(N, i0 + rows)
+        d2 = _sq_distances(src[:, i0:i1], src, sq[:, i0:i1], sq)
+        idx = torch.arange(i0, i1, device=src.device)
+        d2[:, idx - i0, idx] = float("inf")
+        yield i0, i1, d2
+
+
 def joint_probabilities(reduced: torch.Tensor, perplexity: float, *, dense: Optional[bool] = None
                         ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """Symmetrised, normalised input affinities of every layer.
@@ -238,12 +251,7 @@ def joint_probabilities(reduced: torch.Tensor, perplexity: float, *, dense: Opti
     sq = (src * src).sum(-1)
     if dense:
         P = torch.empty((L, N, N), dtype=torch.float32, device=dev)
-        rows = _row_chunk(L, N)
-        for i0 in range(0, N, rows):
-            i1 = min(N, i0 + rows)
-            d2 = _sq_distances(src[:, i0:i1], src, sq[:, i0:i1], sq)
-            idx = torch.arange(i0, i1, device=dev)
-            d2[:, idx - i0, idx] = float("inf")
+        for i0, i1, d2 in _distance_rows(src, sq):
             P[:, i0:i1] = _conditional_p(d2, perplexity).to(torch.float32)
         P = P + P.transpose(1, 2)
         P /= P.sum(dim=2).sum(dim=1).clamp_min(1e-30)[:, None, None]
@@ -254,12 +262,7 @@ def joint_probabilities(reduced: torch.Tensor, perplexity: float, *, dense: Opti
                          f"perplexity = {perplexity}")
     nbr = torch.empty((L, N, k), dtype=torch.int64, device=dev)
     cond = torch.empty((L, N, k), dtype=torch.float64, device=dev)
-    rows = _row_chunk(L, N)
-    for i0 in range(0, N, rows):
-        i1 = min(N, i0 + rows)
-        d2 = _sq_distances(src[:, i0:i1], src, sq[:, i0:i1], sq)
-        idx = torch.arange(i0, i1, device=dev)
-        d2[:, idx - i0, idx] = float("inf")
+    for i0, i1, d2 in _distance_rows(src, sq):
         vals, ind = torch.topk(d2, k, dim=2, largest=False, sorted=True)
         nbr[:, i0:i1] = ind
         cond[:, i0:i1] = _conditional_p(vals, perplexity)

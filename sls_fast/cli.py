@@ -358,6 +358,15 @@ def _common(p):
     g.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
 
 
+def _scoring_options(p):
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--alpha", type=float, default=0.3, help="threshold = alpha x last layer's score")
+    p.add_argument("--tsne-backend", default="auto",
+                   help="auto | native | torch | opentsne | sklearn | cuml (sklearn = the paper's "
+                        "exact settings)")
+    p.add_argument("--tsne-iter", type=int, default=1000, help="t-SNE iterations")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="sls-fast", description="SLS (Straightforward Layer-wise Pruning): score every block "
@@ -383,10 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prune-epochs", type=int, default=4, help="epochs to retrain the pruned model")
     r.add_argument("--strategy", default="CLR", choices=("FT", "CLR", "TFS"),
                    help="retraining strategy of the pruned model")
-    r.add_argument("--batch-size", type=int, default=64)
-    r.add_argument("--alpha", type=float, default=0.3, help="threshold = alpha x last layer's score")
-    r.add_argument("--tsne-backend", default="auto", help="auto | torch | opentsne | sklearn | cuml")
-    r.add_argument("--tsne-iter", type=int, default=1000, help="t-SNE iterations")
+    _scoring_options(r)
     r.add_argument("--no-compile", action="store_true", help="time the eager models only")
     r.add_argument("--iters", type=int, default=None, help="timed batches per model")
     _common(r)
@@ -404,10 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="train", help="which split to score")
     s.add_argument("--out", default="sls_score", help="output folder")
     s.add_argument("--image-size", type=int, default=None, help="default: the model's input size")
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--alpha", type=float, default=0.3)
-    s.add_argument("--tsne-backend", default="auto")
-    s.add_argument("--tsne-iter", type=int, default=1000)
+    _scoring_options(s)
     _common(s)
     s.set_defaults(func=cmd_score)
 

@@ -3,13 +3,10 @@
 
 #include <omp.h>
 
+#include "simd.h"
+
 #include <vector>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define SLS_CLONES __attribute__((target_clones("avx2,fma", "default")))
-#else
-#define SLS_CLONES
-#endif
 
 namespace sls_fast {
 namespace {
