@@ -525,9 +525,10 @@ def tsne_forces_native(y: torch.Tensor, P: Optional[torch.Tensor] = None,
         raise ValueError(f"native t-SNE forces run on the CPU; y is on {y.device}")
     L, N, _ = y.shape
     yt = y.to(torch.float32).permute(0, 2, 1).contiguous().numpy()
-    attr = torch.empty((L, N, 2), dtype=torch.float32)
-    rep = torch.empty((L, N, 2), dtype=torch.float32)
-    Z = torch.empty(L, dtype=torch.float64)
+    nan = float("nan")  # outputs start as NaN: an element the kernel missed cannot pass
+    attr = torch.full((L, N, 2), nan, dtype=torch.float32)
+    rep = torch.full((L, N, 2), nan, dtype=torch.float32)
+    Z = torch.full((L,), nan, dtype=torch.float64)
     args = (None if P is None else P.to(torch.float32).contiguous().numpy(),
             None if nbr is None else nbr.to(torch.int32).contiguous().numpy(),
             None if pval is None else pval.to(torch.float32).contiguous().numpy())
