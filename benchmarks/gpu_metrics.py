@@ -52,7 +52,7 @@ def run(report, quick=False):
                note=f"{flops / ms / 1e9:.1f} TFLOP/s at {FLOPS_PER_PAIR} flop/pair "
                     f"({pairs / ms / 1e9:.2f} Gpair/ms)")
     ms = cuda_time_ms(lambda: silhouette_samples_torch(p.x_sorted, p.offsets, p.own),
-                      warmup=1, iters=1)
+                      warmup=0, iters=1)  # the reference is slow: one timed call
     report(SECTION, f"silhouette torch-reference L{L} N{N} K{K} d2", ms=ms)
     ms = cuda_time_ms(lambda: sls_fast.silhouette_score(X, y, backend="triton"), warmup=1, iters=3)
     report(SECTION, f"silhouette_score API (prep + triton) L{L} N{N}", ms=ms)
