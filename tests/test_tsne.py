@@ -189,6 +189,9 @@ def test_opentsne_deterministic():
 def test_auto_resolution():
     cpu = torch.device("cpu")
     assert embed._resolve("auto", cpu, 500) == "native"
+    assert embed._resolve("auto", cpu, embed.NATIVE_AUTO_MAX_N) == "native"
+    big_cpu = embed._resolve("auto", cpu, embed.NATIVE_AUTO_MAX_N + 1)
+    assert big_cpu == ("opentsne" if HAS_OPENTSNE else "sklearn")
     cuda = torch.device("cuda")
     assert embed._resolve("auto", cuda, 1000) == "torch"
     big = embed._resolve("auto", cuda, embed.TORCH_AUTO_MAX_N + 1)
