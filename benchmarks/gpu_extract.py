@@ -12,7 +12,6 @@ Called by benchmarks/gpu_check.py as ``run(report, quick)``.
 """
 from __future__ import annotations
 
-import time
 
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -21,22 +20,9 @@ SECTION = "extract"
 
 
 def _time_ms(fn, *, warmup=1, iters=3):
-    try:
-        from gpu_check import cuda_time_ms
-    except ImportError:  # run standalone
-        cuda_time_ms = None
-    if cuda_time_ms is not None:
-        return cuda_time_ms(fn, warmup=warmup, iters=iters)
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - t) * 1e3)
-    return sorted(times)[len(times) // 2]
+    from gpu_check import cuda_time_ms  # this file's directory is on sys.path (gpu_check.py)
+
+    return cuda_time_ms(fn, warmup=warmup, iters=iters)
 
 
 class _GpuBatches(Dataset):
@@ -187,7 +173,7 @@ def time_vit_b16(report, quick):
            note=f"extract/plain = {r1:.3f} (<= 1.15)")
     report(SECTION, f"ViT-B/16 per-layer re-extraction ({L} passes)", ok=r2 >= 0.8 * L, ms=t_per,
            note=f"per-layer/extract = {r2:.1f}x (>= {0.8 * L:.1f}x)")
-    del model, x, y, lf
+    del x, y, lf
 
 
 def run(report, quick=False):

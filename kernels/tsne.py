@@ -54,6 +54,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
+from .._utils import progress_bar
 from ._triton import HAS_TRITON, check_triton_tensors, tl, triton
 
 __all__ = [
@@ -600,11 +601,8 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
         rep = torch.empty_like(y)
         zpart = torch.empty((L, triton.cdiv(N, bi)), dtype=torch.float32, device=y.device)
     n_explore = min(exploration_iter, max_iter)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=max_iter, desc=f"t-SNE ({forces}, {L} layers)", unit="it", leave=False)
+    bar = progress_bar(None, progress, total=max_iter, desc=f"t-SNE ({forces}, {L} layers)",
+                       unit="it", leave=False)
     phases = [(early_exaggeration, 0.5, n_explore),
               (1.0, 0.8, max(0, max_iter - exploration_iter - 1))]
     for exaggeration, momentum, n_steps in phases:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["array_library", "as_tensor", "to_library"]
+__all__ = ["array_library", "as_tensor", "to_library", "to_numpy"]
 
 
 def array_library(x) -> str:
@@ -43,6 +43,20 @@ def as_tensor(x, name: str = "X") -> tuple[torch.Tensor, str]:
     if not arr.flags.writeable or arr.dtype.byteorder not in ("=", "|", "<" if np.little_endian else ">"):
         arr = np.array(arr, dtype=arr.dtype.newbyteorder("="))
     return torch.from_numpy(arr), "numpy" if lib == "numpy" else "list"
+
+
+def to_numpy(x) -> np.ndarray:
+    """Any array as NumPy on the host (bfloat16 is widened to float32, which NumPy lacks)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if isinstance(x, torch.Tensor):
+        x = x.detach()
+        if x.dtype == torch.bfloat16:
+            x = x.float()
+        return x.cpu().numpy()
+    if type(x).__module__.split(".")[0] == "cupy":
+        return x.get()
+    return np.asarray(x)
 
 
 def to_library(t: torch.Tensor, library: str, *, scalar: bool = False):

@@ -28,7 +28,6 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .blocks import Block, find_blocks, model_family
 

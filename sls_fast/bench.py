@@ -13,6 +13,8 @@ from typing import Iterable, List, Optional
 
 import torch
 
+from ._utils import model_device
+
 __all__ = ["measure_throughput", "compare_throughput", "sweep_batch_sizes", "model_image_size"]
 
 _AMP = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -32,13 +34,6 @@ def model_image_size(model) -> int:
     raise ValueError(f"cannot tell the input size of {type(model).__name__}: pass image_size=")
 
 
-def _device_of(model, device) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 class _Runner:
     """A model prepared for timing: on its device, eval mode, optionally compiled and warmed up."""
 
@@ -48,7 +43,7 @@ class _Runner:
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = _device_of(model, device)
+        self.device = model_device(model, device)
         self.model = model.to(self.device).eval()
         self.image_size = int(image_size or model_image_size(model))
         g = torch.Generator(device="cpu").manual_seed(seed)
@@ -146,7 +141,7 @@ def measure_throughput(model, *, batch_size: int = 64, image_size: Optional[int]
         >>> r["images_per_s"] > 0
         True
     """
-    dev = _device_of(model, device)
+    dev = model_device(model, device)
     warmup, iters = _defaults(dev, warmup, iters)
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
@@ -168,7 +163,7 @@ def compare_throughput(full, pruned, *, rounds: int = 3, batch_size: int = 64,
     """Throughput of ``full`` and ``pruned`` in one run, timed in alternating blocks so that
     both see the same machine state. Returns ``{"full": {...}, "pruned": {...},
     "speedup": pruned images/s / full images/s}``."""
-    dev = _device_of(full, device)
+    dev = model_device(full, device)
     warmup, iters = _defaults(dev, warmup, iters)
     size = image_size or model_image_size(full)
     kw = dict(batch_size=batch_size, image_size=size, compile=compile, compile_mode=compile_mode,

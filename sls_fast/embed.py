@@ -62,7 +62,8 @@ from typing import List, Tuple
 import numpy as np
 import torch
 
-from ._arrays import array_library, as_tensor, to_library
+from ._arrays import array_library, as_tensor, to_library, to_numpy
+from ._utils import progress_bar
 from .kernels.tsne import DENSE_P_MAX_N, EXPLORATION_ITER, tsne_batched
 
 __all__ = ["tsne", "TSNE_BACKENDS", "DENSE_P_MAX_N", "TORCH_AUTO_MAX_N", "NATIVE_AUTO_MAX_N"]
@@ -184,17 +185,8 @@ def _check_sizes(backend: str, n: int, perplexity: float, max_iter: int) -> None
                          f"(scikit-learn's rule), got {max_iter}")
 
 
-def _to_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()
-
-
 def _bar(iterable, progress: bool, desc: str, total=None):
-    """tqdm over ``iterable`` when ``progress`` is on."""
-    if not progress:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, unit="layer", leave=False)
+    return progress_bar(iterable, progress, desc=desc, total=total, unit="layer", leave=False)
 
 
 def _run_sklearn(layers, perplexity, max_iter, init, seed, progress=False):
@@ -202,7 +194,7 @@ def _run_sklearn(layers, perplexity, max_iter, init, seed, progress=False):
 
     out = []
     for t in _bar(layers, progress, "t-SNE (scikit-learn)"):
-        x = _to_numpy(t)
+        x = to_numpy(t)
         kwargs = dict(n_components=2, init=init, perplexity=perplexity, random_state=seed)
         if max_iter != 1000:
             kwargs["max_iter"] = max_iter
@@ -227,7 +219,7 @@ def _run_opentsne(layers, perplexity, max_iter, init, seed, progress=False):
         raise ValueError("backend='opentsne' needs the openTSNE package, which is not "
                          "installed; `pip install sls_fast[tsne]` (or openTSNE), or use "
                          "backend='sklearn' or 'torch'")
-    xs = [np.ascontiguousarray(_to_numpy(t), dtype=np.float64) for t in layers]
+    xs = [np.ascontiguousarray(to_numpy(t), dtype=np.float64) for t in layers]
     cores = os.cpu_count() or 1
     if len(xs) == 1 or cores == 1:
         embs = [_opentsne_layer(xs[0], perplexity, max_iter, init, seed, -1)] if len(xs) == 1 \

@@ -20,11 +20,13 @@ import warnings
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Union
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset
 
+from ._arrays import as_tensor
+from ._arrays import to_numpy as host_numpy
+from ._utils import model_device, progress_bar
 from .blocks import find_blocks, model_family
 
 __all__ = ["LayerFeatures", "extract_features", "estimate_bytes", "pool_output"]
@@ -78,14 +80,14 @@ class LayerFeatures:
     def to_numpy(self) -> "LayerFeatures":
         """The same result with every array as NumPy in host memory (a device-to-host copy on
         CUDA; zero-copy for CPU float32/float16 tensors; bfloat16 is widened to float32)."""
-        conv = _to_numpy
+        conv = host_numpy
         feats = conv(self.features) if self.stacked else [conv(f) for f in self.features]
         return LayerFeatures(feats, conv(self.labels), list(self.layer_names), list(self.widths),
                              list(self.pool))
 
     def to_torch(self) -> "LayerFeatures":
         """The same data as torch tensors on the same device (zero-copy via DLPack)."""
-        conv = _to_torch
+        conv = lambda a: as_tensor(a)[0]  # noqa: E731  (zero-copy via DLPack)
         feats = conv(self.features) if self.stacked else [conv(f) for f in self.features]
         return LayerFeatures(feats, conv(self.labels), list(self.layer_names), list(self.widths),
                              list(self.pool))
@@ -94,27 +96,6 @@ class LayerFeatures:
         lib = type(self.features if self.stacked else self.features[0]).__module__.split(".")[0]
         return (f"LayerFeatures(L={self.num_layers}, N={self.num_samples}, widths={self.widths}, "
                 f"stacked={self.stacked}, library={lib})")
-
-
-def _to_numpy(x):
-    if isinstance(x, np.ndarray):
-        return x
-    if isinstance(x, torch.Tensor):
-        x = x.detach()
-        if x.dtype == torch.bfloat16:
-            x = x.float()
-        return x.cpu().numpy()
-    if type(x).__module__.split(".")[0] == "cupy":
-        return x.get()
-    return np.asarray(x)
-
-
-def _to_torch(x):
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(x)
-    return torch.from_dlpack(x)
 
 
 # --------------------------------------------------------------------------- pooling
@@ -198,14 +179,6 @@ def _fmt_bytes(n) -> str:
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
         n /= 1024
-
-
-def _model_device(model) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
 
 
 def _as_loader(data, batch_size: int):
@@ -419,8 +392,6 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
         >>> lf.features.shape, lf.labels.shape      # 12 blocks, 360 images, width 192
         (torch.Size([12, 360, 192]), torch.Size([360]))
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if dtype not in _DTYPES:
@@ -439,7 +410,7 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
         device = torch.device(device)
         model.to(device)
     else:
-        device = _model_device(model)
+        device = model_device(model)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     loader = _as_loader(data, batch_size)
@@ -504,8 +475,8 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
     try:
         if training:
             model.eval()
-        bar = tqdm(loader, total=n_batches, disable=not progress, desc="extract features",
-                   unit="batch", leave=False)
+        bar = progress_bar(loader, progress, total=n_batches, desc="extract features",
+                           unit="batch", leave=False)
         for batch in bar:
             x, y = _split_batch(batch)
             if bufs is None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Iterable
 
-import numpy as np
 import torch
 
 from ._arrays import array_library, as_tensor, to_library

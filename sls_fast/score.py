@@ -10,20 +10,13 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ._arrays import to_numpy
 from .metrics import METRICS, cluster_scores
 from .select import select_depth
 
 __all__ = ["LayerReport", "score_layers", "SELECTION_METRIC"]
 
 SELECTION_METRIC = "silhouette"  # the paper's; the others are reported
-
-
-def _numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
-    if type(x).__module__.split(".")[0] == "cupy":
-        return x.get()
-    return np.asarray(x)
 
 
 @dataclass
@@ -208,18 +201,18 @@ def score_layers(model, data, *, metrics=METRICS, tsne_backend: str = "auto",
     t0 = time.perf_counter()
     labels = feats.labels
     scores = cluster_scores(emb, labels, metrics, backend=metric_backend)
-    scores = {k: _numpy(v).astype(np.float64) for k, v in scores.items()}
+    scores = {k: to_numpy(v).astype(np.float64) for k, v in scores.items()}
     timings["metrics"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     depth = select_depth(scores[SELECTION_METRIC], alpha)
     timings["select"] = time.perf_counter() - t0
 
-    emb_np = _numpy(emb).astype(np.float32)
+    emb_np = to_numpy(emb).astype(np.float32)
     meta = dict(num_points=int(emb_np.shape[1]), tsne_backend=tsne_backend,
                 metric_backend=metric_backend, perplexity=perplexity, max_iter=max_iter, seed=seed,
                 model=getattr(getattr(model, "pretrained_cfg", None) or {}, "get", lambda k: None)(
                     "architecture") or type(model).__name__)
     return LayerReport(scores=scores, depth=depth, alpha=alpha, layer_names=list(feats.layer_names),
-                       embeddings=emb_np, labels=_numpy(labels).astype(np.int64), timings=timings,
+                       embeddings=emb_np, labels=to_numpy(labels).astype(np.int64), timings=timings,
                        meta=meta)

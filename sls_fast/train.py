@@ -25,7 +25,6 @@ from a random head). ``head_lr`` gives the head and new modules their own learni
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from typing import Dict, List, Optional
@@ -35,17 +34,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._utils import model_device, progress_bar
 from .adapters import _set_trainable, adapter_modules, classifier_name
 
 __all__ = ["finetune", "evaluate", "probe_head", "STRATEGIES"]
 
 STRATEGIES = ("FT", "CLR", "TFS")
 _MIN_LR = 1e-5
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def _loader(data, batch_size: int, shuffle: bool, seed: int = 0):
@@ -96,14 +91,6 @@ def _autocast(device: torch.device, amp):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _progress(it, enabled: bool, **kw):
-    if not enabled:
-        return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, **kw)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, data, *, batch_size: int = 256, device=None, amp=None,
              progress: bool = False) -> float:
@@ -118,13 +105,13 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 256, device=None, amp=
         >>> 0.0 <= acc <= 1.0
         True
     """
-    device = torch.device(device) if device is not None else _device_of(model)
+    device = model_device(model, device)
     loader = _loader(data, batch_size, shuffle=False)
     was = model.training
     model.eval()
     correct = total = 0
     try:
-        for x, y in _progress(loader, progress, desc="evaluate", leave=False):
+        for x, y in progress_bar(loader, progress, desc="evaluate", leave=False):
             x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
             with _autocast(device, amp):
                 out = model(x)
@@ -143,7 +130,7 @@ def _pooled_features(model: nn.Module, loader, device, amp, progress: bool):
     was = model.training
     model.eval()
     try:
-        for x, y in _progress(loader, progress, desc="probe features", leave=False):
+        for x, y in progress_bar(loader, progress, desc="probe features", leave=False):
             x = x.to(device, non_blocking=True)
             with _autocast(device, amp):
                 f = model.forward_head(model.forward_features(x), pre_logits=True)
@@ -171,7 +158,7 @@ def probe_head(model: nn.Module, data, *, l2: float = 1e-3, max_iter: int = 200,
     head = model.get_submodule(clf_name) if clf_name else None
     if not isinstance(head, nn.Linear):
         raise TypeError(f"probe_head needs a linear classifier (get_classifier()), got {type(head).__name__}")
-    device = torch.device(device) if device is not None else _device_of(model)
+    device = model_device(model, device)
     X, y = _pooled_features(model, _loader(data, batch_size, shuffle=False), device, amp, progress)
     C = head.out_features
     if X.shape[1] != head.in_features:
@@ -282,7 +269,7 @@ def finetune(model: nn.Module, train_data, val_data, *, strategy: str = "CLR", e
     lr = float(lr) if lr is not None else (1e-5 if strategy == "FT" else 1e-3)
     head_lr = float(head_lr) if head_lr is not None else lr
     min_lr = min(float(min_lr), lr)
-    device = torch.device(device) if device is not None else _device_of(model)
+    device = model_device(model, device)
     model.to(device)
     clf_name = classifier_name(model)
     if clf_name is None:
@@ -339,11 +326,11 @@ def finetune(model: nn.Module, train_data, val_data, *, strategy: str = "CLR", e
         best_acc = evaluate(model, val_loader, device=device, amp=amp)
         best_state = snapshot()
     history: List[dict] = []
-    for ep in _progress(range(1, epochs + 1), progress, desc=f"finetune {strategy}"):
+    for ep in progress_bar(range(1, epochs + 1), progress, desc=f"finetune {strategy}"):
         t0 = time.time()
         model.train()
         loss_sum = correct = seen = 0
-        for x, y in _progress(train_loader, progress, desc=f"epoch {ep}", leave=False):
+        for x, y in progress_bar(train_loader, progress, desc=f"epoch {ep}", leave=False):
             x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
             with _autocast(device, amp):
                 out = model(x)

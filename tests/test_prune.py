@@ -1,5 +1,4 @@
 """truncate(): blocks 1..K kept, the rest deleted, heads of the right width, plain forward."""
-import copy
 
 import pytest
 import timm

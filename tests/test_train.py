@@ -1,7 +1,6 @@
 """finetune / evaluate: adapters + head only, schedules, best epoch on validation, head recipe."""
 import copy
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import Subset, TensorDataset
