@@ -233,13 +233,20 @@ def cmd_run(args) -> dict:
 
 
 # --------------------------------------------------------------------------- score
+def _size_kwargs(model_name: str, image_size) -> dict:
+    """Patch-token models are built for one input size: pass ``--image-size`` to timm for
+    them (convolutional models take any size and need nothing)."""
+    fixed = ("vit", "deit", "eva", "swin", "beit")
+    if image_size and model_name.split("_")[0].startswith(fixed):
+        return {"img_size": image_size}
+    return {}
+
+
 def _load_model_and_data(args, split: str, *, num_classes=None):
     from .data import from_spec
     from .models import load
 
-    kw = {}
-    if args.image_size and "vit" in args.model or args.image_size and "swin" in args.model:
-        kw["img_size"] = args.image_size
+    kw = _size_kwargs(args.model, args.image_size)
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         model = load(args.model, checkpoint=args.checkpoint, num_classes=num_classes, **kw)
@@ -297,8 +304,7 @@ def cmd_prune(args) -> dict:
     test = from_spec(meta["data"], "test", image_size=size, model=model, seed=args.seed)
     num_classes = _num_classes(train)
     depth = args.depth or report.depth
-    if getattr(model, "sls_adapters", None) is None:
-        add_adapters(model, args.adapter, dim=8)
+    add_adapters(model, args.adapter, dim=8)
     pruned = truncate(model, depth, num_classes=num_classes)
     pruned.to(dev)
     _say(args, f"pruning {meta['model']} to {depth} of {report.num_layers} blocks; retraining "
@@ -327,7 +333,7 @@ def cmd_bench(args) -> dict:
     from .models import load
 
     dev = _device(args)
-    kw = {"img_size": args.image_size} if args.image_size and ("vit" in args.model) else {}
+    kw = _size_kwargs(args.model, args.image_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights are fine for timing
         model = load(args.model, checkpoint=args.checkpoint, **kw)
