@@ -1,10 +1,15 @@
 """One call on a CUDA machine: every CUDA path against its reference, then timings, one table.
 
-    python benchmarks/gpu_check.py [--quick] [--json OUT.json]
+    python benchmarks/gpu_check.py [--quick | --dry-run] [--json OUT.json] [--only SECTIONS]
 
-Sections live beside this file (``gpu_<topic>.py``, each with ``run(report, quick)``); this
+Sections live beside this file (``gpu_<topic>.py``, each with ``run(report, mode)``); this
 script only drives them and prints the table. It needs no network. Budget: under 8 minutes on an
 H100/H200 (``--quick`` shrinks every size for a smoke run).
+
+``--dry-run`` runs every section end to end on the CPU at tiny sizes, Triton kernels under
+Triton's interpreter, so that a Python error cannot cost a lent GPU's minutes; its timings mean
+nothing. ``tests/test_gpu_check.py`` runs it in CI. One failing section is reported as a FAIL
+row and the others still run.
 """
 from __future__ import annotations
 
@@ -38,10 +43,44 @@ class Report:
         print(f"[{flag}] {section:<10} {name:<52} {err:<13} {t:<14} {note}", flush=True)
 
 
-def cuda_time_ms(fn, *, warmup=2, iters=5):
-    """Median milliseconds of fn() with CUDA events (warm-up excluded)."""
+class Mode:
+    """What a section runs at: ``device`` ("cuda", or "cpu" in a dry run) and the size level
+    (``quick`` for a smoke run, ``dry`` for the tiny CPU sizes of ``--dry-run``)."""
+
+    def __init__(self, *, quick=False, dry=False):
+        self.dry = dry
+        self.quick = quick or dry
+        self.device = "cpu" if dry else "cuda"
+
+    def pick(self, full, quick, dry):
+        """The size for this level."""
+        return dry if self.dry else (quick if self.quick else full)
+
+    def __repr__(self):
+        return f"Mode(device={self.device!r}, quick={self.quick}, dry={self.dry})"
+
+
+def synchronize():
     import torch
 
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def cuda_time_ms(fn, *, warmup=2, iters=5):
+    """Median milliseconds of fn() with CUDA events (warm-up excluded); on a machine without
+    CUDA (a dry run) the host clock, so the same code path runs."""
+    import torch
+
+    if not torch.cuda.is_available():
+        for _ in range(min(warmup, 1)):
+            fn()
+        times = []
+        for _ in range(min(iters, 1)):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return times[0]
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -60,20 +99,33 @@ def cuda_time_ms(fn, *, warmup=2, iters=5):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="no GPU: every section on the CPU at tiny sizes, Triton interpreted")
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
     ap.add_argument("--only", default=None, help="comma-separated section modules to run")
     args = ap.parse_args(argv)
+    if args.dry_run:  # before triton is imported anywhere
+        os.environ["TRITON_INTERPRET"] = "1"
 
     import torch
 
-    if not torch.cuda.is_available():
-        print("gpu_check: no CUDA device here; nothing to check", file=sys.stderr)
+    mode = Mode(quick=args.quick, dry=args.dry_run)
+    if not args.dry_run and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device here; nothing to check (--dry-run runs the script on "
+              "the CPU)", file=sys.stderr)
         return 2
     import triton
 
-    props = torch.cuda.get_device_properties(0)
-    print(f"device: {props.name}, {props.total_memory / 2**30:.0f} GiB, SMs {props.multi_processor_count}; "
-          f"torch {torch.__version__}, triton {triton.__version__}, python {platform.python_version()}")
+    if args.dry_run:
+        device_name = f"CPU dry run ({platform.processor() or platform.machine()})"
+        print(f"device: {device_name}; Triton interpreted; timings mean nothing")
+    else:
+        props = torch.cuda.get_device_properties(0)
+        device_name = props.name
+        print(f"device: {props.name}, {props.total_memory / 2**30:.0f} GiB, SMs "
+              f"{props.multi_processor_count}, cc {props.major}.{props.minor}")
+    print(f"torch {torch.__version__}, triton {triton.__version__}, "
+          f"python {platform.python_version()}")
     report = Report()
     t0 = time.time()
     sections = args.only.split(",") if args.only else SECTIONS
@@ -85,18 +137,27 @@ def main(argv=None):
                 print(f"(section {name} not present)")
                 continue
             raise
+        t_sec = time.time()
         try:
-            mod.run(report, quick=args.quick)
+            mod.run(report, mode)
         except Exception as exc:  # keep going: one broken section must not hide the others
             traceback.print_exc()
             report(name, "section crashed", ok=False, note=repr(exc)[:120])
-        torch.cuda.empty_cache()
+        report(name, "section wall time", ms=(time.time() - t_sec) * 1e3)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     total = time.time() - t0
     failed = [r for r in report.rows if r["ok"] is False]
-    print(f"\n{len(report.rows)} rows, {len(failed)} failed, {total:.1f} s total on {props.name}")
+    print(f"\n{len(report.rows)} rows, {len(failed)} failed, {total:.1f} s total on {device_name}")
+    for r in failed:
+        print(f"FAILED: {r['section']}: {r['name']} {r['note']}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(device=props.name, rows=report.rows, seconds=total), f, indent=1)
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(dict(device=device_name, dry_run=args.dry_run, quick=mode.quick,
+                           torch=torch.__version__, triton=triton.__version__,
+                           rows=report.rows, seconds=total), f, indent=1)
+        os.replace(tmp, args.json)
     return 1 if failed else 0
 
 

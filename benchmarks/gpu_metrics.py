@@ -11,15 +11,19 @@ SECTION = "metrics"
 FLOPS_PER_PAIR = 6  # 2 sub, 2 mul, 1 add, 1 sqrt (+ the sum) for d = 2
 
 
-def run(report, quick=False):
+def run(report, mode):
     from gpu_check import cuda_time_ms
 
+    dev = mode.device
     rng = np.random.default_rng(0)
     # --- correctness: every metric, triton vs the float64 torch reference
-    for (L, N, d, K) in [(3, 1001, 2, 10), (2, 777, 64, 7), (4, 2049, 2, 100)]:
+    cases = mode.pick([(3, 1001, 2, 10), (2, 777, 64, 7), (4, 2049, 2, 100)],
+                      [(3, 1001, 2, 10), (2, 777, 64, 7), (4, 2049, 2, 100)],
+                      [(2, 61, 2, 5), (2, 47, 8, 3), (2, 131, 2, 20)])
+    for (L, N, d, K) in cases:
         y = rng.integers(0, K, size=N)
         X = rng.normal(size=(L, N, d)) + rng.normal(scale=3, size=(L, K, d))[:, y]
-        x64 = torch.from_numpy(X).cuda()
+        x64 = torch.from_numpy(X).to(dev)
         ref = sls_fast.cluster_scores(x64, y, backend="torch")
         for dtype in (torch.float64, torch.float32):
             got = sls_fast.cluster_scores(x64.to(dtype), y, backend="triton")
@@ -38,9 +42,9 @@ def run(report, quick=False):
                    max_err=err)
 
     # --- timing: L = 24, N = 50,000, K = 100, d = 2
-    L, N, K = (6, 10_000, 100) if quick else (24, 50_000, 100)
+    L, N, K = mode.pick((24, 50_000, 100), (6, 10_000, 100), (2, 150, 10))
     y = rng.integers(0, K, size=N)
-    X = torch.randn(L, N, 2, device="cuda")
+    X = torch.randn(L, N, 2, device=dev)
     p = _prepare(X, y)
     xt = p.x_sorted.transpose(1, 2).contiguous()
     pairs = L * N * N

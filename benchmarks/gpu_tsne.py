@@ -14,19 +14,19 @@ from __future__ import annotations
 import time
 
 SECTION = "tsne"
-DEVICE = "cuda"  # a dry run of _check_kernels on CPU sets "cpu" (with TRITON_INTERPRET=1)
+DEVICE = "cuda"  # run() sets the mode's device ("cpu" in a dry run, with TRITON_INTERPRET=1)
 L, D, CLASSES = 12, 768, 10
 
 
-def _features(n, seed=0, device=None):
-    """ViT-B-like class-token features ``[12, n, 768]``: class separation grows with depth."""
+def _features(n, seed=0, device=None, layers=L):
+    """ViT-B-like class-token features ``[layers, n, 768]``: class separation grows with depth."""
     import torch
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
     labels = torch.randint(0, CLASSES, (n,), generator=gen)
     shared = (torch.randn(n, 16, generator=gen) @ torch.randn(16, D, generator=gen)) * 0.3
-    x = torch.empty((L, n, D), dtype=torch.float32)
-    for layer in range(L):
+    x = torch.empty((layers, n, D), dtype=torch.float32)
+    for layer in range(layers):
         centres = torch.randn(CLASSES, D, generator=gen) * (0.25 + 0.12 * layer)
         x[layer] = centres[labels] + shared + torch.randn(n, D, generator=gen)
     return x.to(device or DEVICE), labels
@@ -83,33 +83,71 @@ def _check_kernels(report, sizes=((777, True), (2500, False))):
         report(SECTION, f"update triton vs torch, {kind}, 3x{n}", ok=err < 1e-5, max_err=err)
 
 
-def run(report, quick=False):
+def run(report, mode):
     import torch
 
-    from gpu_check import cuda_time_ms
+    from gpu_check import cuda_time_ms, synchronize
     from sls_fast.embed import tsne
     from sls_fast.kernels import tsne as K
 
-    _check_kernels(report)
-    max_iter = 300 if quick else 1000
+    global DEVICE
+    DEVICE = mode.device
+    quick = mode.quick
+    _check_kernels(report, sizes=mode.pick(((777, True), (2500, False)),
+                                           ((777, True), (2500, False)),
+                                           ((67, True), (95, False))))
+    # the dry run (interpreted Triton) checks that the code runs, not what t-SNE gives
+    max_iter = mode.pick(1000, 300, 4)
+    n = mode.pick(1000, 1000, 40)
+    nl = mode.pick(L, L, 2)
+    forces = "triton"  # the kernels under test (interpreted in a dry run)
 
     # 12 x 1,000: ours (Triton) vs the torch forces on CUDA
-    x, _ = _features(1000)
-    ms = cuda_time_ms(lambda: tsne(x, backend="torch", max_iter=max_iter, normalize=None),
-                      warmup=1, iters=3 if quick else 5)
-    emb = tsne(x, backend="torch", max_iter=max_iter, normalize=None)
+    x, _ = _features(n, layers=nl)
+
+    def ours():
+        return K.tsne_batched(x, max_iter=max_iter, forces=forces)
+
+    ms = cuda_time_ms(ours, warmup=1, iters=3 if quick else 5)
+    emb = ours()
     trust = _trust(x, emb)
-    goal = "" if quick else (" (goal < 1000 ms: " + ("met)" if ms < 1000 else "MISSED)"))
-    report(SECTION, f"ours triton 12x1000x768, {max_iter} it", ms=ms,
+    goal = "" if quick else (" (goal < 300 ms: " + ("met)" if ms < 300 else "MISSED)"))
+    report(SECTION, f"ours triton {nl}x{n}x768, {max_iter} it", ms=ms,
            ok=bool(torch.isfinite(emb).all()), note=f"trust {trust:.4f}{goal}")
+    if DEVICE == "cuda":
+        api_ms = cuda_time_ms(lambda: tsne(x, backend="torch", max_iter=max_iter, normalize=None),
+                              warmup=1, iters=3)
+        report(SECTION, f"sls_fast.tsne API (checks + normalise) {nl}x{n}", ms=api_ms)
     t0 = time.time()
     ref = K.tsne_batched(x, max_iter=max_iter, forces="torch")
-    torch.cuda.synchronize()
+    synchronize()
     ref_ms = (time.time() - t0) * 1e3
     ref_trust = _trust(x, ref)
-    report(SECTION, f"torch reference on CUDA 12x1000x768, {max_iter} it", ms=ref_ms,
+    report(SECTION, f"torch reference on {DEVICE} {nl}x{n}x768, {max_iter} it", ms=ref_ms,
            ok=trust >= ref_trust - 0.01,
            note=f"trust {ref_trust:.4f}; ours {ref_ms / ms:.1f}x faster")
+
+    # phases of ours: affinities (distances + perplexity bisection) vs the optimisation loop
+    layers = list(x.unbind(0))
+    aff_ms = cuda_time_ms(lambda: K._affinities_by_width(layers, 30.0, None), warmup=1, iters=3)
+    P = K._affinities_by_width(layers, 30.0, None)
+    y0 = K.initial_embedding(K._reduce_layers(layers, 0, 2), "pca", 0)
+    opt_ms = cuda_time_ms(lambda: K.tsne_optimize(y0.clone(), P, max_iter=max_iter, forces=forces),
+                          warmup=1, iters=3)
+    report(SECTION, f"phase: affinities {nl}x{n}x768 (dense P)", ms=aff_ms)
+    report(SECTION, f"phase: optimise {nl}x{n}, {max_iter} it ({forces})", ms=opt_ms,
+           note=f"{opt_ms * 1e3 / max_iter:.0f} us/iteration")
+    del P, y0
+
+    # S x L = 8 x 12 layers at once (the repeats of a decision-stability run)
+    reps = mode.pick(8, 2, 2)
+    xs = x.repeat(reps, 1, 1)
+    ms_s = cuda_time_ms(lambda: K.tsne_batched(xs, max_iter=max_iter, forces=forces), warmup=1,
+                        iters=2)
+    goal = "" if quick else (" (goal < 1000 ms: " + ("met)" if ms_s < 1000 else "MISSED)"))
+    report(SECTION, f"ours {reps}x{nl} layers x {n} at once, {max_iter} it", ms=ms_s,
+           note=f"{ms_s / ms:.2f}x the {nl}-layer time{goal}")
+    del xs
 
     # 12 x 10,000: ours end to end; both force paths per iteration
     if not quick:
