@@ -1,4 +1,5 @@
 """score_layers end to end against the authors' pipeline restated, and LayerReport I/O."""
+import json
 import os
 import warnings
 
@@ -100,15 +101,53 @@ def test_high_margin_profile_same_depth_every_backend(backend):
 def test_report_json_round_trip_and_plots(tmp_path, lite0_digits):
     model, data = lite0_digits
     rep = sls_fast.score_layers(model, torch.utils.data.Subset(data, list(range(120))),
-                                tsne_backend="native", max_iter=300, progress=False)
+                                tsne_backend="native", max_iter=300, progress=False, repeats=3)
+    S, L = 3, 16
+    assert rep.repeats == S and len(rep.run_depths) == S
+    assert {k: v.shape for k, v in rep.runs.items()} == {k: (S, L) for k in rep.scores}
+    for k in rep.scores:
+        np.testing.assert_allclose(rep.scores[k], rep.runs[k].mean(0))
+    np.testing.assert_allclose(rep.spread, rep.runs["silhouette"].std(0, ddof=1))
+    assert rep.depth == sls_fast.select_depth(rep.scores["silhouette"])
+    assert rep.run_depths == [sls_fast.select_depth(r) for r in rep.runs["silhouette"]]
+    assert rep.confidence == np.mean(np.array(rep.run_depths) == rep.depth)
+    assert rep.embeddings.shape == (L, 120, 2)
     path = tmp_path / "layers.json"
     rep.to_json(str(path))
     back = sls_fast.LayerReport.from_json(str(path))
     assert back.depth == rep.depth and back.layer_names == rep.layer_names
+    assert back.run_depths == rep.run_depths and back.confidence == rep.confidence
     for k in rep.scores:
-        np.testing.assert_allclose(back.scores[k], rep.scores[k])
+        np.testing.assert_array_equal(back.scores[k], rep.scores[k])
+        np.testing.assert_array_equal(back.runs[k], rep.runs[k])
+    np.testing.assert_array_equal(back.spread, rep.spread)
     np.testing.assert_allclose(back.embeddings, rep.embeddings, atol=1e-6)
     paths = back.plot(str(tmp_path / "plots"))
     assert [os.path.basename(p) for p in paths] == ["scores.png", "tsne_layers.png"]
     assert all(os.path.getsize(p) > 10_000 for p in paths)
-    assert "kept depth K" in rep.summary()
+    text = rep.summary()
+    assert "kept depth K" in text and "per-run depths: " + " ".join(map(str, rep.run_depths)) \
+        in text and "confidence" in text
+    # run 0 of the repeats is the single run with the same seed
+    one = sls_fast.score_layers(model, torch.utils.data.Subset(data, list(range(120))),
+                                tsne_backend="native", max_iter=300, progress=False,
+                                metrics=("silhouette",))
+    np.testing.assert_array_equal(one.runs["silhouette"][0], rep.runs["silhouette"][0])
+    assert one.repeats == 1 and one.confidence == 1.0 and one.run_depths == [one.depth]
+    assert not one.spread.any()
+
+
+def test_single_run_report_without_repeat_fields_loads():
+    """A report written before repeats existed (no runs / spread / confidence) still loads."""
+    d = dict(depth=2, alpha=0.3, layer_names=["a", "b", "c"],
+             scores={"silhouette": [0.1, 0.3, 0.4]})
+    rep = sls_fast.LayerReport.from_json(json.dumps(d))
+    assert rep.repeats == 1 and rep.run_depths == [2] and rep.confidence == 1.0
+    np.testing.assert_array_equal(rep.runs["silhouette"], [[0.1, 0.3, 0.4]])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True])
+def test_bad_repeats(bad, lite0_digits):
+    model, data = lite0_digits
+    with pytest.raises(ValueError, match="repeats"):
+        sls_fast.score_layers(model, data, repeats=bad, progress=False)
