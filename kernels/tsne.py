@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
 from .._utils import progress_bar
@@ -61,6 +62,7 @@ __all__ = [
     "DENSE_P_MAX_N", "PCA_DIMS", "EXPLORATION_ITER", "EARLY_EXAGGERATION",
     "pca_project", "joint_probabilities", "initial_embedding", "auto_learning_rate",
     "tsne_forces_torch", "tsne_forces_triton", "tsne_forces_native", "gradient_from_forces",
+    "repeats_of", "repeat_starts", "REPEAT_JITTER",
     "tsne_step_torch", "tsne_step_triton", "tsne_optimize", "tsne_batched",
 ]
 
@@ -152,6 +154,45 @@ def initial_embedding(reduced: torch.Tensor, init: str, seed: int) -> torch.Tens
         y = 1e-4 * torch.randn(N, 2, generator=gen, dtype=torch.float32)
         return y.to(reduced.device).expand(L, N, 2).contiguous()
     raise ValueError(f"unknown init {init!r}; use 'pca' or 'random'")
+
+
+# Relative size of the perturbation that tells the repeats of a layer apart (see repeat_starts).
+REPEAT_JITTER = 1e-2
+
+
+def repeat_starts(y0: torch.Tensor, repeats: int, seed: int, jitter: float = REPEAT_JITTER
+                  ) -> torch.Tensor:
+    """Starts of ``repeats`` runs of every layer: float32 ``[repeats x L, N, 2]``, run-major
+    (problem ``s * L + l`` is run s of layer l).
+
+    Run 0 is ``y0`` itself (so run 0 equals a single run with the same seed); run s >= 1 is
+    ``y0`` plus Gaussian noise of standard deviation ``jitter`` x the layer's start scale
+    (the standard deviation of its first axis: 1e-4 for both inits), drawn on the CPU from a
+    generator seeded by ``(seed, s)`` (the same bits on every device).
+
+    Why a perturbed start: t-SNE is chaotic, and what makes two runs of the authors' pipeline
+    differ is the accumulated rounding of a different row order (or BLAS, thread count, CPU).
+    A start perturbed far below the embedding's resolution samples that same chaos, while the
+    runs keep the affinities (computed once per layer, shared) and the PCA start. The seed
+    alone would not do: with ``init="pca"`` it only reaches the randomized range finder of
+    :func:`pca_project`, whose result moves in the last bits between seeds, and not at all for
+    layers of width <= 12 (exact eigendecomposition). Measured on EfficientNet-Lite0 / 240
+    digits (benchmarks/RESULTS.md): the per-layer spread of the silhouette over 8 runs is the
+    same with jitter 1e-2 or 1e-4, with 8 seeds, with 8 row orders, and as the authors'
+    pipeline over 8 row orders.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    L, N, _ = y0.shape
+    scale = y0[:, :, 0].std(dim=1, unbiased=False).clamp_min(1e-12).cpu()  # [L]
+    runs = [y0.to(torch.float32)]
+    for s in range(1, repeats):
+        state = np.random.SeedSequence([int(seed), s]).generate_state(1)[0]
+        gen = torch.Generator(device="cpu").manual_seed(int(state))
+        noise = torch.randn((L, N, 2), generator=gen, dtype=torch.float32)
+        noise *= (jitter * scale)[:, None, None]
+        runs.append(y0.to(torch.float32) + noise.to(y0.device))
+    return torch.cat(runs).contiguous()
 
 
 def auto_learning_rate(n: int, early_exaggeration: float = EARLY_EXAGGERATION) -> float:
@@ -307,7 +348,9 @@ def tsne_forces_torch(y: torch.Tensor, P: Optional[torch.Tensor] = None,
 
     Args:
         y: ``[L, N, 2]`` embedding (float32 or float64; the result has its dtype).
-        P: dense ``[L, N, N]`` affinities, or ``None`` with ``nbr, pval`` (``[L, M, N]``).
+        P: dense ``[LP, N, N]`` affinities, or ``None`` with ``nbr, pval`` (``[LP, M, N]``).
+            ``LP`` divides ``L``: problem ``l`` uses the affinities of layer ``l % LP``, so
+            the S = L / LP repeats of a layer (run-major) share one P, never copied.
 
     Returns:
         ``(attr, rep, Z)``: ``attr[l, i] = sum_j p_ij w_ij (y_i - y_j)``,
@@ -321,6 +364,7 @@ def tsne_forces_torch(y: torch.Tensor, P: Optional[torch.Tensor] = None,
     if (P is None) == (nbr is None):
         raise ValueError("pass either a dense P or sparse (nbr, pval)")
     L, N, _ = y.shape
+    S, LP = repeats_of(L, P if P is not None else nbr)
     dt = y.dtype
     y0, y1 = y[..., 0], y[..., 1]
     attr = torch.zeros_like(y)
@@ -339,19 +383,30 @@ def tsne_forces_torch(y: torch.Tensor, P: Optional[torch.Tensor] = None,
         w2 = w * w
         rep[:, i0:i1, 0] = (w2 * dx).sum(-1)
         rep[:, i0:i1, 1] = (w2 * dy).sum(-1)
-        if P is not None:
-            pw = P[:, i0:i1].to(dt) * w
+        if P is not None:  # P broadcast over the S runs: [1, LP, rows, N] x [S, LP, rows, N]
+            pw = (P[None, :, i0:i1].to(dt) * w.view(S, LP, i1 - i0, N)).view(L, i1 - i0, N)
             attr[:, i0:i1, 0] = (pw * dx).sum(-1)
             attr[:, i0:i1, 1] = (pw * dy).sum(-1)
     if nbr is not None:
         M = nbr.shape[1]
-        j = nbr.to(torch.int64).reshape(L, M * N)
-        dx = y0[:, None, :] - y0.gather(1, j).view(L, M, N)
-        dy = y1[:, None, :] - y1.gather(1, j).view(L, M, N)
-        pw = pval.to(dt) / (1.0 + dx * dx + dy * dy)
-        attr[..., 0] = (pw * dx).sum(1)
-        attr[..., 1] = (pw * dy).sum(1)
+        j = nbr.to(torch.int64).reshape(1, LP, M * N).expand(S, LP, M * N)  # a view, no copy
+        dx = y0.view(S, LP, 1, N) - y0.view(S, LP, N).gather(2, j).view(S, LP, M, N)
+        dy = y1.view(S, LP, 1, N) - y1.view(S, LP, N).gather(2, j).view(S, LP, M, N)
+        pw = pval.to(dt)[None] / (1.0 + dx * dx + dy * dy)
+        attr[..., 0] = (pw * dx).sum(2).view(L, N)
+        attr[..., 1] = (pw * dy).sum(2).view(L, N)
     return attr, rep, Z
+
+
+def repeats_of(num_problems: int, affinities: torch.Tensor) -> Tuple[int, int]:
+    """``(S, LP)`` for ``num_problems = S x LP`` embeddings over affinities of ``LP`` layers
+    (``affinities``: P ``[LP, N, N]`` or nbr ``[LP, M, N]``); ``ValueError`` if LP does not
+    divide the problem count."""
+    LP = int(affinities.shape[0])
+    if LP < 1 or num_problems % LP:
+        raise ValueError(f"the affinities cover {LP} layers, which must divide the number of "
+                         f"embeddings ({num_problems} = repeats x layers)")
+    return num_problems // LP, LP
 
 
 def gradient_from_forces(attr: torch.Tensor, rep: torch.Tensor, Z: torch.Tensor,
@@ -364,9 +419,10 @@ if HAS_TRITON:
 
     @triton.jit
     def _tsne_forces_kernel(y_ptr, p_ptr, nbr_ptr, pv_ptr, attr_ptr, rep_ptr, zpart_ptr,
-                            N, M, NUM_BLOCKS,
+                            N, M, NUM_BLOCKS, P_LAYERS,
                             DENSE: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
         layer = tl.program_id(0).to(tl.int64)
+        player = layer % P_LAYERS  # the affinities of this problem (shared by a layer's runs)
         pid = tl.program_id(1)
         offs_i = pid * BLOCK_I + tl.arange(0, BLOCK_I)
         mask_i = offs_i < N
@@ -392,13 +448,13 @@ if HAS_TRITON:
             r0 += tl.sum(w2 * dx, axis=1)
             r1 += tl.sum(w2 * dy, axis=1)
             if DENSE:
-                p = tl.load(p_ptr + layer * N * N + offs_i[:, None].to(tl.int64) * N
+                p = tl.load(p_ptr + player * N * N + offs_i[:, None].to(tl.int64) * N
                             + offs_j[None, :], mask=valid, other=0.0).to(tl.float32)
                 pw = p * w
                 a0 += tl.sum(pw * dx, axis=1)
                 a1 += tl.sum(pw * dy, axis=1)
         if not DENSE:
-            nbase = layer * M * N
+            nbase = player * M * N
             for m in range(0, M):
                 j = tl.load(nbr_ptr + nbase + m * N + offs_i, mask=mask_i, other=0).to(tl.int64)
                 pv = tl.load(pv_ptr + nbase + m * N + offs_i, mask=mask_i, other=0.0).to(tl.float32)
@@ -452,11 +508,11 @@ def _launch_forces(y, P, nbr, pval, attr, rep, zpart, bi, bj) -> None:
     L, N, _ = y.shape
     nb = zpart.shape[1]
     if P is not None:
-        _tsne_forces_kernel[(L, nb)](y, P, y, y, attr, rep, zpart, N, 1, nb,
+        _tsne_forces_kernel[(L, nb)](y, P, y, y, attr, rep, zpart, N, 1, nb, P.shape[0],
                                      DENSE=True, BLOCK_I=bi, BLOCK_J=bj)
     else:
         _tsne_forces_kernel[(L, nb)](y, y, nbr, pval, attr, rep, zpart, N, nbr.shape[1], nb,
-                                     DENSE=False, BLOCK_I=bi, BLOCK_J=bj)
+                                     nbr.shape[0], DENSE=False, BLOCK_I=bi, BLOCK_J=bj)
 
 
 def tsne_forces_triton(y: torch.Tensor, P: Optional[torch.Tensor] = None,
@@ -467,8 +523,9 @@ def tsne_forces_triton(y: torch.Tensor, P: Optional[torch.Tensor] = None,
 
     Args:
         y: contiguous float32 ``[L, N, 2]`` (CUDA, or CPU under ``TRITON_INTERPRET=1``).
-        P: float32 ``[L, N, N]`` dense affinities, or ``nbr`` (int32) / ``pval`` (float32)
-            ``[L, M, N]`` padded neighbour lists.
+        P: float32 ``[LP, N, N]`` dense affinities, or ``nbr`` (int32) / ``pval`` (float32)
+            ``[LP, M, N]`` padded neighbour lists; ``LP`` divides ``L`` (problem ``l`` reads
+            the affinities of ``l % LP``: repeats share them).
         return_partials: return the per-block partial sums of Z (``[L, cdiv(N, block_i)]``)
             instead of Z (what the fused update kernel reads).
 
@@ -486,16 +543,17 @@ def tsne_forces_triton(y: torch.Tensor, P: Optional[torch.Tensor] = None,
         raise ValueError(f"y must be a contiguous float32 [L, N, 2] tensor, got "
                          f"{tuple(y.shape)} {y.dtype}")
     L, N, _ = y.shape
+    _, LP = repeats_of(L, P if P is not None else nbr)
     bi, bj = _blocks(y)
     bi, bj = block_i or bi, block_j or bj
     nb = triton.cdiv(N, bi)
     if P is not None:
-        if tuple(P.shape) != (L, N, N):
-            raise ValueError(f"P must be [L, N, N] = {(L, N, N)}, got {tuple(P.shape)}")
+        if tuple(P.shape) != (LP, N, N):
+            raise ValueError(f"P must be [LP, N, N] = {(LP, N, N)}, got {tuple(P.shape)}")
         P = P.to(torch.float32).contiguous()
     else:
-        if nbr.shape[0] != L or nbr.shape[2] != N or tuple(pval.shape) != tuple(nbr.shape):
-            raise ValueError(f"nbr/pval must be [L, M, N] with L = {L}, N = {N}; got "
+        if nbr.shape[2] != N or tuple(pval.shape) != tuple(nbr.shape):
+            raise ValueError(f"nbr/pval must be [LP, M, N] with N = {N}; got "
                              f"{tuple(nbr.shape)} and {tuple(pval.shape)}")
         nbr = nbr.to(torch.int32).contiguous()
         pval = pval.to(torch.float32).contiguous()
@@ -568,8 +626,10 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
     """Run scikit-learn's gradient-descent schedule on all layers at once.
 
     Args:
-        y: ``[L, N, 2]`` float32 start (modified in place and returned).
-        P / nbr, pval: affinities from :func:`joint_probabilities`.
+        y: ``[L, N, 2]`` float32 start (modified in place and returned); ``L`` may be
+            ``S x LP`` (S runs of each of the LP layers of the affinities, run-major: see
+            :func:`repeat_starts`), the runs of a layer sharing its affinities.
+        P / nbr, pval: affinities from :func:`joint_probabilities` (``LP`` layers).
         max_iter: total iterations, counted as scikit-learn does (exploration iterations
             0..249, then 251..max_iter-1).
         forces: ``"torch"`` (reference, any device), ``"triton"`` (fused kernels) or
@@ -585,6 +645,7 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
         raise ValueError(f"unknown forces implementation {forces!r}; use 'torch', 'triton' or "
                          "'native'")
     L, N, _ = y.shape
+    repeats_of(L, P if P is not None else nbr)  # validated once, before the hot loop
     lr = (auto_learning_rate(N, early_exaggeration) if learning_rate == "auto"
           else float(learning_rate))
     y = y.to(torch.float32).contiguous()
@@ -678,7 +739,8 @@ def _affinities_by_width(layers: Sequence[torch.Tensor], perplexity: float,
 def tsne_batched(features: Union[torch.Tensor, Sequence[torch.Tensor]], *,
                  perplexity: float = 30.0, max_iter: int = 1000, init: str = "pca",
                  seed: int = 0, dense: Optional[bool] = None, pca_dims: Optional[int] = None,
-                 forces: Optional[str] = None, progress: bool = False) -> torch.Tensor:
+                 forces: Optional[str] = None, repeats: Optional[int] = None,
+                 progress: bool = False) -> torch.Tensor:
     """Exact t-SNE of every layer at once (the ``backend="torch"`` engine of :func:`sls_fast.tsne`).
 
     Args:
@@ -690,9 +752,13 @@ def tsne_batched(features: Union[torch.Tensor, Sequence[torch.Tensor]], *,
             full features, like scikit-learn; see the module docstring for the measurement).
         forces: ``"triton"`` (default on CUDA when Triton is importable), ``"torch"`` (the
             reference; default elsewhere) or ``"native"`` (C++/OpenMP on the CPU).
+        repeats: S independent runs of every layer (starts from :func:`repeat_starts`),
+            optimised as one problem of S x L embeddings; the affinities are computed once
+            per layer and shared by its runs. ``None``: a single run.
 
     Returns:
-        float32 ``[L, N, 2]`` raw embeddings on the features' device.
+        float32 ``[L, N, 2]`` raw embeddings on the features' device; ``[S, L, N, 2]`` with
+        ``repeats=S`` (run 0 equals the single run).
 
     Example:
         >>> tsne_batched(torch.randn(4, 300, 64), max_iter=500).shape
@@ -703,11 +769,16 @@ def tsne_batched(features: Union[torch.Tensor, Sequence[torch.Tensor]], *,
     if forces is None:
         forces = "triton" if (dev.type == "cuda" and HAS_TRITON) else "torch"
     y = initial_embedding(_reduce_layers(layers, seed, 2), init, seed)
+    L = y.shape[0]
+    if repeats is not None:
+        y = repeat_starts(y, repeats, seed)
     if pca_dims:
         aff = joint_probabilities(_reduce_layers(layers, seed, pca_dims), perplexity, dense=dense)
     else:
         aff = _affinities_by_width(layers, perplexity, dense)
     if isinstance(aff, tuple):
-        return tsne_optimize(y, nbr=aff[0], pval=aff[1], max_iter=max_iter, forces=forces,
-                             progress=progress)
-    return tsne_optimize(y, aff, max_iter=max_iter, forces=forces, progress=progress)
+        y = tsne_optimize(y, nbr=aff[0], pval=aff[1], max_iter=max_iter, forces=forces,
+                          progress=progress)
+    else:
+        y = tsne_optimize(y, aff, max_iter=max_iter, forces=forces, progress=progress)
+    return y if repeats is None else y.view(repeats, L, *y.shape[1:])

@@ -98,6 +98,31 @@ def _seed(seed: int):
     torch.manual_seed(seed)
 
 
+def _write_json(path: str, obj: dict) -> None:
+    """Write ``obj`` as JSON atomically (a reader never sees half a file)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+def _decision(report) -> dict:
+    """The depth decision with its measured stability (the report.json fields)."""
+    return dict(repeats=report.repeats, run_depths=list(report.run_depths),
+                confidence=report.confidence, spread=[float(x) for x in report.spread],
+                runs={k: v.tolist() for k, v in report.runs.items()})
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def _table(rows, headers) -> str:
     widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
     line = "  ".join(str(h).ljust(w) for h, w in zip(headers, widths))
@@ -144,7 +169,7 @@ def cmd_run(args) -> dict:
     settings = dict(model=DEFAULT_MODEL, dataset="digits", image_size=image_size, epochs=epochs,
                     prune_epochs=prune_epochs, batch_size=args.batch_size, tsne_iter=max_iter,
                     alpha=args.alpha, strategy=args.strategy, compile=compile_, device=str(dev),
-                    score_points=n_score or "all train")
+                    score_points=n_score or "all train", repeats=args.repeats)
     _say(args, "sls-fast run: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
 
     t0 = time.perf_counter()
@@ -170,7 +195,8 @@ def cmd_run(args) -> dict:
     if n_score:
         score_data = torch.utils.data.Subset(train, list(range(min(n_score, len(train)))))
     report = score_layers(model, score_data, alpha=args.alpha, seed=args.seed, max_iter=max_iter,
-                          tsne_backend=args.tsne_backend, progress=args.progress, device=dev)
+                          tsne_backend=args.tsne_backend, progress=args.progress, device=dev,
+                          repeats=args.repeats)
     timings.update({f"score_{k}": v for k, v in report.timings.items()})
     depth, L = report.depth, report.num_layers
 
@@ -204,6 +230,7 @@ def cmd_run(args) -> dict:
         model=DEFAULT_MODEL, dataset="digits", num_layers=L, depth=depth, alpha=args.alpha,
         layer_names=report.layer_names,
         scores={k: [float(x) for x in v] for k, v in report.scores.items()},
+        **_decision(report),
         accuracy=dict(full=acc_full, pruned=acc_pruned,
                       full_val=fit_full["best_val_acc"], pruned_val=fit_pruned["best_val_acc"]),
         throughput=dict(full=tp["full"]["images_per_s"], pruned=tp["pruned"]["images_per_s"],
@@ -215,9 +242,12 @@ def cmd_run(args) -> dict:
         files=dict(report=os.path.join(out, "report.json"), artifact=artifact, plots=plots,
                    layers=os.path.join(out, "layers.json")))
     result["timings"]["total"] = sum(v for k, v in timings.items())
-    with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump(result, f, indent=1, default=float)
-    rows = [("layers kept", f"{depth} of {L}"),
+    _write_json(os.path.join(out, "report.json"), result)
+    kept = f"{depth} of {L}"
+    if report.repeats > 1:
+        kept += (f" (mean of {report.repeats} runs; runs keep "
+                 f"{' '.join(map(str, report.run_depths))}: confidence {report.confidence:.0%})")
+    rows = [("layers kept", kept),
             ("silhouette (first -> last block)",
              f"{report.scores['silhouette'][0]:.3f} -> {report.scores['silhouette'][-1]:.3f}"),
             ("test accuracy full / pruned", f"{acc_full:.3f} / {acc_pruned:.3f}"),
@@ -263,7 +293,7 @@ def cmd_score(args) -> dict:
     _say(args, f"scoring {args.model} on {args.data} ({len(data)} images, split {args.split})")
     report = score_layers(model, data, alpha=args.alpha, seed=args.seed, max_iter=args.tsne_iter,
                           tsne_backend=args.tsne_backend, progress=args.progress, device=dev,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, repeats=args.repeats)
     report.meta.update(model=args.model, checkpoint=args.checkpoint, data=args.data,
                        split=args.split, image_size=args.image_size, seed=args.seed,
                        title=f"{args.model} on {args.data}")
@@ -273,10 +303,10 @@ def cmd_score(args) -> dict:
     result = dict(model=args.model, dataset=args.data, num_layers=report.num_layers,
                   depth=report.depth, alpha=args.alpha, layer_names=report.layer_names,
                   scores={k: [float(x) for x in v] for k, v in report.scores.items()},
+                  **_decision(report),
                   timings=report.timings, versions=_versions(), device=_device_name(dev),
                   files=dict(layers=os.path.join(args.out, "layers.json"), plots=plots))
-    with open(os.path.join(args.out, "report.json"), "w") as f:
-        json.dump(result, f, indent=1, default=float)
+    _write_json(os.path.join(args.out, "report.json"), result)
     _emit(args, result, report.summary() + f"\nwritten: {args.out}/report.json, " + ", ".join(plots))
     return result
 
@@ -371,6 +401,11 @@ def _scoring_options(p):
                    help="auto | native | torch | opentsne | sklearn | cuml (sklearn = the paper's "
                         "exact settings)")
     p.add_argument("--tsne-iter", type=int, default=1000, help="t-SNE iterations")
+    p.add_argument("--repeats", type=_positive_int, default=1, metavar="S",
+                   help="t-SNE runs per layer (default 1, the paper). With S > 1 the depth is "
+                        "taken on the mean silhouette curve and the report gives every run's "
+                        "depth and the confidence (the share of runs that agree); 8 is a good "
+                        "choice: one run is one draw from a distribution")
 
 
 def build_parser() -> argparse.ArgumentParser:

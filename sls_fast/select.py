@@ -19,8 +19,14 @@ def select_depth(scores, alpha: float = 0.3) -> int:
     and layers K+1..L are removed. As in the authors' code the last layer itself is always kept
     (their first step compares it with a threshold of 0), which only matters for alpha > 1.
 
-    If ``scores[L] <= 0`` the authors' code never writes a target (and a threshold of
-    ``alpha * scores[L] <= 0`` is meaningless): we keep all L layers and warn.
+    Edge cases, against the authors' loop:
+
+    * ``scores[L] == 0``: the threshold is 0 and the walk goes on (kept while scores are
+      >= 0), exactly as in their code.
+    * ``scores[L] < 0``: their code never writes a target (the last layer already fails its
+      first comparison). **Deviation:** we keep all L layers and warn (a negative last score
+      means the classes do not separate at the top, so there is nothing to prune against).
+    * NaN or infinite scores: ``ValueError`` naming the layers.
 
     Args:
         scores: ``[L]`` per-layer scores (NumPy, torch or CuPy; the silhouette in SLS).
@@ -43,9 +49,9 @@ def select_depth(scores, alpha: float = 0.3) -> int:
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
     L = s.size
-    if s[-1] <= 0:
+    if s[-1] < 0:
         warnings.warn(
-            f"the last layer's score is {s[-1]:.4g} <= 0, so the threshold alpha * score[L] "
+            f"the last layer's score is {s[-1]:.4g} < 0, so the threshold alpha * score[L] "
             f"is meaningless (the authors' code never writes a pruning target then): keeping "
             f"all {L} layers", UserWarning, stacklevel=2)
         return L

@@ -41,14 +41,19 @@ def test_console_script_installed():
 
 def test_run_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "--quick", "--out", str(out), "--json", "--no-progress", "--quiet"]) == 0
+    assert main(["run", "--quick", "--out", str(out), "--json", "--no-progress", "--quiet",
+                 "--repeats", "2"]) == 0
     printed = json.loads(capsys.readouterr().out)
     report = json.loads((out / "report.json").read_text())
     assert printed["depth"] == report["depth"]
     for key in ("model", "dataset", "num_layers", "depth", "alpha", "layer_names", "scores",
+                "runs", "spread", "run_depths", "confidence", "repeats",
                 "accuracy", "throughput", "storage", "timings", "versions", "device"):
         assert key in report, key
     L = report["num_layers"]
+    assert report["repeats"] == 2 and len(report["run_depths"]) == 2
+    assert np.array(report["runs"]["silhouette"]).shape == (2, L)
+    assert report["confidence"] == np.mean(np.array(report["run_depths"]) == report["depth"])
     assert report["model"] == "efficientnet_lite0" and L == 16
     assert 1 <= report["depth"] <= L
     for metric in ("silhouette", "calinski_harabasz", "davies_bouldin"):
@@ -97,7 +102,15 @@ def test_bench_json(capsys):
     assert main(args) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["depth"] == 3 and res["num_layers"] == 12
-    assert res["speedup"] > 1.0
+    assert res["speedup"] > 0  # a ratio of timings: asserted in benchmarks, never here
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "two"])
+def test_bad_repeats_is_a_usage_error(bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["score", "--model", "vit_tiny_patch16_224", "--repeats", bad, "--quiet"])
+    assert e.value.code == 2
+    assert "--repeats: must be a positive integer" in capsys.readouterr().err
 
 
 def test_bad_data_spec_is_a_clear_error(capsys):

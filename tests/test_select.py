@@ -41,10 +41,26 @@ def test_hand_made_profiles(scores, alpha, expected):
     assert authors_walk(scores, alpha) == expected
 
 
-@pytest.mark.parametrize("last", [0.0, -0.2])
-def test_last_score_not_positive_keeps_everything(last):
+@pytest.mark.parametrize("last", [-0.2, -1e-12])
+def test_last_score_negative_keeps_everything(last):
+    """The authors' loop writes no target (documented deviation: we keep all and warn)."""
+    scores = [0.1, 0.2, 0.3, 0.4, last]
+    assert authors_walk(scores, 0.3) is None
     with pytest.warns(UserWarning, match="keeping all 5 layers"):
-        assert sls_fast.select_depth([0.1, 0.2, 0.3, 0.4, last]) == 5
+        assert sls_fast.select_depth(scores) == 5
+
+
+@pytest.mark.parametrize("scores,expected", [
+    ([0.1, -0.05, 0.2, 0.0], 3),  # threshold 0: kept while >= 0, stops at -0.05
+    ([0.1, 0.2, 0.0], 1),
+    ([0.0, 0.0], 1),
+    ([0.3, -0.01, 0.0], 3),
+])
+def test_last_score_exactly_zero_walks_on_like_the_authors(scores, expected):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: this is the authors' own behaviour
+        for alpha in (0.0, 0.3, 1.5):
+            assert sls_fast.select_depth(scores, alpha) == expected == authors_walk(scores, alpha)
 
 
 def test_random_profiles_equal_authors_walk():
@@ -53,7 +69,9 @@ def test_random_profiles_equal_authors_walk():
         L = int(rng.integers(1, 30))
         s = rng.normal(0.2, 0.3, size=L)
         alpha = float(rng.choice([0.0, 0.1, 0.3, 0.5, 1.0, 1.5]))
-        if s[-1] <= 0:
+        if rng.random() < 0.1:
+            s[-1] = 0.0  # the threshold-0 case, walked like the authors
+        if s[-1] < 0:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 assert sls_fast.select_depth(s, alpha) == L
@@ -70,6 +88,10 @@ def test_array_libraries():
 def test_bad_input():
     with pytest.raises(ValueError, match="NaN"):
         sls_fast.select_depth([0.1, float("nan"), 0.3])
+    with pytest.raises(ValueError, match=r"NaN or infinity at layers \[3\]"):
+        sls_fast.select_depth([0.1, 0.2, float("nan")])
+    with pytest.raises(ValueError, match="infinity"):
+        sls_fast.select_depth([float("inf"), 0.2])
     with pytest.raises(ValueError, match="1-D"):
         sls_fast.select_depth([[0.1, 0.2]])
     with pytest.raises(ValueError, match="1-D"):

@@ -87,26 +87,37 @@ void tsne_forces_py(const CArray<float>& yt, py::object P, py::object nbr, py::o
   check_shape(rep, {L, N, 2}, "rep");
   check_shape(Z, {L}, "Z");
   const int nt = resolve_threads(num_threads);
+  // the affinities' layer count LP divides L: problem l uses the affinities of l % LP (repeats)
+  auto check_lp = [L](int64_t LP) {
+    if (LP < 1 || L % LP != 0)
+      throw std::invalid_argument("the affinities must cover LP layers with L = S x LP problems; "
+                                  "got L = " + std::to_string(L) + ", LP = " + std::to_string(LP));
+  };
   if (!P.is_none()) {
     auto p = P.cast<CArray<float>>();
-    check_shape(p, {L, N, N}, "P");
+    if (p.ndim() != 3) throw std::invalid_argument("P must be float32 [LP, N, N]");
+    const int64_t LP = p.shape(0);
+    check_lp(LP);
+    check_shape(p, {LP, N, N}, "P");
     const float* pp = p.data();
     const float* py_ = yt.data();
     float* pa = attr.mutable_data();
     float* pr = rep.mutable_data();
     double* pz = Z.mutable_data();
     py::gil_scoped_release release;
-    sls_fast::tsne_forces_dense(py_, pp, L, N, pa, pr, pz, nt);
+    sls_fast::tsne_forces_dense(py_, pp, L, LP, N, pa, pr, pz, nt);
     return;
   }
   auto nb = nbr.cast<CArray<int32_t>>();
   auto pv = pval.cast<CArray<float>>();
-  if (nb.ndim() != 3 || nb.shape(0) != L || nb.shape(2) != N)
-    throw std::invalid_argument("nbr must be int32 [L, M, N]");
+  if (nb.ndim() != 3 || nb.shape(2) != N)
+    throw std::invalid_argument("nbr must be int32 [LP, M, N]");
+  const int64_t LP = nb.shape(0);
+  check_lp(LP);
   const int64_t M = nb.shape(1);
-  check_shape(pv, {L, M, N}, "pval");
+  check_shape(pv, {LP, M, N}, "pval");
   const int32_t* pn = nb.data();
-  for (int64_t s = 0; s < L * M * N; ++s)
+  for (int64_t s = 0; s < LP * M * N; ++s)
     if (pn[s] < 0 || pn[s] >= N) throw std::invalid_argument("nbr holds an index outside 0..N-1");
   const float* pvv = pv.data();
   const float* py_ = yt.data();
@@ -114,7 +125,7 @@ void tsne_forces_py(const CArray<float>& yt, py::object P, py::object nbr, py::o
   float* pr = rep.mutable_data();
   double* pz = Z.mutable_data();
   py::gil_scoped_release release;
-  sls_fast::tsne_forces_sparse(py_, pn, pvv, L, N, M, pa, pr, pz, nt);
+  sls_fast::tsne_forces_sparse(py_, pn, pvv, L, LP, N, M, pa, pr, pz, nt);
 }
 
 }  // namespace

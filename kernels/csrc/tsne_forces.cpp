@@ -44,20 +44,21 @@ SLS_CLONES float row_forces(const float* y0, const float* y1, const float* prow,
 
 template <bool kDense>
 void forces_impl(const float* yt, const float* P, const int32_t* nbr, const float* pval,
-                 int64_t L, int64_t N, int64_t M, float* attr, float* rep, double* Z,
+                 int64_t L, int64_t LP, int64_t N, int64_t M, float* attr, float* rep, double* Z,
                  int num_threads) {
   std::vector<double> zrow(L * N);
 #pragma omp parallel for schedule(static) num_threads(num_threads)
   for (int64_t t = 0; t < L * N; ++t) {
     const int64_t l = t / N, i = t % N;
+    const int64_t lp = l % LP;  // the affinities of problem l (shared by the repeats of a layer)
     const float* y0 = yt + l * 2 * N;
     const float* y1 = y0 + N;
-    const float* prow = kDense ? P + (l * N + i) * N : nullptr;
+    const float* prow = kDense ? P + (lp * N + i) * N : nullptr;
     zrow[t] = row_forces<kDense>(y0, y1, prow, N, i, attr + 2 * t, rep + 2 * t);
     if constexpr (!kDense) {
       float ax = 0.f, ay = 0.f;
       for (int64_t m = 0; m < M; ++m) {
-        const int64_t s = (l * M + m) * N + i;
+        const int64_t s = (lp * M + m) * N + i;
         const float p = pval[s];
         if (p == 0.f) continue;
         const int64_t j = nbr[s];
@@ -80,15 +81,15 @@ void forces_impl(const float* yt, const float* P, const int32_t* nbr, const floa
 
 }  // namespace
 
-void tsne_forces_dense(const float* yt, const float* P, int64_t L, int64_t N, float* attr,
-                       float* rep, double* Z, int num_threads) {
-  forces_impl<true>(yt, P, nullptr, nullptr, L, N, 0, attr, rep, Z, num_threads);
+void tsne_forces_dense(const float* yt, const float* P, int64_t L, int64_t LP, int64_t N,
+                       float* attr, float* rep, double* Z, int num_threads) {
+  forces_impl<true>(yt, P, nullptr, nullptr, L, LP, N, 0, attr, rep, Z, num_threads);
 }
 
 void tsne_forces_sparse(const float* yt, const int32_t* nbr, const float* pval, int64_t L,
-                        int64_t N, int64_t M, float* attr, float* rep, double* Z,
+                        int64_t LP, int64_t N, int64_t M, float* attr, float* rep, double* Z,
                         int num_threads) {
-  forces_impl<false>(yt, nullptr, nbr, pval, L, N, M, attr, rep, Z, num_threads);
+  forces_impl<false>(yt, nullptr, nbr, pval, L, LP, N, M, attr, rep, Z, num_threads);
 }
 
 }  // namespace sls_fast
