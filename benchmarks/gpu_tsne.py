@@ -129,9 +129,9 @@ def run(report, mode):
 
     # phases of ours: affinities (distances + perplexity bisection) vs the optimisation loop
     layers = list(x.unbind(0))
-    aff_ms = cuda_time_ms(lambda: K._affinities_by_width(layers, 30.0, None), warmup=1, iters=3)
-    P = K._affinities_by_width(layers, 30.0, None)
-    y0 = K.initial_embedding(K._reduce_layers(layers, 0, 2), "pca", 0)
+    aff_ms = cuda_time_ms(lambda: K.affinities_by_width(layers, 30.0, None), warmup=1, iters=3)
+    P = K.affinities_by_width(layers, 30.0, None)
+    y0 = K.initial_embedding(K.reduce_layers(layers, 0, 2), "pca", 0)
     opt_ms = cuda_time_ms(lambda: K.tsne_optimize(y0.clone(), P, max_iter=max_iter, forces=forces),
                           warmup=1, iters=3)
     report(SECTION, f"phase: affinities {nl}x{n}x768 (dense P)", ms=aff_ms)

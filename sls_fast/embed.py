@@ -209,8 +209,7 @@ def _check_sizes(backend: str, n: int, perplexity: float, max_iter: int) -> None
         raise ValueError(f"perplexity ({perplexity}) must be less than the number of points "
                          f"N = {n} (scikit-learn's rule); pass a smaller perplexity, e.g. "
                          f"perplexity={max(1, min(30, (n - 1) // 3))}")
-    needs_neighbours = backend in ("opentsne", "cuml") or (
-        backend in ("torch", "native") and n > DENSE_P_MAX_N)
+    needs_neighbours = backend in ("opentsne", "cuml")  # ours take min(N - 1, 3 p + 1)
     if needs_neighbours and n <= _NEIGHBOUR_FACTOR * perplexity:
         k = int(_NEIGHBOUR_FACTOR * perplexity)
         raise ValueError(
@@ -305,9 +304,17 @@ def _run_torch(layers, perplexity, max_iter, init, seed, forces=None, progress=F
             raise ValueError(f"backend='native' runs on the CPU; the features are on "
                              f"{feats[0].device}. Use backend='torch' (Triton on CUDA) or 'auto'")
         feats = [t.cpu() for t in feats]
-    return tsne_batched(feats, perplexity=float(perplexity), max_iter=int(max_iter), init=init,
-                        seed=int(seed), forces=forces, progress=progress,
-                        repeats=None if repeats is None else int(repeats))
+    problems = len(feats) * (1 if repeats is None else int(repeats))
+    bar = progress_bar(None, progress, total=int(max_iter), unit="it", leave=False,
+                       desc=f"t-SNE ({forces or 'torch'}, {problems} problems)")
+    try:
+        return tsne_batched(feats, perplexity=float(perplexity), max_iter=int(max_iter),
+                            init=init, seed=int(seed), forces=forces,
+                            progress=None if bar is None else bar.update,
+                            repeats=None if repeats is None else int(repeats))
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def minmax_normalize(emb: torch.Tensor) -> torch.Tensor:

@@ -92,9 +92,9 @@ def test_batched_repeats(backend):
     assert rep.min() >= 0 and rep.max() <= 1
     assert not np.array_equal(rep[1], rep[0]) and not np.array_equal(rep[2], rep[1])
     feats = torch.from_numpy(x)
-    y0 = K.initial_embedding(K._reduce_layers(list(feats), 3, 2), "pca", 3)
+    y0 = K.initial_embedding(K.reduce_layers(list(feats), 3, 2), "pca", 3)
     start = K.repeat_starts(y0, 3, 3)[2 * 2: 3 * 2]  # run 2
-    P = K._affinities_by_width(list(feats), 10.0, None)
+    P = K.affinities_by_width(list(feats), 10.0, None)
     alone = K.tsne_optimize(start.clone(), P, max_iter=120, forces=backend)
     raw = tsne(x, backend=backend, perplexity=10.0, max_iter=120, seed=3, repeats=3,
                normalize=None)

@@ -205,7 +205,7 @@ def test_auto_resolution():
 
 def test_conditional_perplexity_reached():
     d2 = torch.rand(2, 50, 49, dtype=torch.float64) * 40
-    p = K._conditional_p(d2, 15.0)
+    p = K.conditional_p_torch(d2, 15.0)
     assert torch.allclose(p.sum(-1), torch.ones(2, 50, dtype=torch.float64))
     ent = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)
     assert (ent - np.log(15.0)).abs().max() < 1e-4

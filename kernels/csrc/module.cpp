@@ -9,7 +9,9 @@
 #include <string>
 
 #include "cluster_metrics.h"
+#include "tsne_affinities.h"
 #include "tsne_forces.h"
+#include "tsne_optimize.h"
 
 namespace py = pybind11;
 
@@ -79,6 +81,54 @@ void check_shape(const py::array& a, std::initializer_list<int64_t> shape, const
   if (!ok) throw std::invalid_argument(std::string(what) + " has the wrong shape");
 }
 
+// Validated t-SNE affinities: dense P [LP, N, N] or neighbour lists nbr / pval [LP, M, N],
+// with LP dividing the problem count L (problem l reads the affinities of l % LP: repeats).
+struct Affinities {
+  const float* P = nullptr;
+  const int32_t* nbr = nullptr;
+  const float* pval = nullptr;
+  int64_t LP = 0, M = 0;
+  py::object keep_alive[3];
+};
+
+Affinities check_affinities(py::object P, py::object nbr, py::object pval, int64_t L, int64_t N) {
+  Affinities a;
+  auto check_lp = [L](int64_t LP) {
+    if (LP < 1 || L % LP != 0)
+      throw std::invalid_argument("the affinities must cover LP layers with L = S x LP problems; "
+                                  "got L = " + std::to_string(L) + ", LP = " + std::to_string(LP));
+  };
+  if (P.is_none() == nbr.is_none() || nbr.is_none() != pval.is_none())
+    throw std::invalid_argument("pass either a dense P or neighbour lists (nbr, pval)");
+  if (!P.is_none()) {
+    if (!py::isinstance<CArray<float>>(P))
+      throw std::invalid_argument("P must be a C-contiguous float32 array");
+    auto p = P.cast<CArray<float>>();
+    if (p.ndim() != 3) throw std::invalid_argument("P must be float32 [LP, N, N]");
+    a.LP = p.shape(0);
+    check_lp(a.LP);
+    check_shape(p, {a.LP, N, N}, "P");
+    a.P = p.data();
+    a.keep_alive[0] = p;
+    return a;
+  }
+  auto nb = nbr.cast<CArray<int32_t>>();
+  auto pv = pval.cast<CArray<float>>();
+  if (nb.ndim() != 3 || nb.shape(2) != N) throw std::invalid_argument("nbr must be int32 [LP, M, N]");
+  a.LP = nb.shape(0);
+  check_lp(a.LP);
+  a.M = nb.shape(1);
+  check_shape(pv, {a.LP, a.M, N}, "pval");
+  const int32_t* pn = nb.data();
+  for (int64_t s = 0; s < a.LP * a.M * N; ++s)
+    if (pn[s] < 0 || pn[s] >= N) throw std::invalid_argument("nbr holds an index outside 0..N-1");
+  a.nbr = pn;
+  a.pval = pv.data();
+  a.keep_alive[1] = nb;
+  a.keep_alive[2] = pv;
+  return a;
+}
+
 void tsne_forces_py(const CArray<float>& yt, py::object P, py::object nbr, py::object pval,
                     CArray<float>& attr, CArray<float>& rep, CArray<double>& Z, int num_threads) {
   if (yt.ndim() != 3 || yt.shape(1) != 2) throw std::invalid_argument("yt must be [L, 2, N]");
@@ -87,45 +137,72 @@ void tsne_forces_py(const CArray<float>& yt, py::object P, py::object nbr, py::o
   check_shape(rep, {L, N, 2}, "rep");
   check_shape(Z, {L}, "Z");
   const int nt = resolve_threads(num_threads);
-  // the affinities' layer count LP divides L: problem l uses the affinities of l % LP (repeats)
-  auto check_lp = [L](int64_t LP) {
-    if (LP < 1 || L % LP != 0)
-      throw std::invalid_argument("the affinities must cover LP layers with L = S x LP problems; "
-                                  "got L = " + std::to_string(L) + ", LP = " + std::to_string(LP));
-  };
-  if (!P.is_none()) {
-    auto p = P.cast<CArray<float>>();
-    if (p.ndim() != 3) throw std::invalid_argument("P must be float32 [LP, N, N]");
-    const int64_t LP = p.shape(0);
-    check_lp(LP);
-    check_shape(p, {LP, N, N}, "P");
-    const float* pp = p.data();
-    const float* py_ = yt.data();
-    float* pa = attr.mutable_data();
-    float* pr = rep.mutable_data();
-    double* pz = Z.mutable_data();
-    py::gil_scoped_release release;
-    sls_fast::tsne_forces_dense(py_, pp, L, LP, N, pa, pr, pz, nt);
-    return;
-  }
-  auto nb = nbr.cast<CArray<int32_t>>();
-  auto pv = pval.cast<CArray<float>>();
-  if (nb.ndim() != 3 || nb.shape(2) != N)
-    throw std::invalid_argument("nbr must be int32 [LP, M, N]");
-  const int64_t LP = nb.shape(0);
-  check_lp(LP);
-  const int64_t M = nb.shape(1);
-  check_shape(pv, {LP, M, N}, "pval");
-  const int32_t* pn = nb.data();
-  for (int64_t s = 0; s < LP * M * N; ++s)
-    if (pn[s] < 0 || pn[s] >= N) throw std::invalid_argument("nbr holds an index outside 0..N-1");
-  const float* pvv = pv.data();
+  const Affinities a = check_affinities(P, nbr, pval, L, N);
   const float* py_ = yt.data();
   float* pa = attr.mutable_data();
   float* pr = rep.mutable_data();
   double* pz = Z.mutable_data();
   py::gil_scoped_release release;
-  sls_fast::tsne_forces_sparse(py_, pn, pvv, L, LP, N, M, pa, pr, pz, nt);
+  if (a.P)
+    sls_fast::tsne_forces_dense(py_, a.P, L, a.LP, N, pa, pr, pz, nt);
+  else
+    sls_fast::tsne_forces_sparse(py_, a.nbr, a.pval, L, a.LP, N, a.M, pa, pr, pz, nt);
+}
+
+int64_t tsne_optimize_py(CArray<float>& y, py::object P, py::object nbr, py::object pval,
+                         int64_t max_iter, int64_t exploration_iter, double early_exaggeration,
+                         double learning_rate, double min_gain, int num_threads,
+                         py::object progress, int64_t report_every) {
+  if (y.ndim() != 3 || y.shape(2) != 2) throw std::invalid_argument("y must be float32 [L, N, 2]");
+  const int64_t L = y.shape(0), N = y.shape(1);
+  if (N < 2) throw std::invalid_argument("t-SNE needs at least 2 points");
+  if (max_iter < 0 || exploration_iter < 0) throw std::invalid_argument("negative iteration count");
+  if (!(learning_rate > 0.0)) throw std::invalid_argument("learning_rate must be > 0");
+  const Affinities a = check_affinities(P, nbr, pval, L, N);
+  sls_fast::TsneSchedule s;
+  s.max_iter = max_iter;
+  s.exploration_iter = exploration_iter;
+  s.early_exaggeration = early_exaggeration;
+  s.learning_rate = learning_rate;
+  s.min_gain = min_gain;
+  const int nt = resolve_threads(num_threads);
+  // between steps: the Python callback (if any) and Ctrl-C, with the GIL held
+  sls_fast::TsneProgress cb = [&progress](int64_t done) {
+    py::gil_scoped_acquire gil;
+    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    if (!progress.is_none()) {
+      py::object r = progress(done);
+      if (!r.is_none() && !r.cast<bool>()) return false;
+    }
+    return true;
+  };
+  float* py_ = y.mutable_data();
+  py::gil_scoped_release release;
+  return sls_fast::tsne_optimize(py_, a.P, a.nbr, a.pval, L, a.LP, N, a.M, s, nt, cb,
+                                 report_every);
+}
+
+void conditional_p_py(const CArray<double>& d2, double perplexity, double tol, int max_steps,
+                      CArray<float>& p, py::object steps, int num_threads) {
+  if (d2.ndim() != 2) throw std::invalid_argument("d2 must be float64 [R, K]");
+  const int64_t R = d2.shape(0), K = d2.shape(1);
+  check_shape(p, {R, K}, "p");
+  if (!(perplexity > 0.0)) throw std::invalid_argument("perplexity must be > 0");
+  if (max_steps < 1) throw std::invalid_argument("max_steps must be >= 1");
+  int32_t* ps = nullptr;
+  CArray<int32_t> st;
+  if (!steps.is_none()) {
+    if (!py::isinstance<CArray<int32_t>>(steps))
+      throw std::invalid_argument("steps must be a C-contiguous int32 array");
+    st = steps.cast<CArray<int32_t>>();
+    check_shape(st, {R}, "steps");
+    ps = st.mutable_data();
+  }
+  const double* pd = d2.data();
+  float* pp = p.mutable_data();
+  const int nt = resolve_threads(num_threads);
+  py::gil_scoped_release release;
+  sls_fast::conditional_p(pd, R, K, perplexity, tol, max_steps, pp, ps, nt);
 }
 
 }  // namespace
@@ -151,6 +228,19 @@ PYBIND11_MODULE(_C, m) {
         "Exact t-SNE forces of float32 yt [L, 2, N] with dense P [L, N, N] (nbr = pval = None) "
         "or neighbour lists nbr int32 / pval float32 [L, M, N] (P = None): attr, rep [L, N, 2], "
         "Z [L] float64.");
+  m.def("tsne_optimize_f32", &tsne_optimize_py, py::arg("y").noconvert(), py::arg("P"),
+        py::arg("nbr"), py::arg("pval"), py::arg("max_iter"), py::arg("exploration_iter"),
+        py::arg("early_exaggeration"), py::arg("learning_rate"), py::arg("min_gain"),
+        py::arg("num_threads") = 0, py::arg("progress") = py::none(),
+        py::arg("report_every") = 50,
+        "The whole t-SNE optimisation of float32 y [L, N, 2] (in place) over dense P [LP, N, N] "
+        "or neighbour lists nbr / pval [LP, M, N]; progress(done) is called every report_every "
+        "steps (return False to stop); Ctrl-C stops it. Returns the steps done.");
+  m.def("conditional_p_f64", &conditional_p_py, py::arg("d2").noconvert(), py::arg("perplexity"),
+        py::arg("tol"), py::arg("max_steps"), py::arg("p").noconvert(), py::arg("steps") = py::none(),
+        py::arg("num_threads") = 0,
+        "Per-row perplexity bisection: float64 squared distances d2 [R, K] (+inf: no neighbour) "
+        "-> float32 conditional p [R, K] (rows sum to 1), steps taken [R] int32 (optional).");
   m.def("max_threads", []() { return omp_get_max_threads(); },
         "OpenMP threads used when num_threads is 0.");
 }

@@ -1,0 +1,291 @@
+"""Exact t-SNE forces of every problem at once and the fused update step: the torch reference,
+the Triton kernels and the C++/OpenMP kernel. Part of :mod:`sls_fast.kernels.tsne`."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from ._triton import HAS_TRITON, check_triton_tensors, tl, triton
+
+__all__ = ["MIN_GAIN", "tsne_forces_torch", "tsne_forces_triton", "tsne_forces_native",
+           "repeats_of", "gradient_from_forces", "tsne_step_torch", "tsne_step_triton"]
+
+MIN_GAIN = 0.01
+
+
+def tsne_forces_torch(y: torch.Tensor, P: Optional[torch.Tensor] = None,
+                      nbr: Optional[torch.Tensor] = None, pval: Optional[torch.Tensor] = None,
+                      *, max_chunk_elements: int = 1 << 24
+                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference attractive and repulsive sums and the normaliser Z of every layer.
+
+    Args:
+        y: ``[L, N, 2]`` embedding (float32 or float64; the result has its dtype).
+        P: dense ``[LP, N, N]`` affinities, or ``None`` with ``nbr, pval`` (``[LP, M, N]``).
+            ``LP`` divides ``L``: problem ``l`` uses the affinities of layer ``l % LP``, so
+            the S = L / LP repeats of a layer (run-major) share one P, never copied.
+
+    Returns:
+        ``(attr, rep, Z)``: ``attr[l, i] = sum_j p_ij w_ij (y_i - y_j)``,
+        ``rep[l, i] = sum_j w_ij^2 (y_i - y_j)`` (both ``[L, N, 2]``), ``Z[l] = sum_{i != j} w_ij``.
+        The gradient is :func:`gradient_from_forces`.
+
+    Example:
+        >>> y = torch.randn(2, 50, 2); P = torch.rand(2, 50, 50)
+        >>> attr, rep, Z = tsne_forces_torch(y, P)
+    """
+    if (P is None) == (nbr is None):
+        raise ValueError("pass either a dense P or sparse (nbr, pval)")
+    L, N, _ = y.shape
+    S, LP = repeats_of(L, P if P is not None else nbr)
+    dt = y.dtype
+    y0, y1 = y[..., 0], y[..., 1]
+    attr = torch.zeros_like(y)
+    rep = torch.zeros_like(y)
+    Z = torch.zeros(L, dtype=dt, device=y.device)
+    rows = max(1, min(N, max_chunk_elements // max(1, L * N)))
+    for i0 in range(0, N, rows):
+        i1 = min(N, i0 + rows)
+        dx = y0[:, i0:i1, None] - y0[:, None, :]
+        dy = y1[:, i0:i1, None] - y1[:, None, :]
+        w = dx * dx
+        w.addcmul_(dy, dy).add_(1.0).reciprocal_()
+        idx = torch.arange(i0, i1, device=y.device)
+        w[:, idx - i0, idx] = 0.0
+        Z += w.sum(dim=2).sum(dim=1)
+        w2 = w * w
+        rep[:, i0:i1, 0] = (w2 * dx).sum(-1)
+        rep[:, i0:i1, 1] = (w2 * dy).sum(-1)
+        if P is not None:  # P broadcast over the S runs: [1, LP, rows, N] x [S, LP, rows, N]
+            pw = (P[None, :, i0:i1].to(dt) * w.view(S, LP, i1 - i0, N)).view(L, i1 - i0, N)
+            attr[:, i0:i1, 0] = (pw * dx).sum(-1)
+            attr[:, i0:i1, 1] = (pw * dy).sum(-1)
+    if nbr is not None:
+        M = nbr.shape[1]
+        j = nbr.to(torch.int64).reshape(1, LP, M * N).expand(S, LP, M * N)  # a view, no copy
+        dx = y0.view(S, LP, 1, N) - y0.view(S, LP, N).gather(2, j).view(S, LP, M, N)
+        dy = y1.view(S, LP, 1, N) - y1.view(S, LP, N).gather(2, j).view(S, LP, M, N)
+        pw = pval.to(dt)[None] / (1.0 + dx * dx + dy * dy)
+        attr[..., 0] = (pw * dx).sum(2).view(L, N)
+        attr[..., 1] = (pw * dy).sum(2).view(L, N)
+    return attr, rep, Z
+
+
+def repeats_of(num_problems: int, affinities: torch.Tensor) -> Tuple[int, int]:
+    """``(S, LP)`` for ``num_problems = S x LP`` embeddings over affinities of ``LP`` layers
+    (``affinities``: P ``[LP, N, N]`` or nbr ``[LP, M, N]``); ``ValueError`` if LP does not
+    divide the problem count."""
+    LP = int(affinities.shape[0])
+    if LP < 1 or num_problems % LP:
+        raise ValueError(f"the affinities cover {LP} layers, which must divide the number of "
+                         f"embeddings ({num_problems} = repeats x layers)")
+    return num_problems // LP, LP
+
+
+def gradient_from_forces(attr: torch.Tensor, rep: torch.Tensor, Z: torch.Tensor,
+                         exaggeration: float = 1.0) -> torch.Tensor:
+    """KL gradient ``4 * (exaggeration * attr - rep / Z)``, ``[L, N, 2]``."""
+    return 4.0 * (exaggeration * attr - rep / Z[:, None, None])
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _tsne_forces_kernel(y_ptr, p_ptr, nbr_ptr, pv_ptr, attr_ptr, rep_ptr, zpart_ptr,
+                            N, M, NUM_BLOCKS, P_LAYERS,
+                            DENSE: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+        layer = tl.program_id(0).to(tl.int64)
+        player = layer % P_LAYERS  # the affinities of this problem (shared by a layer's runs)
+        pid = tl.program_id(1)
+        offs_i = pid * BLOCK_I + tl.arange(0, BLOCK_I)
+        mask_i = offs_i < N
+        ybase = y_ptr + layer * N * 2
+        yi0 = tl.load(ybase + offs_i * 2, mask=mask_i, other=0.0).to(tl.float32)
+        yi1 = tl.load(ybase + offs_i * 2 + 1, mask=mask_i, other=0.0).to(tl.float32)
+        z = tl.zeros([BLOCK_I], dtype=tl.float32)
+        r0 = tl.zeros([BLOCK_I], dtype=tl.float32)
+        r1 = tl.zeros([BLOCK_I], dtype=tl.float32)
+        a0 = tl.zeros([BLOCK_I], dtype=tl.float32)
+        a1 = tl.zeros([BLOCK_I], dtype=tl.float32)
+        for j0 in range(0, N, BLOCK_J):
+            offs_j = j0 + tl.arange(0, BLOCK_J)
+            mask_j = offs_j < N
+            yj0 = tl.load(ybase + offs_j * 2, mask=mask_j, other=0.0).to(tl.float32)
+            yj1 = tl.load(ybase + offs_j * 2 + 1, mask=mask_j, other=0.0).to(tl.float32)
+            dx = yi0[:, None] - yj0[None, :]
+            dy = yi1[:, None] - yj1[None, :]
+            valid = mask_i[:, None] & mask_j[None, :] & (offs_i[:, None] != offs_j[None, :])
+            w = tl.where(valid, 1.0 / (1.0 + dx * dx + dy * dy), 0.0)
+            z += tl.sum(w, axis=1)
+            w2 = w * w
+            r0 += tl.sum(w2 * dx, axis=1)
+            r1 += tl.sum(w2 * dy, axis=1)
+            if DENSE:
+                p = tl.load(p_ptr + player * N * N + offs_i[:, None].to(tl.int64) * N
+                            + offs_j[None, :], mask=valid, other=0.0).to(tl.float32)
+                pw = p * w
+                a0 += tl.sum(pw * dx, axis=1)
+                a1 += tl.sum(pw * dy, axis=1)
+        if not DENSE:
+            nbase = player * M * N
+            for m in range(0, M):
+                j = tl.load(nbr_ptr + nbase + m * N + offs_i, mask=mask_i, other=0).to(tl.int64)
+                pv = tl.load(pv_ptr + nbase + m * N + offs_i, mask=mask_i, other=0.0).to(tl.float32)
+                yj0 = tl.load(ybase + j * 2, mask=mask_i, other=0.0).to(tl.float32)
+                yj1 = tl.load(ybase + j * 2 + 1, mask=mask_i, other=0.0).to(tl.float32)
+                dx = yi0 - yj0
+                dy = yi1 - yj1
+                pw = pv / (1.0 + dx * dx + dy * dy)
+                a0 += pw * dx
+                a1 += pw * dy
+        obase = layer * N * 2
+        tl.store(attr_ptr + obase + offs_i * 2, a0, mask=mask_i)
+        tl.store(attr_ptr + obase + offs_i * 2 + 1, a1, mask=mask_i)
+        tl.store(rep_ptr + obase + offs_i * 2, r0, mask=mask_i)
+        tl.store(rep_ptr + obase + offs_i * 2 + 1, r1, mask=mask_i)
+        tl.store(zpart_ptr + layer * NUM_BLOCKS + pid, tl.sum(z, axis=0))
+
+    @triton.jit
+    def _tsne_update_kernel(y_ptr, upd_ptr, gains_ptr, attr_ptr, rep_ptr, zpart_ptr,
+                            N2, NUM_BLOCKS, exaggeration, momentum, learning_rate, min_gain,
+                            BLOCK: tl.constexpr, NB_P2: tl.constexpr):
+        layer = tl.program_id(0).to(tl.int64)
+        pid = tl.program_id(1)
+        kb = tl.arange(0, NB_P2)
+        zb = tl.load(zpart_ptr + layer * NUM_BLOCKS + kb, mask=kb < NUM_BLOCKS, other=0.0)
+        z = tl.sum(zb, axis=0)
+        offs = pid * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < N2
+        base = layer * N2
+        a = tl.load(attr_ptr + base + offs, mask=mask, other=0.0)
+        r = tl.load(rep_ptr + base + offs, mask=mask, other=0.0)
+        u = tl.load(upd_ptr + base + offs, mask=mask, other=0.0)
+        g = tl.load(gains_ptr + base + offs, mask=mask, other=1.0)
+        y = tl.load(y_ptr + base + offs, mask=mask, other=0.0)
+        grad = 4.0 * (exaggeration * a - r / z)
+        inc = (u * grad) < 0.0
+        g = tl.where(inc, g + 0.2, g * 0.8)
+        g = tl.maximum(g, min_gain)
+        u = momentum * u - learning_rate * (grad * g)
+        tl.store(gains_ptr + base + offs, g, mask=mask)
+        tl.store(upd_ptr + base + offs, u, mask=mask)
+        tl.store(y_ptr + base + offs, y + u, mask=mask)
+
+
+def _blocks(y: torch.Tensor) -> Tuple[int, int]:
+    return (32, 64) if y.is_cuda else (32, 32)
+
+
+def _launch_forces(y, P, nbr, pval, attr, rep, zpart, bi, bj) -> None:
+    """Launch the force kernel on prepared buffers (no checks: the optimiser's hot loop)."""
+    L, N, _ = y.shape
+    nb = zpart.shape[1]
+    if P is not None:
+        _tsne_forces_kernel[(L, nb)](y, P, y, y, attr, rep, zpart, N, 1, nb, P.shape[0],
+                                     DENSE=True, BLOCK_I=bi, BLOCK_J=bj)
+    else:
+        _tsne_forces_kernel[(L, nb)](y, y, nbr, pval, attr, rep, zpart, N, nbr.shape[1], nb,
+                                     nbr.shape[0], DENSE=False, BLOCK_I=bi, BLOCK_J=bj)
+
+
+def tsne_forces_triton(y: torch.Tensor, P: Optional[torch.Tensor] = None,
+                       nbr: Optional[torch.Tensor] = None, pval: Optional[torch.Tensor] = None,
+                       *, block_i: Optional[int] = None, block_j: Optional[int] = None,
+                       return_partials: bool = False):
+    """Same contract as :func:`tsne_forces_torch`, one Triton launch over all layers.
+
+    Args:
+        y: contiguous float32 ``[L, N, 2]`` (CUDA, or CPU under ``TRITON_INTERPRET=1``).
+        P: float32 ``[LP, N, N]`` dense affinities, or ``nbr`` (int32) / ``pval`` (float32)
+            ``[LP, M, N]`` padded neighbour lists; ``LP`` divides ``L`` (problem ``l`` reads
+            the affinities of ``l % LP``: repeats share them).
+        return_partials: return the per-block partial sums of Z (``[L, cdiv(N, block_i)]``)
+            instead of Z (what the fused update kernel reads).
+
+    Returns:
+        ``(attr, rep, Z)`` float32 (``Z``: ``[L]``, or the partials).
+
+    Example:
+        >>> attr, rep, Z = tsne_forces_triton(y.cuda(), P.cuda())  # doctest: +SKIP
+    """
+    if (P is None) == (nbr is None):
+        raise ValueError("pass either a dense P or sparse (nbr, pval)")
+    tensors = [y] + ([P] if P is not None else [nbr, pval])
+    check_triton_tensors(*tensors)
+    if y.ndim != 3 or y.shape[2] != 2 or y.dtype != torch.float32 or not y.is_contiguous():
+        raise ValueError(f"y must be a contiguous float32 [L, N, 2] tensor, got "
+                         f"{tuple(y.shape)} {y.dtype}")
+    L, N, _ = y.shape
+    _, LP = repeats_of(L, P if P is not None else nbr)
+    bi, bj = _blocks(y)
+    bi, bj = block_i or bi, block_j or bj
+    nb = triton.cdiv(N, bi)
+    if P is not None:
+        if tuple(P.shape) != (LP, N, N):
+            raise ValueError(f"P must be [LP, N, N] = {(LP, N, N)}, got {tuple(P.shape)}")
+        P = P.to(torch.float32).contiguous()
+    else:
+        if nbr.shape[2] != N or tuple(pval.shape) != tuple(nbr.shape):
+            raise ValueError(f"nbr/pval must be [LP, M, N] with N = {N}; got "
+                             f"{tuple(nbr.shape)} and {tuple(pval.shape)}")
+        nbr = nbr.to(torch.int32).contiguous()
+        pval = pval.to(torch.float32).contiguous()
+    attr = torch.empty_like(y)
+    rep = torch.empty_like(y)
+    zpart = torch.empty((L, nb), dtype=torch.float32, device=y.device)
+    _launch_forces(y, P, nbr, pval, attr, rep, zpart, bi, bj)
+    if return_partials:
+        return attr, rep, zpart
+    return attr, rep, zpart.sum(dim=1)
+
+
+
+
+def tsne_forces_native(y: torch.Tensor, P: Optional[torch.Tensor] = None,
+                       nbr: Optional[torch.Tensor] = None, pval: Optional[torch.Tensor] = None,
+                       *, num_threads: int = 0):
+    """Same contract as :func:`tsne_forces_torch`, computed by the C++/OpenMP kernel of
+    ``sls_fast._C`` (CPU tensors; float32 coordinates and affinities, float64 Z): one fused pass
+    over all pairs of all layers, Q never stored, the inner loop over j vectorised."""
+    from .native import native_module
+
+    if (P is None) == (nbr is None):
+        raise ValueError("pass either a dense P or sparse (nbr, pval)")
+    if y.device.type != "cpu":
+        raise ValueError(f"native t-SNE forces run on the CPU; y is on {y.device}")
+    L, N, _ = y.shape
+    yt = y.to(torch.float32).permute(0, 2, 1).contiguous().numpy()
+    nan = float("nan")  # outputs start as NaN: an element the kernel missed cannot pass
+    attr = torch.full((L, N, 2), nan, dtype=torch.float32)
+    rep = torch.full((L, N, 2), nan, dtype=torch.float32)
+    Z = torch.full((L,), nan, dtype=torch.float64)
+    args = (None if P is None else P.to(torch.float32).contiguous().numpy(),
+            None if nbr is None else nbr.to(torch.int32).contiguous().numpy(),
+            None if pval is None else pval.to(torch.float32).contiguous().numpy())
+    native_module().tsne_forces_f32(yt, *args, attr.numpy(), rep.numpy(), Z.numpy(), num_threads)
+    return attr.to(y.dtype), rep.to(y.dtype), Z.to(y.dtype)
+
+
+def tsne_step_torch(y, update, gains, attr, rep, Z, *, exaggeration: float, momentum: float,
+                    learning_rate: float, min_gain: float = MIN_GAIN) -> None:
+    """One delta-bar-delta step in place (scikit-learn's rule), all layers."""
+    grad = gradient_from_forces(attr, rep, Z, exaggeration)
+    inc = (update * grad) < 0.0
+    gains.copy_(torch.where(inc, gains + 0.2, gains * 0.8).clamp_min_(min_gain))
+    update.mul_(momentum).sub_(learning_rate * (grad * gains))
+    y.add_(update)
+
+
+def tsne_step_triton(y, update, gains, attr, rep, zpart, *, exaggeration: float,
+                     momentum: float, learning_rate: float, min_gain: float = MIN_GAIN) -> None:
+    """Fused :func:`tsne_step_torch` (reads the per-block Z partials), one launch."""
+    L, N, _ = y.shape
+    nb = zpart.shape[1]
+    block = 256
+    _tsne_update_kernel[(L, triton.cdiv(2 * N, block))](
+        y, update, gains, attr, rep, zpart, 2 * N, nb, float(exaggeration), float(momentum),
+        float(learning_rate), float(min_gain), BLOCK=block,
+        NB_P2=max(16, triton.next_power_of_2(nb)))
+
+

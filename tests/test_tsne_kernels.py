@@ -1,0 +1,162 @@
+"""The t-SNE stages one by one: the perplexity bisection (C++, Triton) against the torch reference
+and scikit-learn's own search, and the one-call C++ optimiser (and the CUDA-graph Triton loop)
+against a float64 torch restatement of the schedule, on fresh random inputs of odd sizes."""
+import numpy as np
+import pytest
+import torch
+from sklearn.manifold._utils import _binary_search_perplexity
+
+from sls_fast.kernels import tsne as K
+from sls_fast.kernels import triton_interpreting
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def assert_close(actual, expected, tol, what):
+    """max |a - e| <= tol * max |e| (relative to the largest value), no NaN."""
+    a = torch.as_tensor(np.asarray(actual), dtype=torch.float64)
+    e = torch.as_tensor(np.asarray(expected), dtype=torch.float64)
+    assert a.shape == e.shape, f"{what}: shape {tuple(a.shape)} != {tuple(e.shape)}"
+    assert not torch.isnan(a).any(), f"{what}: NaN in result"
+    err = float((a - e).abs().max() / e.abs().max().clamp_min(1e-30))
+    assert err <= tol, f"{what}: max relative error {err:.3e} > {tol}"
+
+
+def _triton_device():
+    if not K.HAS_TRITON:
+        pytest.skip("triton not importable")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if not triton_interpreting():
+        pytest.skip("no CUDA and TRITON_INTERPRET is not set")
+    return torch.device("cpu")
+
+
+def _sq_distances(rng, rows, k, with_inf):
+    d2 = rng.gamma(2.0, 3.0, size=(rows, k))
+    if with_inf:  # padding slots (no neighbour) in some rows
+        d2[rng.random(size=(rows, k)) < 0.1] = np.inf
+        d2[:, 0] = rng.gamma(2.0, 3.0, size=rows)  # at least one finite per row
+    return d2
+
+
+@pytest.mark.parametrize("rows,k,perp", [(37, 23, 7.0), (101, 91, 30.0), (211, 200, 45.5)])
+def test_conditional_p_native_and_triton_match_reference_and_sklearn(rows, k, perp, rng):
+    d2 = _sq_distances(rng, rows, k, with_inf=False)
+    ref = K.conditional_p_torch(torch.from_numpy(d2), perp)  # float64
+    # (rows > k: scikit-learn treats a square input as all pairs and skips its diagonal)
+    sk = _binary_search_perplexity(d2.astype(np.float32), perp, 0)
+    native, steps = K.conditional_p_native(torch.from_numpy(d2), perp, return_steps=True)
+    assert native.dtype == torch.float32 and (steps >= 0).all() and (steps < 100).all()
+    assert_close(native, ref, 1e-6, "native vs torch reference")
+    # scikit-learn searches on float32 distances: agreement to its tolerance, not to the bit
+    assert_close(native, sk, 2e-4, "native vs scikit-learn")
+    ent = -(ref * torch.log(ref.clamp_min(1e-300))).sum(-1)
+    assert (ent - np.log(perp)).abs().max() < 1e-4
+    dev = _triton_device()
+    tri = K.conditional_p_triton(torch.from_numpy(d2).to(dev), perp)
+    assert tri.dtype == torch.float32
+    assert_close(tri.cpu(), ref, 1e-6, "triton vs torch reference")
+
+
+def test_conditional_p_padding_and_batch_dims(rng):
+    d2 = torch.from_numpy(_sq_distances(rng, 3 * 29, 41, with_inf=True)).view(3, 29, 41)
+    ref = K.conditional_p_torch(d2, 9.0)
+    got = K.conditional_p_native(d2, 9.0)
+    assert got.shape == (3, 29, 41)
+    assert (got[torch.isinf(d2)] == 0).all()
+    assert_close(got, ref, 1e-6, "native with +inf padding")
+    dev = _triton_device()
+    assert_close(K.conditional_p_triton(d2.to(dev), 9.0).cpu(), ref, 1e-6, "triton with padding")
+
+
+def test_conditional_p_errors():
+    with pytest.raises(ValueError, match="CPU"):
+        K.conditional_p_native(torch.zeros(2, 3, device="meta"), 2.0)
+    with pytest.raises(ValueError, match="perplexity"):
+        K.conditional_p_native(torch.ones(2, 3, dtype=torch.float64), 0.0)
+
+
+def _reference_schedule(y, aff, *, max_iter, exploration_iter, lr):
+    """scikit-learn's schedule restated in float64 with the torch reference forces."""
+    y = y.double().clone()
+    P, nbr, pval = (aff, None, None) if isinstance(aff, torch.Tensor) else (None, *aff)
+    if P is not None:
+        P = P.double()
+    else:
+        pval = pval.double()
+    phases = [(12.0, 0.5, min(exploration_iter, max_iter)),
+              (1.0, 0.8, max(0, max_iter - exploration_iter - 1))]
+    for ex, mom, n in phases:
+        upd, gains = torch.zeros_like(y), torch.ones_like(y)
+        for _ in range(n):
+            a, r, z = K.tsne_forces_torch(y, P, nbr, pval)
+            K.tsne_step_torch(y, upd, gains, a, r, z, exaggeration=ex, momentum=mom,
+                              learning_rate=lr)
+    return y
+
+
+def _problem(rng, L, N, D, perplexity, dense):
+    x = torch.from_numpy(rng.normal(size=(L, N, D)).astype(np.float32))
+    x += torch.from_numpy(rng.normal(size=(L, 4, D)).astype(np.float32))[:, torch.arange(N) % 4] * 3
+    aff = K.joint_probabilities(x, perplexity, dense=dense)
+    y0 = K.initial_embedding(K.pca_project(x, 2), "pca", 0)
+    return y0, aff
+
+
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("S,L,N", [(1, 3, 53), (2, 2, 77), (3, 1, 130)])
+def test_native_optimizer_follows_float64_reference(S, L, N, dense, rng):
+    """The whole schedule in one C++ call (exaggeration phase, reset, final phase) follows the
+    float64 restatement over a short run (t-SNE is chaotic: long runs are compared by quality,
+    in test_tsne.py), for S runs sharing each layer's affinities."""
+    y0, aff = _problem(rng, L, N, 9, 7.0, dense)
+    y = K.repeat_starts(y0, S, int(rng.integers(1000))) if S > 1 else y0
+    ref = _reference_schedule(y, aff, max_iter=14, exploration_iter=6, lr=40.0)
+    got = K.tsne_optimize(y.clone(), aff, max_iter=14, exploration_iter=6, learning_rate=40.0,
+                          forces="native")
+    assert got.dtype == torch.float32 and got.shape == y.shape
+    assert_close(got, ref, 2e-4, f"native optimiser (dense={dense}) after 14 steps")
+
+
+def test_native_optimizer_thread_count_does_not_change_bits(rng):
+    y0, aff = _problem(rng, 2, 301, 6, 10.0, False)
+    outs = [K.tsne_optimize(y0.clone(), aff, max_iter=60, exploration_iter=30, forces="native",
+                            num_threads=n) for n in (1, 2, 3)]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+def test_native_optimizer_progress_and_stop(rng):
+    y0, aff = _problem(rng, 1, 64, 5, 5.0, False)
+    seen = []
+    K.tsne_optimize(y0.clone(), aff, max_iter=300, forces="native", progress=seen.append)
+    assert sum(seen) == 300 - 1 and all(s > 0 for s in seen)  # sklearn's count: 250 + 49
+
+    class Stop(Exception):
+        pass
+
+    def stop(n):
+        raise Stop()
+
+    with pytest.raises(Stop):  # an exception in the callback (or Ctrl-C) ends the call
+        K.tsne_optimize(y0.clone(), aff, max_iter=300, forces="native", progress=stop)
+
+
+def test_native_optimizer_rejects_bad_affinities():
+    y = torch.zeros(2, 10, 2)
+    with pytest.raises(ValueError, match="divide"):
+        K.tsne_optimize(y, torch.zeros(3, 10, 10), forces="native")
+    bad = torch.full((1, 2, 10), 10, dtype=torch.int32)
+    with pytest.raises(ValueError, match="outside"):
+        K.tsne_optimize(torch.zeros(1, 10, 2), None, bad, torch.ones(1, 2, 10), forces="native")
+
+
+@pytest.mark.cuda
+def test_triton_cuda_graph_equals_eager_launches(rng):
+    """Replaying the captured iterations gives the bits of launching them one by one."""
+    y0, aff = _problem(rng, 3, 257, 8, 12.0, False)
+    y0 = y0.cuda()
+    aff = tuple(a.cuda() for a in aff)
+    eager = K.tsne_optimize(y0.clone(), aff, max_iter=320, forces="triton", cuda_graph=False)
+    graph = K.tsne_optimize(y0.clone(), aff, max_iter=320, forces="triton", cuda_graph=True)
+    assert torch.equal(eager, graph)
