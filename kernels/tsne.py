@@ -1,6 +1,9 @@
 """Batched exact t-SNE of every layer at once: affinities, forces, optimiser.
 
-Everything works on a stack of L independent problems (one per layer) of the same N points:
+Everything works on a stack of L independent problems (one per layer) of the same N points.
+Repeats: S runs of every layer are S x L problems (run-major) over the L layers' affinities;
+the force kernels read the affinities of problem l at layer ``l % L`` (computed once, never
+copied), and the runs differ by their start (:func:`repeat_starts`).
 
 1. **Initialisation** (:mod:`.tsne_init`: :func:`pca_project`, :func:`initial_embedding`): each layer's first two
    principal components (seeded randomized range finder with 4 power iterations when D > 12,

@@ -293,7 +293,7 @@ def cmd_score(args) -> dict:
     _say(args, f"scoring {args.model} on {args.data} ({len(data)} images, split {args.split})")
     report = score_layers(model, data, alpha=args.alpha, seed=args.seed, max_iter=args.tsne_iter,
                           tsne_backend=args.tsne_backend, progress=args.progress, device=dev,
-                          batch_size=args.batch_size, repeats=args.repeats)
+                          batch_size=args.batch_size, repeats=args.repeats, pool=args.pool)
     report.meta.update(model=args.model, checkpoint=args.checkpoint, data=args.data,
                        split=args.split, image_size=args.image_size, seed=args.seed,
                        title=f"{args.model} on {args.data}")
@@ -451,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="train", help="which split to score")
     s.add_argument("--out", default="sls_score", help="output folder")
     s.add_argument("--image-size", type=int, default=None, help="default: the model's input size")
+    s.add_argument("--pool", default="auto", choices=("auto", "cls", "mean", "merged"),
+                   help="per-block feature: auto (class token, else mean over tokens), or "
+                        "merged (Swin: stages 1-3 after the next PatchMerging, the authors' way)")
     _scoring_options(s)
     _common(s)
     s.set_defaults(func=cmd_score)

@@ -32,7 +32,7 @@ from .blocks import find_blocks, model_family
 __all__ = ["LayerFeatures", "extract_features", "estimate_bytes", "pool_output"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_POOLS = ("auto", "cls", "mean")
+_POOLS = ("auto", "cls", "mean", "merged")
 _AMP = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
@@ -132,11 +132,38 @@ def _has_cls_token(model) -> bool:
 def _resolve_pool(model, pool: str) -> str:
     if pool not in _POOLS:
         raise ValueError(f"pool must be one of {_POOLS}, got {pool!r}")
+    if pool == "merged" and _family_or_none(model) != "swin":
+        raise ValueError(f"pool='merged' (the authors' Swin features) needs a Swin model; "
+                         f"{type(model).__name__} is not one: use 'auto' or 'mean'")
     if pool == "cls" and not _has_cls_token(model):
         raise ValueError(f"pool='cls' but {type(model).__name__} has no class token; use 'mean' or 'auto'")
     if pool == "auto":
         return "cls" if _has_cls_token(model) else "mean"
     return pool
+
+
+def _family_or_none(model):
+    try:
+        return model_family(model)
+    except ValueError:
+        return None
+
+
+def _swin_merges(model, modules) -> list:
+    """``pool="merged"``: for each layer module, the PatchMerging that follows its stage (timm
+    keeps it at the start of the next stage, ``layers[s + 1].downsample``), or ``None`` for the
+    last stage. This is what the authors pool for Swin (``visualization.py``, their
+    ``forward_Swin_features``): every block of stages 1-3 is scored on
+    ``avgpool(downsample(x))``, width 2C, the last stage on its raw output."""
+    stages = list(model.layers)
+    where = {id(b): s for s, st in enumerate(stages) for b in st.blocks}
+    out = []
+    for m in modules:
+        if id(m) not in where:
+            raise ValueError("pool='merged' works on the Swin blocks themselves; drop layers=")
+        s = where[id(m)]
+        out.append(stages[s + 1].downsample if s + 1 < len(stages) else None)
+    return out
 
 
 def _is_nhwc(model) -> bool:
@@ -364,7 +391,12 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
         data: a ``DataLoader`` or a ``Dataset`` of ``(image [3, H, W], label)`` pairs (batched
             with ``batch_size``, in order). Labels are kept in iteration order.
         pool: "auto" (class token for models with one (ViT, DeiT), else the mean over tokens /
-            spatial positions: Swin NHWC maps, conv NCHW maps), "cls" or "mean".
+            spatial positions: Swin NHWC maps, conv NCHW maps), "cls", "mean", or "merged"
+            (Swin only, the authors' choice: a block of stages 1-3 is pooled after the
+            PatchMerging that follows its stage, width 2C instead of C; the last stage as
+            "mean". "auto" pools the raw block output, as for every other model: the two
+            differ by one linear map + norm per stage, which changes silhouettes and can move
+            the depth; pass "merged" to reproduce the paper's Swin numbers).
         device: where to run; default the model's device (the model is moved when given).
         dtype: buffer dtype, float32 (default), float16 (half the memory) or bfloat16.
         amp: None, "bf16" or "fp16": autocast of the forward.
@@ -402,6 +434,7 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
         raise ValueError(f"method must be 'auto', 'hooks' or 'intermediates', got {method!r}")
     names, modules, all_blocks = _resolve_layers(model, layers)
     pool_kind = _resolve_pool(model, pool)
+    merges = _swin_merges(model, modules) if pool_kind == "merged" else [None] * len(modules)
     nhwc = _is_nhwc(model)
     npt = int(getattr(model, "num_prefix_tokens", 0) or 0)
     use_fi = _use_intermediates(model, all_blocks, method)
@@ -437,7 +470,10 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
         def hook(_m, _inp, out):
             if state["fired"] & (1 << i):
                 raise ValueError(f"layer {names[i]} ran twice in one forward pass; pass distinct layers")
-            write(i, pool_output(out, pool_kind, nhwc=nhwc, num_prefix_tokens=npt))
+            if merges[i] is not None:
+                out = merges[i](out[0] if isinstance(out, (tuple, list)) else out)
+            write(i, pool_output(out, "mean" if pool_kind == "merged" else pool_kind, nhwc=nhwc,
+                                 num_prefix_tokens=npt))
             state["fired"] |= 1 << i
             if state["fired"] == (1 << L) - 1:
                 raise _StopForward

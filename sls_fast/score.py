@@ -181,7 +181,7 @@ class LayerReport:
             cols = min(6, L)
             rows = -(-L // cols)
             fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.4 * rows), squeeze=False)
-            sil = self.scores.get(SELECTION_METRIC)
+            sil = self.runs[SELECTION_METRIC][0]  # the run drawn (run 0)
             for i in range(rows * cols):
                 ax = axes[i // cols][i % cols]
                 ax.set_xticks([])
@@ -194,7 +194,9 @@ class LayerReport:
                            len(np.unique(self.labels)) <= 10 else "tab20", linewidths=0)
                 title = f"{i + 1}" + (f": {sil[i]:.2f}" if sil is not None else "")
                 ax.set_title(title, fontsize=8, color="black" if i < self.depth else "0.5")
-            fig.suptitle("t-SNE of each layer (title: layer: silhouette; grey = removed)", fontsize=9)
+            which = "" if self.repeats == 1 else f", run 0 of {self.repeats}"
+            fig.suptitle(f"t-SNE of each layer (title: layer: silhouette{which}; grey = removed)",
+                         fontsize=9)
             fig.tight_layout()
             p = os.path.join(directory, "tsne_layers.png")
             fig.savefig(p, dpi=100)

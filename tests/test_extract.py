@@ -258,3 +258,45 @@ def test_training_flags_restored(models):
         assert not model.blocks[1].attn.training
     finally:
         model.eval()
+
+
+def test_swin_merged_pool_is_the_authors_features(models):
+    """pool="merged": every block of stages 1-3 pooled after the PatchMerging that follows its
+    stage (width 2C), the last stage raw: the authors' forward_Swin_features, restated."""
+    model, size = models["swin"]
+    x, y = _data(size)
+    blocks = find_blocks(model)
+    stages = list(model.layers)
+    outs = {i: [] for i in range(len(blocks))}
+    hooks = [b.module.register_forward_hook(lambda m, inp, o, i=i: outs[i].append(o))
+             for i, b in enumerate(blocks)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    ref = []
+    with torch.no_grad():
+        for i, b in enumerate(blocks):
+            o = outs[i][0]
+            if b.stage + 1 < len(stages):
+                o = stages[b.stage + 1].downsample(o)
+            ref.append(o.mean(dim=(1, 2)))
+    lf = extract_features(model, TensorDataset(x, y), pool="merged", batch_size=BATCH,
+                          progress=False)
+    assert [f.shape[1] for f in lf.features] == [r.shape[1] for r in ref]
+    C = stages[0].blocks[0].norm1.normalized_shape[0]
+    assert lf.features[0].shape[1] == 2 * C  # stage 1 scored at width 2C, not C
+    for f, r in zip(lf.features, ref):
+        torch.testing.assert_close(f, r, rtol=1e-4, atol=1e-5)
+    raw = extract_features(model, TensorDataset(x, y), batch_size=BATCH, progress=False)
+    assert raw.features[0].shape[1] == C
+    torch.testing.assert_close(raw.features[-1], lf.features[-1])  # last stage: the same
+
+
+def test_merged_pool_needs_swin(models):
+    model, size = models["vit"]
+    x, y = _data(size)
+    with pytest.raises(ValueError, match="merged.*Swin"):
+        extract_features(model, TensorDataset(x, y), pool="merged", progress=False)
