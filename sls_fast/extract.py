@@ -22,18 +22,17 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset
 
 from ._arrays import as_tensor
 from ._arrays import to_numpy as host_numpy
-from ._utils import model_device, progress_bar
-from .blocks import find_blocks, model_family
+from ._utils import as_loader, autocast, check_amp, model_device, progress_bar, split_batch
+from .families import find_blocks, find_family, pool_output
 
 __all__ = ["LayerFeatures", "extract_features", "estimate_bytes", "pool_output"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _POOLS = ("auto", "cls", "mean")
-_AMP = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
 # --------------------------------------------------------------------------- result
@@ -99,54 +98,21 @@ class LayerFeatures:
 
 
 # --------------------------------------------------------------------------- pooling
-def pool_output(out, pool: str, *, nhwc: bool = False, num_prefix_tokens: int = 0) -> torch.Tensor:
-    """Pool one block output to ``[B, D]`` (float32 accumulation for means).
-
-    * ``[B, T, D]`` tokens: "cls" -> token 0; "mean" -> mean over the tokens after the
-      ``num_prefix_tokens`` prefix (class / register / distillation tokens), like timm's avg pool;
-    * ``[B, H, W, C]`` (``nhwc=True``, Swin) or ``[B, C, H, W]``: "mean" over spatial positions;
-    * ``[B, D]``: unchanged.
-    """
-    if isinstance(out, (tuple, list)):
-        out = next((o for o in out if isinstance(o, torch.Tensor)), None)
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"a block returned {type(out).__name__}, expected a tensor")
-    if out.ndim == 2:
-        return out
-    if out.ndim == 3:
-        if pool == "cls":
-            return out[:, 0]
-        return out[:, num_prefix_tokens:].mean(dim=1, dtype=torch.float32)
-    if out.ndim == 4:
-        if pool == "cls":
-            raise ValueError(f"pool='cls' needs token outputs [B, T, D]; a block returned a "
-                             f"feature map {tuple(out.shape)}")
-        return out.mean(dim=(1, 2) if nhwc else (2, 3), dtype=torch.float32)
-    raise ValueError(f"cannot pool a block output of shape {tuple(out.shape)}")
-
-
-def _has_cls_token(model) -> bool:
-    return getattr(model, "cls_token", None) is not None and getattr(model, "num_prefix_tokens", 1) > 0
-
-
-def _resolve_pool(model, pool: str) -> str:
+def _resolve_pool(model, family, pool: str) -> str:
     if pool not in _POOLS:
         raise ValueError(f"pool must be one of {_POOLS}, got {pool!r}")
-    if pool == "cls" and not _has_cls_token(model):
+    auto = family.default_pool(model) if family is not None else (
+        "cls" if getattr(model, "cls_token", None) is not None else "mean")
+    if pool == "cls" and auto != "cls":
         raise ValueError(f"pool='cls' but {type(model).__name__} has no class token; use 'mean' or 'auto'")
-    if pool == "auto":
-        return "cls" if _has_cls_token(model) else "mean"
-    return pool
+    return auto if pool == "auto" else pool
 
 
-def _is_nhwc(model) -> bool:
+def _is_nhwc(model, family) -> bool:
     fmt = getattr(model, "output_fmt", None)
     if fmt is not None:
         return str(getattr(fmt, "value", fmt)).upper() == "NHWC"
-    try:
-        return model_family(model) == "swin"
-    except ValueError:
-        return False
+    return bool(family is not None and family.nhwc)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -181,17 +147,6 @@ def _fmt_bytes(n) -> str:
         n /= 1024
 
 
-def _as_loader(data, batch_size: int):
-    if isinstance(data, DataLoader):
-        return data
-    if isinstance(data, Dataset) or isinstance(data, IterableDataset):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
-    raise TypeError(f"data must be a torch DataLoader or Dataset of (image, label) pairs, "
-                    f"got {type(data).__name__}")
-
-
 def _expected_rows(loader: DataLoader) -> Optional[int]:
     """N when the loader knows it (map-style dataset, default batch sampler); None otherwise."""
     if isinstance(loader.dataset, IterableDataset):
@@ -206,18 +161,6 @@ def _expected_rows(loader: DataLoader) -> Optional[int]:
     except TypeError:
         return None
     return (n // bs.batch_size) * bs.batch_size if bs.drop_last else n
-
-
-def _split_batch(batch):
-    if isinstance(batch, dict):
-        keys = [k for k in ("image", "images", "pixel_values", "x") if k in batch]
-        lkeys = [k for k in ("label", "labels", "target", "y") if k in batch]
-        if keys and lkeys:
-            return batch[keys[0]], batch[lkeys[0]]
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        return batch[0], batch[1]
-    raise TypeError("each batch must be an (images, labels) pair; got "
-                    f"{type(batch).__name__}" + (f" of length {len(batch)}" if hasattr(batch, "__len__") else ""))
 
 
 def _check_images(model, x) -> None:
@@ -275,15 +218,15 @@ def _resolve_layers(model, layers):
     return names, modules, False
 
 
-def _use_intermediates(model, is_all_blocks: bool, method: str) -> bool:
+def _use_intermediates(model, family, is_all_blocks: bool, method: str) -> bool:
     if method == "hooks":
         return False
     ok = False
-    if is_all_blocks and hasattr(model, "forward_intermediates"):
+    if is_all_blocks and family is not None and family.uses_intermediates and hasattr(
+            model, "forward_intermediates"):
         try:
-            fam = model_family(model)
             params = inspect.signature(model.forward_intermediates).parameters
-            ok = fam == "vit" and all(k in params for k in (
+            ok = all(k in params for k in (
                 "indices", "return_prefix_tokens", "stop_early", "output_fmt", "intermediates_only"))
         except (ValueError, TypeError):
             ok = False
@@ -358,7 +301,8 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
     """Pooled output of every block for every image, in one forward pass per batch.
 
     Args:
-        model: a timm-style model (layers found by :func:`sls_fast.blocks.find_blocks`) or any
+        model: a model of a supported family (layers found by
+            :func:`sls_fast.families.find_blocks`, pooled by the family) or any
             module when ``layers`` is given. Run in eval mode under ``torch.inference_mode()``
             (every submodule's training flag is restored afterwards).
         data: a ``DataLoader`` or a ``Dataset`` of ``(image [3, H, W], label)`` pairs (batched
@@ -367,7 +311,8 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
             spatial positions: Swin NHWC maps, conv NCHW maps), "cls" or "mean".
         device: where to run; default the model's device (the model is moved when given).
         dtype: buffer dtype, float32 (default), float16 (half the memory) or bfloat16.
-        amp: None, "bf16" or "fp16": autocast of the forward.
+        amp: autocast of the forward: None (off), "auto" (bf16 on CUDA when supported), "bf16"
+            or "fp16".
         progress: tqdm bar over batches.
         layers: explicit list of modules or module paths instead of every block.
         max_bytes: refuse (ValueError) when the buffers would exceed this many bytes; the
@@ -396,15 +341,21 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if dtype not in _DTYPES:
         raise TypeError(f"dtype must be one of {_DTYPES}, got {dtype}")
-    if amp is not None and amp not in _AMP:
-        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+    check_amp(amp)
     if method not in ("auto", "hooks", "intermediates"):
         raise ValueError(f"method must be 'auto', 'hooks' or 'intermediates', got {method!r}")
     names, modules, all_blocks = _resolve_layers(model, layers)
-    pool_kind = _resolve_pool(model, pool)
-    nhwc = _is_nhwc(model)
+    family = find_family(model)
+    pool_kind = _resolve_pool(model, family, pool)
+    nhwc = _is_nhwc(model, family)
     npt = int(getattr(model, "num_prefix_tokens", 0) or 0)
-    use_fi = _use_intermediates(model, all_blocks, method)
+    use_fi = _use_intermediates(model, family, all_blocks, method)
+    if family is not None and all_blocks:
+        def pool_fn(out):
+            return family.pool(out, pool_kind, model=model)
+    else:
+        def pool_fn(out):
+            return pool_output(out, pool_kind, nhwc=nhwc, num_prefix_tokens=npt)
 
     if device is not None:
         device = torch.device(device)
@@ -413,7 +364,7 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
         device = model_device(model)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    loader = _as_loader(data, batch_size)
+    loader = as_loader(data, batch_size)
     n_hint = _expected_rows(loader)
     if n_hint == 0:
         raise ValueError("data is empty: no images to extract features from")
@@ -437,7 +388,7 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
         def hook(_m, _inp, out):
             if state["fired"] & (1 << i):
                 raise ValueError(f"layer {names[i]} ran twice in one forward pass; pass distinct layers")
-            write(i, pool_output(out, pool_kind, nhwc=nhwc, num_prefix_tokens=npt))
+            write(i, pool_fn(out))
             state["fired"] |= 1 << i
             if state["fired"] == (1 << L) - 1:
                 raise _StopForward
@@ -467,7 +418,6 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
             raise ValueError(f"layers {missing[:5]} did not run during the forward pass of "
                              f"{type(model).__name__}")
 
-    amp_ctx = (lambda: torch.autocast(device_type=device.type, dtype=_AMP[amp])) if amp else None
     training = [m for m in model.modules() if m.training]  # restored exactly afterwards
     handles = [] if use_fi else [m.register_forward_hook(make_hook(i)) for i, m in enumerate(modules)]
     labels: List[torch.Tensor] = []
@@ -478,7 +428,7 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
         bar = progress_bar(loader, progress, total=n_batches, desc="extract features",
                            unit="batch", leave=False)
         for batch in bar:
-            x, y = _split_batch(batch)
+            x, y = split_batch(batch)
             if bufs is None:
                 _check_images(model, x)
             x = x.to(device, non_blocking=True)
@@ -489,12 +439,8 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
             if bufs is not None:
                 bufs.ensure(n + b)
             state["start"], state["stop"] = n, n + b
-            with torch.inference_mode():
-                if amp_ctx is not None:
-                    with amp_ctx():
-                        forward(x)
-                else:
-                    forward(x)
+            with torch.inference_mode(), autocast(amp, device):
+                forward(x)
             if bufs is None:  # first batch: widths known now; check memory, allocate, write it
                 widths = [int(pending[i].shape[-1]) for i in range(L)]
                 bufs = _allocate(widths, n_hint, b, dtype, device, max_bytes)

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ._arrays import to_numpy
+from ._utils import atomic_path, write_text
 from .metrics import METRICS, cluster_scores
 from .select import select_depth
 
@@ -65,8 +66,7 @@ class LayerReport:
         """The report as JSON text; also written to ``path`` when given."""
         text = json.dumps(self.to_dict(include_embeddings=include_embeddings), indent=1)
         if path is not None:
-            with open(path, "w") as f:
-                f.write(text)
+            write_text(path, text)
         return text
 
     @classmethod
@@ -86,17 +86,23 @@ class LayerReport:
     def plot(self, directory: str) -> List[str]:
         """Write ``scores.png`` (each metric per layer; silhouette with the threshold and the
         chosen depth) and ``tsne_layers.png`` (per-layer t-SNE scatter plots coloured by label)
-        into ``directory``; returns their paths."""
-        import matplotlib
+        into ``directory`` (atomically; matplotlib's object API, the caller's backend untouched);
+        returns their paths."""
+        from matplotlib.figure import Figure
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        def subplots(nrows, ncols, figsize):
+            fig = Figure(figsize=figsize)
+            return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+        def save(fig, path, dpi):
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, dpi=dpi, format="png")
 
         os.makedirs(directory, exist_ok=True)
         paths = []
         layers = np.arange(1, self.num_layers + 1)
         names = list(self.scores)
-        fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+        fig, axes = subplots(1, len(names), (5 * len(names), 3.6))
         for ax, name in zip(axes[0], names):
             ax.plot(layers, self.scores[name], "o-", lw=1.5, ms=4)
             ax.set_xlabel("layer (block)")
@@ -112,14 +118,13 @@ class LayerReport:
         fig.suptitle(self.meta.get("title", "SLS layer scores"))
         fig.tight_layout()
         p = os.path.join(directory, "scores.png")
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
+        save(fig, p, 110)
         paths.append(p)
         if self.embeddings is not None:
             L = self.num_layers
             cols = min(6, L)
             rows = -(-L // cols)
-            fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.4 * rows), squeeze=False)
+            fig, axes = subplots(rows, cols, (2.4 * cols, 2.4 * rows))
             sil = self.scores.get(SELECTION_METRIC)
             for i in range(rows * cols):
                 ax = axes[i // cols][i % cols]
@@ -136,8 +141,7 @@ class LayerReport:
             fig.suptitle("t-SNE of each layer (title: layer: silhouette; grey = removed)", fontsize=9)
             fig.tight_layout()
             p = os.path.join(directory, "tsne_layers.png")
-            fig.savefig(p, dpi=100)
-            plt.close(fig)
+            save(fig, p, 100)
             paths.append(p)
         return paths
 

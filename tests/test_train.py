@@ -50,11 +50,11 @@ def test_short_finetune_raises_validation_accuracy(digits32, lite0_cut):
 
 def test_probe_head_recipe(digits32, lite0_cut):
     model = copy.deepcopy(lite0_cut)
-    assert model.sls_head_fresh
+    assert model.sls_state.head_fresh
     acc = probe_head(model, digits32["train"])
     assert acc > 0.9
     assert evaluate(model, digits32["val"]) > 0.8
-    assert not model.sls_head_fresh
+    assert not model.sls_state.head_fresh
 
 
 def _tiny():
