@@ -21,7 +21,6 @@ explicitly. Defaults are ImageNet's mean/std, which the embedded default model
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -42,6 +41,7 @@ __all__ = [
     "lfw",
     "vtab",
     "image_folder",
+    "read_vtab_list",
     "from_spec",
     "stratified_split",
 ]
@@ -269,4 +269,4 @@ def from_spec(spec: str, split: str = "train", *, image_size=None, model=None, s
 
 
 # Image files on disk live in their own module; their names stay importable from here.
-from .imagefiles import FileListDataset, image_folder, read_vtab_list, vtab  # noqa: E402
+from .imagefiles import FileListDataset, image_folder, read_vtab_list, vtab  # noqa: E402,F401

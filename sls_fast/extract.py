@@ -16,15 +16,15 @@ imports and ``dtype`` is float32/float16; torch CUDA tensors otherwise. On CPU, 
 from __future__ import annotations
 
 import inspect
-import warnings
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Union
 
 import torch
 import torch.nn as nn
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset
 
 from ._arrays import as_tensor
+from ._buffers import allocate_buffers, estimate_bytes
 from ._arrays import to_numpy as host_numpy
 from ._utils import as_loader, autocast, check_amp, model_device, progress_bar, split_batch
 from .families import find_blocks, find_family, pool_output
@@ -120,33 +120,6 @@ class _StopForward(Exception):
     """Raised by the last block's hook: the rest of the forward (final norm, head) is skipped."""
 
 
-def estimate_bytes(num_samples: int, widths: Sequence[int], dtype=torch.float32) -> int:
-    """Bytes of the feature buffers: ``N * sum(D_i) * itemsize`` plus the int64 labels."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return int(num_samples) * int(sum(widths)) * itemsize + 8 * int(num_samples)
-
-
-def _free_bytes(device: torch.device) -> Optional[int]:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _fmt_bytes(n) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
-
-
 def _expected_rows(loader: DataLoader) -> Optional[int]:
     """N when the loader knows it (map-style dataset, default batch sampler); None otherwise."""
     if isinstance(loader.dataset, IterableDataset):
@@ -236,63 +209,6 @@ def _use_intermediates(model, family, is_all_blocks: bool, method: str) -> bool:
     return ok
 
 
-class _Buffers:
-    """Feature buffers: a CuPy / torch array per layer or one stacked [L, cap, D] array, with
-    torch views for writing; grows by doubling when N was unknown."""
-
-    def __init__(self, widths, capacity, dtype, device):
-        self.widths, self.dtype, self.device = list(widths), dtype, device
-        self.stacked = len(set(self.widths)) == 1
-        self.cupy = None
-        if device.type == "cuda" and dtype in (torch.float32, torch.float16):
-            try:
-                import cupy
-
-                self.cupy = cupy
-            except Exception:  # noqa: BLE001 - CuPy missing or broken: torch CUDA tensors
-                self.cupy = None
-        self.capacity = 0
-        self.arrays, self.views = None, None
-        self._allocate(capacity)
-
-    def _empty(self, shape):
-        if self.cupy is not None:
-            cp = self.cupy
-            with cp.cuda.Device(self.device.index if self.device.index is not None else torch.cuda.current_device()):
-                arr = cp.empty(shape, dtype=cp.float32 if self.dtype == torch.float32 else cp.float16)
-            return arr, torch.from_dlpack(arr)
-        t = torch.empty(shape, dtype=self.dtype, device=self.device)
-        return t, t
-
-    def _allocate(self, capacity):
-        old_views, n_old = self.views, self.capacity
-        if self.stacked:
-            arr, view = self._empty((len(self.widths), capacity, self.widths[0]))
-            arrays, views = arr, [view[i] for i in range(len(self.widths))]
-        else:
-            pairs = [self._empty((capacity, d)) for d in self.widths]
-            arrays, views = [a for a, _ in pairs], [v for _, v in pairs]
-        if old_views is not None:
-            for new, old in zip(views, old_views):
-                new[:n_old].copy_(old[:n_old])
-        self.arrays, self.views, self.capacity = arrays, views, capacity
-
-    def ensure(self, rows):
-        if rows > self.capacity:
-            cap = max(1, self.capacity)
-            while cap < rows:
-                cap *= 2
-            self._allocate(cap)
-
-    def result(self, n):
-        if n == self.capacity:
-            return self.arrays
-        if self.stacked:
-            out = self.arrays[:, :n]
-            return self.cupy.ascontiguousarray(out) if self.cupy is not None else out.contiguous()
-        return [a[:n] for a in self.arrays]
-
-
 # --------------------------------------------------------------------------- main entry
 def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
                      dtype: torch.dtype = torch.float32, batch_size: int = 64,
@@ -375,7 +291,7 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
 
     L = len(modules)
     state = {"start": 0, "stop": 0, "fired": 0}
-    bufs: Optional[_Buffers] = None
+    bufs = None
     pending: dict = {}  # the first batch's pooled features, until the buffers exist
 
     def write(i, pooled):
@@ -443,7 +359,7 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
                 forward(x)
             if bufs is None:  # first batch: widths known now; check memory, allocate, write it
                 widths = [int(pending[i].shape[-1]) for i in range(L)]
-                bufs = _allocate(widths, n_hint, b, dtype, device, max_bytes)
+                bufs = allocate_buffers(widths, n_hint, b, dtype, device, max_bytes)
                 bufs.ensure(n + b)
                 for i in range(L):
                     bufs.views[i][n:n + b].copy_(pending.pop(i))
@@ -461,19 +377,3 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
     lab = torch.cat([t.to(device) for t in labels])
     lab_out = bufs.cupy.from_dlpack(lab) if bufs.cupy is not None else lab
     return LayerFeatures(bufs.result(n), lab_out, names, list(bufs.widths), [pool_kind] * L)
-
-
-def _allocate(widths, n_hint, first_batch, dtype, device, max_bytes):
-    rows = n_hint if n_hint is not None else first_batch
-    need = estimate_bytes(rows, widths, dtype)
-    limit = max_bytes if max_bytes is not None else _free_bytes(device)
-    if limit is not None and need > limit:
-        what = "max_bytes" if max_bytes is not None else f"free {device.type} memory"
-        raise ValueError(
-            f"feature buffers need {_fmt_bytes(need)} ({rows} images x {sum(widths)} features over "
-            f"{len(widths)} layers, {dtype}) but {what} is {_fmt_bytes(limit)}; use "
-            "dtype=torch.float16, fewer layers (layers=...) or fewer images")
-    if n_hint is None:
-        warnings.warn("the data has no length: feature buffers start at one batch and grow by "
-                      "doubling", RuntimeWarning, stacklevel=3)
-    return _Buffers(widths, rows, dtype, device)
