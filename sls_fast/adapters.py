@@ -129,6 +129,8 @@ def add_adapters(model: nn.Module, kind: str = "convpass", dim: int = 8, scale: 
     st = ensure_state(model)
     fam.insert_adapters(model, kind, idx, dim=int(dim), scale=scale, dropout=dropout,
                         groups=int(groups))
+    for a in adapter_modules(model).values():  # new adapters follow the model's mode
+        a.train(model.training)
     if num_classes is not None:
         if not hasattr(model, "reset_classifier"):
             raise TypeError(f"{type(model).__name__} has no reset_classifier(); cannot set num_classes")

@@ -247,10 +247,18 @@ def cmd_bench(args) -> dict:
     if artifact and args.depth is None and os.path.isfile(artifact):
         from .storage import load_pruned
 
-        _seed(args.seed)
-        base = _build(dict(spec, adapter=None, checkpoint=spec["base_checkpoint"]), quiet_random=True)
+        from . import add_adapters
+        from .state import get_state
+
+        _seed(args.seed)  # the same (random or loaded) base weights the artifact was made from
+        weights = spec["base_checkpoint"] if spec["adapter"] else spec["checkpoint"]
+        base = _build(dict(spec, adapter=None, checkpoint=weights), quiet_random=True)
         pruned = load_pruned(artifact, base)
         depth = len(find_blocks(pruned))
+        ad = get_state(pruned).adapters
+        st = get_state(model)
+        if ad is not None and (st is None or st.adapters is None):  # time like with like
+            add_adapters(model, ad.kind, dim=ad.dim, scale=ad.scale, groups=ad.groups)
     else:
         depth = args.depth or (report.depth if report else max(1, L // 2))
         pruned = truncate(model, depth)

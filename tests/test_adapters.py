@@ -173,3 +173,12 @@ def test_layers_subset_and_errors():
     eff = timm.create_model("efficientnet_lite0", pretrained=False)
     with pytest.raises(ValueError, match="do not exist for efficientnet"):
         add_adapters(eff, "repadapter")
+
+
+def test_new_adapters_follow_the_models_mode():
+    m = add_adapters(_vit(), "convpass")  # _vit() is in eval mode
+    assert not any(a.training for a in adapter_modules(m).values())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(m(x), m(x), rtol=0, atol=0)  # no dropout at inference
+    t = add_adapters(_vit().train(), "repadapter")
+    assert all(a.training for a in adapter_modules(t).values())
