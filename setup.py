@@ -71,7 +71,7 @@ setup(
     long_description=(ROOT / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["sls_fast", "sls_fast.kernels"],
+    packages=["sls_fast", "sls_fast.families", "sls_fast.kernels"],
     package_dir={"sls_fast": "sls_fast", "sls_fast.kernels": "kernels"},
     ext_modules=[CMakeExtension("sls_fast._C", ROOT)],
     cmdclass={"build_ext": CMakeBuild},

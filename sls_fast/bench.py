@@ -5,6 +5,7 @@ random (never zeros); the median latency per batch and its 20th/80th percentiles
 """
 from __future__ import annotations
 
+import contextlib
 import platform
 import resource
 import statistics
@@ -13,11 +14,9 @@ from typing import Iterable, List, Optional
 
 import torch
 
-from ._utils import model_device
+from ._utils import autocast, check_amp, model_device
 
 __all__ = ["measure_throughput", "compare_throughput", "sweep_batch_sizes", "model_image_size"]
-
-_AMP = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def model_image_size(model) -> int:
@@ -39,8 +38,7 @@ class _Runner:
 
     def __init__(self, model, *, batch_size, image_size, compile, compile_mode, amp, device,
                  warmup, channels=3, seed=0):
-        if amp not in _AMP:
-            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+        check_amp(amp)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = model_device(model, device)
@@ -65,10 +63,7 @@ class _Runner:
             torch.cuda.synchronize(self.device)
 
     def step(self):
-        with torch.inference_mode():
-            if self.amp is not None:
-                with torch.autocast(self.device.type, dtype=_AMP[self.amp]):
-                    return self.fn(self.x)
+        with torch.inference_mode(), autocast(self.amp, self.device):
             return self.fn(self.x)
 
     def time(self, iters: int) -> List[float]:
@@ -107,6 +102,20 @@ class _Runner:
                     warmup_s=self.warmup_s, peak_memory_bytes=int(peak))
 
 
+@contextlib.contextmanager
+def _restored(*models):
+    """Give each model back as it came: on its device, with its training flags."""
+    saved = [(m, model_device(m), [s for s in m.modules() if s.training]) for m in models]
+    try:
+        yield
+    finally:
+        for m, dev, training in saved:
+            m.to(dev)
+            m.eval()
+            for sub in training:
+                sub.training = True
+
+
 def _defaults(device: torch.device, warmup, iters):
     cuda = device.type == "cuda"
     return (warmup if warmup is not None else (10 if cuda else 3),
@@ -123,9 +132,10 @@ def measure_throughput(model, *, batch_size: int = 64, image_size: Optional[int]
         batch_size: images per forward.
         image_size: side length S; ``None`` reads the model's pretrained config.
         compile: wrap with ``torch.compile(mode=compile_mode)`` (compilation is not timed).
-        amp: ``None``, ``"bf16"`` or ``"fp16"`` autocast.
+        amp: autocast: ``None`` (off), ``"auto"``, ``"bf16"`` or ``"fp16"``.
         warmup, iters: untimed and timed batches (defaults: 3/10 on CPU, 10/50 on CUDA).
-        device: where to run (default: the model's device).
+        device: where to run (default: the model's device). The model is given back on its
+            own device with its own training flags.
 
     Returns:
         dict with ``images_per_s``, ``latency_ms`` (median per batch), ``latency_ms_p20``,
@@ -145,9 +155,10 @@ def measure_throughput(model, *, batch_size: int = 64, image_size: Optional[int]
     warmup, iters = _defaults(dev, warmup, iters)
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
-    runner = _Runner(model, batch_size=batch_size, image_size=image_size, compile=compile,
-                     compile_mode=compile_mode, amp=amp, device=dev, warmup=warmup)
-    return runner.result(runner.time(iters))
+    with _restored(model):
+        runner = _Runner(model, batch_size=batch_size, image_size=image_size, compile=compile,
+                         compile_mode=compile_mode, amp=amp, device=dev, warmup=warmup)
+        return runner.result(runner.time(iters))
 
 
 def sweep_batch_sizes(model, batch_sizes: Iterable[int] = (1, 8, 32, 64, 128), **kwargs) -> List[dict]:
@@ -168,12 +179,13 @@ def compare_throughput(full, pruned, *, rounds: int = 3, batch_size: int = 64,
     size = image_size or model_image_size(full)
     kw = dict(batch_size=batch_size, image_size=size, compile=compile, compile_mode=compile_mode,
               amp=amp, device=dev, warmup=warmup)
-    runners = {"full": _Runner(full, **kw), "pruned": _Runner(pruned, **kw)}
-    times = {k: [] for k in runners}
-    per_round = max(1, iters // max(1, rounds))
-    for _ in range(max(1, rounds)):
-        for k, r in runners.items():
-            times[k] += r.time(per_round)
-    out = {k: runners[k].result(times[k]) for k in runners}
+    with _restored(full, pruned):
+        runners = {"full": _Runner(full, **kw), "pruned": _Runner(pruned, **kw)}
+        times = {k: [] for k in runners}
+        per_round = max(1, iters // max(1, rounds))
+        for _ in range(max(1, rounds)):
+            for k, r in runners.items():
+                times[k] += r.time(per_round)
+        out = {k: runners[k].result(times[k]) for k in runners}
     out["speedup"] = out["pruned"]["images_per_s"] / out["full"]["images_per_s"]
     return out

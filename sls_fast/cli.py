@@ -5,18 +5,24 @@
     sls-fast prune --report DIR                   truncate at the reported depth, retrain, save
     sls-fast bench --model NAME [--depth K]       throughput of the full vs the pruned model
 
-Every subcommand takes --device, --seed, --json (print the result as JSON) and --no-progress.
+Every subcommand takes --device, --seed, --json (print the result as JSON), --no-progress and
+--debug. Bad input ends in one line on stderr and exit code 2 (--debug shows the traceback).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 import warnings
 from typing import Optional
+
+from ._cli_util import (NoAdaptersWarning, _build, _data, _decision, _device, _device_name,
+                        _emit, _model_spec, _num_classes, _positive_int, _read_report, _say,
+                        _seed, _table, _versions)
+
+__all__ = ["main", "build_parser", "NoAdaptersWarning"]
 
 DEFAULT_DATA = "digits"
 EPILOG = """\
@@ -25,122 +31,15 @@ examples:
   sls-fast run --quick --out /tmp/sls             # a reduced run in about a minute
   sls-fast score --model vit_base_patch16_224 --checkpoint ViT-B_16.npz \\
                  --data vtab:/data/vtab-1k/eurosat --out runs/eurosat
+  sls-fast score --model vit_base_patch16_224 --base-checkpoint ViT-B_16.npz \\
+                 --adapter convpass --checkpoint eurosat.pt --adapter-scale 10 \\
+                 --data vtab:/data/vtab-1k/eurosat --out runs/eurosat   # the authors' adapters
   sls-fast prune --report runs/eurosat --strategy CLR --epochs 20
+  sls-fast bench --report runs/eurosat --batch-size 64
   sls-fast bench --model vit_small_patch16_224 --depth 6 --batch-size 8 --no-compile
 
 data specs: digits | lfw | vtab:PATH/TO/TASK (train800.txt, val200.txt, test.txt) | folder:PATH
 """
-
-
-# --------------------------------------------------------------------------- helpers
-def _versions() -> dict:
-    import numpy
-    import sklearn
-    import timm
-    import torch
-
-    from . import __version__
-
-    v = dict(sls_fast=__version__, torch=torch.__version__, timm=timm.__version__,
-             numpy=numpy.__version__, sklearn=sklearn.__version__, python=platform.python_version())
-    try:
-        import triton
-
-        v["triton"] = triton.__version__
-    except Exception:
-        pass
-    try:
-        import openTSNE
-
-        v["openTSNE"] = openTSNE.__version__
-    except Exception:
-        pass
-    return v
-
-
-def _device(args):
-    import torch
-
-    if args.device:
-        return torch.device(args.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _device_name(dev) -> str:
-    import torch
-
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def _say(args, *msg):
-    """Human-readable progress on stderr (stdout stays clean for --json)."""
-    if not args.quiet:
-        print(*msg, file=sys.stderr, flush=True)
-
-
-def _emit(args, result: dict, text: str):
-    if args.json:
-        print(json.dumps(result, indent=1, default=float))
-    else:
-        print(text)
-
-
-def _seed(seed: int):
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _write_json(path: str, obj: dict) -> None:
-    """Write ``obj`` as JSON atomically (a reader never sees half a file)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=float)
-    os.replace(tmp, path)
-
-
-def _decision(report) -> dict:
-    """The depth decision with its measured stability (the report.json fields)."""
-    return dict(repeats=report.repeats, run_depths=list(report.run_depths),
-                confidence=report.confidence, spread=[float(x) for x in report.spread],
-                runs={k: v.tolist() for k, v in report.runs.items()})
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _table(rows, headers) -> str:
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(str(h).ljust(w) for h, w in zip(headers, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(out)
-
-
-def _num_classes(ds) -> int:
-    n = getattr(ds, "num_classes", None)
-    if n:
-        return int(n)
-    import numpy as np
-
-    labels = getattr(ds, "labels", None)
-    if labels is None:
-        labels = [ds[i][1] for i in range(len(ds))]
-    return int(np.max(np.asarray(labels))) + 1
 
 
 # --------------------------------------------------------------------------- run
@@ -150,6 +49,7 @@ def cmd_run(args) -> dict:
 
     from . import (add_adapters, compare_throughput, evaluate, finetune, save_pruned,
                    score_layers, truncate)
+    from ._utils import write_text
     from .data import digits
     from .models import DEFAULT_MODEL, load
     from .storage import storage_report
@@ -242,7 +142,7 @@ def cmd_run(args) -> dict:
         files=dict(report=os.path.join(out, "report.json"), artifact=artifact, plots=plots,
                    layers=os.path.join(out, "layers.json")))
     result["timings"]["total"] = sum(v for k, v in timings.items())
-    _write_json(os.path.join(out, "report.json"), result)
+    write_text(os.path.join(out, "report.json"), json.dumps(result, indent=1, default=float))
     kept = f"{depth} of {L}"
     if report.repeats > 1:
         kept += (f" (mean of {report.repeats} runs; runs keep "
@@ -263,40 +163,25 @@ def cmd_run(args) -> dict:
 
 
 # --------------------------------------------------------------------------- score
-def _size_kwargs(model_name: str, image_size) -> dict:
-    """Patch-token models are built for one input size: pass ``--image-size`` to timm for
-    them (convolutional models take any size and need nothing)."""
-    fixed = ("vit", "deit", "eva", "swin", "beit")
-    if image_size and model_name.split("_")[0].startswith(fixed):
-        return {"img_size": image_size}
-    return {}
-
-
-def _load_model_and_data(args, split: str, *, num_classes=None):
-    from .data import from_spec
-    from .models import load
-
-    kw = _size_kwargs(args.model, args.image_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
-        model = load(args.model, checkpoint=args.checkpoint, num_classes=num_classes, **kw)
-    data = from_spec(args.data, split, image_size=args.image_size, model=model, seed=args.seed)
-    return model, data
-
-
 def cmd_score(args) -> dict:
     from . import score_layers
+    from ._utils import write_text
 
     _seed(args.seed)
     dev = _device(args)
-    model, data = _load_model_and_data(args, args.split)
+    spec = _model_spec(args)
+    model = _build(spec)
+    data = _data(args.data, args.split, args, model, args.image_size)
+    if spec["adapter"] is None or spec["checkpoint"] is None:
+        warnings.warn("scoring a model without trained adapters: SLS scores the adapted model "
+                      "(on the embedded default 3 of 16 blocks frozen vs 6 of 16 adapted); pass "
+                      "--adapter KIND --checkpoint FILE", NoAdaptersWarning, stacklevel=2)
     _say(args, f"scoring {args.model} on {args.data} ({len(data)} images, split {args.split})")
     report = score_layers(model, data, alpha=args.alpha, seed=args.seed, max_iter=args.tsne_iter,
                           tsne_backend=args.tsne_backend, progress=args.progress, device=dev,
                           batch_size=args.batch_size, repeats=args.repeats, pool=args.pool)
-    report.meta.update(model=args.model, checkpoint=args.checkpoint, data=args.data,
-                       split=args.split, image_size=args.image_size, seed=args.seed,
-                       title=f"{args.model} on {args.data}")
+    report.meta.update(spec, data=args.data, split=args.split, seed=args.seed,
+                       on_bad_image=args.on_bad_image, title=f"{args.model} on {args.data}")
     os.makedirs(args.out, exist_ok=True)
     report.to_json(os.path.join(args.out, "layers.json"))
     plots = report.plot(args.out)
@@ -306,46 +191,44 @@ def cmd_score(args) -> dict:
                   **_decision(report),
                   timings=report.timings, versions=_versions(), device=_device_name(dev),
                   files=dict(layers=os.path.join(args.out, "layers.json"), plots=plots))
-    _write_json(os.path.join(args.out, "report.json"), result)
+    write_text(os.path.join(args.out, "report.json"), json.dumps(result, indent=1, default=float))
     _emit(args, result, report.summary() + f"\nwritten: {args.out}/report.json, " + ", ".join(plots))
     return result
 
 
 # --------------------------------------------------------------------------- prune
 def cmd_prune(args) -> dict:
-    from . import LayerReport, add_adapters, evaluate, finetune, save_pruned, truncate
-    from .data import from_spec
-    from .models import load
+    from . import add_adapters, evaluate, finetune, save_pruned, truncate
+    from .state import get_state
     from .storage import storage_report
 
-    path = os.path.join(args.report, "layers.json")
-    if not os.path.exists(path):
-        raise SystemExit(f"sls-fast prune: {path} not found; run 'sls-fast score --out {args.report}' first")
-    report = LayerReport.from_json(path)
+    report = _read_report(args.report)
     meta = report.meta
-    if not meta.get("model") or not meta.get("data"):
-        raise SystemExit(f"sls-fast prune: {path} does not say which model/data it scored")
     _seed(args.seed)
     dev = _device(args)
-    model = load(meta["model"], checkpoint=meta.get("checkpoint"))
-    size = meta.get("image_size")
-    train = from_spec(meta["data"], "train", image_size=size, model=model, seed=args.seed)
-    val = from_spec(meta["data"], "val", image_size=size, model=model, seed=args.seed)
-    test = from_spec(meta["data"], "test", image_size=size, model=model, seed=args.seed)
+    spec = _model_spec(args, meta)
+    model = _build(spec)
+    size = spec["image_size"]
+    train = _data(meta["data"], "train", args, model, size)
+    val = _data(meta["data"], "val", args, model, size)
+    test = _data(meta["data"], "test", args, model, size)
     num_classes = _num_classes(train)
     depth = args.depth or report.depth
-    add_adapters(model, args.adapter, dim=8)
+    st = get_state(model)
+    if st is None or st.adapters is None:  # scored frozen: fresh adapters to retrain
+        add_adapters(model, args.adapter or "convpass", dim=spec["adapter_dim"] or 8,
+                     scale=spec["adapter_scale"])
     pruned = truncate(model, depth, num_classes=num_classes)
     pruned.to(dev)
-    _say(args, f"pruning {meta['model']} to {depth} of {report.num_layers} blocks; retraining "
+    _say(args, f"pruning {spec['model']} to {depth} of {report.num_layers} blocks; retraining "
                f"({args.strategy}, {args.epochs} epochs)")
     fit = finetune(pruned, train, val, strategy=args.strategy, epochs=args.epochs,
                    batch_size=args.batch_size, progress=args.progress, seed=args.seed)
     acc = evaluate(pruned, test)
     artifact = os.path.join(args.report, "pruned.safetensors")
-    save_pruned(artifact, pruned, depth, dataset=meta["data"])
+    save_pruned(artifact, pruned, depth, dataset=meta["data"], image_size=size)
     storage = storage_report(artifact, pruned, full_model=model)
-    result = dict(model=meta["model"], dataset=meta["data"], depth=depth,
+    result = dict(model=spec["model"], dataset=meta["data"], depth=depth,
                   num_layers=report.num_layers, strategy=args.strategy, epochs=args.epochs,
                   accuracy=dict(pruned=acc, pruned_val=fit["best_val_acc"]),
                   storage=storage, artifact=artifact, device=_device_name(dev))
@@ -359,22 +242,40 @@ def cmd_prune(args) -> dict:
 # --------------------------------------------------------------------------- bench
 def cmd_bench(args) -> dict:
     from . import compare_throughput, truncate
-    from .blocks import find_blocks
-    from .models import load
+    from .families import find_blocks
 
+    report = _read_report(args.report) if args.report else None
+    meta = report.meta if report else {}
     dev = _device(args)
-    kw = _size_kwargs(args.model, args.image_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random weights are fine for timing
-        model = load(args.model, checkpoint=args.checkpoint, **kw)
+    spec = _model_spec(args, meta)
+    _seed(args.seed)
+    model = _build(spec, quiet_random=True)  # random weights are fine for timing
     L = len(find_blocks(model))
-    depth = args.depth or max(1, L // 2)
-    pruned = truncate(model, depth)
-    _say(args, f"timing {args.model}: {L} blocks vs {depth}, batch {args.batch_size}, "
+    artifact = os.path.join(args.report, "pruned.safetensors") if args.report else None
+    if artifact and args.depth is None and os.path.isfile(artifact):
+        from .storage import load_pruned
+
+        from . import add_adapters
+        from .state import get_state
+
+        _seed(args.seed)  # the same (random or loaded) base weights the artifact was made from
+        weights = spec["base_checkpoint"] if spec["adapter"] else spec["checkpoint"]
+        base = _build(dict(spec, adapter=None, checkpoint=weights), quiet_random=True)
+        pruned = load_pruned(artifact, base)
+        depth = len(find_blocks(pruned))
+        ad = get_state(pruned).adapters
+        st = get_state(model)
+        if ad is not None and (st is None or st.adapters is None):  # time like with like
+            add_adapters(model, ad.kind, dim=ad.dim, scale=ad.scale, groups=ad.groups)
+    else:
+        depth = args.depth or (report.depth if report else max(1, L // 2))
+        pruned = truncate(model, depth)
+    image_size = args.image_size or spec["image_size"]
+    _say(args, f"timing {spec['model']}: {L} blocks vs {depth}, batch {args.batch_size}, "
                f"{'compiled' if args.compile else 'eager'}, device {dev}")
-    res = compare_throughput(model, pruned, batch_size=args.batch_size, image_size=args.image_size,
+    res = compare_throughput(model, pruned, batch_size=args.batch_size, image_size=image_size,
                              compile=args.compile, amp=args.amp, iters=args.iters, device=dev)
-    result = dict(model=args.model, num_layers=L, depth=depth, full=res["full"],
+    result = dict(model=spec["model"], num_layers=L, depth=depth, full=res["full"],
                   pruned=res["pruned"], speedup=res["speedup"], device=_device_name(dev))
     rows = [(name, f"{r['images_per_s']:.1f}", f"{r['latency_ms']:.2f}",
              f"[{r['latency_ms_p20']:.2f}, {r['latency_ms_p80']:.2f}]")
@@ -392,6 +293,26 @@ def _common(p):
     g.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     g.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    g.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
+def _model_options(p, *, required: bool = True):
+    p.add_argument("--model", required=required, default=None, help="timm model name "
+                   "(efficientnet_lite0 has bundled ImageNet weights; other names need "
+                   "--checkpoint / --base-checkpoint for real weights)")
+    p.add_argument("--image-size", type=int, default=None, help="default: the model's input size")
+    g = p.add_argument_group("weights and adapters")
+    g.add_argument("--checkpoint", default=None, help="without --adapter: the model's weights "
+                   "(.npz / .pth / .safetensors); with --adapter: the adapted weights (an "
+                   "sls-fast artifact, a full state dict, or adapter + head tensors in our or the "
+                   "authors' RuiZiHan/SLS layout)")
+    g.add_argument("--adapter", default=None, choices=("convpass", "repadapter"),
+                   help="add adapters of this kind before loading --checkpoint")
+    g.add_argument("--base-checkpoint", default=None, help="with --adapter: the frozen "
+                   "backbone's weights when --checkpoint holds only adapters + head")
+    g.add_argument("--adapter-dim", type=int, default=None, help="adapter bottleneck width (8)")
+    g.add_argument("--adapter-scale", type=float, default=None,
+                   help="adapter output scale s (1.0; the authors' configs set it per task)")
 
 
 def _scoring_options(p):
@@ -444,16 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="One pass over the data, t-SNE of every block, silhouette / "
                        "Calinski-Harabasz / Davies-Bouldin per block, the SLS depth. Writes "
                        "OUT/report.json, OUT/layers.json and two plots.")
-    s.add_argument("--model", required=True, help="timm model name (efficientnet_lite0 has "
-                   "bundled ImageNet weights; other names need --checkpoint for real weights)")
-    s.add_argument("--checkpoint", default=None, help="local .npz / .pth / .safetensors weights")
+    _model_options(s)
     s.add_argument("--data", default=DEFAULT_DATA, help="digits | lfw | vtab:PATH | folder:PATH")
     s.add_argument("--split", default="train", help="which split to score")
     s.add_argument("--out", default="sls_score", help="output folder")
-    s.add_argument("--image-size", type=int, default=None, help="default: the model's input size")
     s.add_argument("--pool", default="auto", choices=("auto", "cls", "mean", "merged"),
                    help="per-block feature: auto (class token, else mean over tokens), or "
                         "merged (Swin: stages 1-3 after the next PatchMerging, the authors' way)")
+    s.add_argument("--on-bad-image", default="fail", choices=("fail", "skip"),
+                   help="an unreadable image file: stop with its name, or skip it (with a warning)")
     _scoring_options(s)
     _common(s)
     s.set_defaults(func=cmd_score)
@@ -461,44 +381,79 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="truncate at a report's depth, retrain, evaluate, save",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Reads REPORT/layers.json (from 'sls-fast score'), rebuilds "
-                       "the model, adds adapters, truncates at the reported depth, retrains "
+                       "the scored model (its size, weights and adapters; fresh Convpass adapters "
+                       "when it was scored without), truncates at the reported depth, retrains "
                        "adapters + head (checkpoint chosen on the val split), reports test "
-                       "accuracy and writes REPORT/pruned.safetensors.")
+                       "accuracy and writes REPORT/pruned.safetensors. Options given here override "
+                       "the report's.")
     p.add_argument("--report", required=True, help="folder written by 'sls-fast score'")
     p.add_argument("--depth", type=int, default=None, help="override the reported depth")
     p.add_argument("--strategy", default="CLR", choices=("FT", "CLR", "TFS"))
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--adapter", default="convpass", choices=("convpass", "repadapter"))
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--on-bad-image", default="fail", choices=("fail", "skip"),
+                   help="an unreadable image file: stop with its name, or skip it (with a warning)")
+    _model_options(p, required=False)
     _common(p)
     p.set_defaults(func=cmd_prune)
 
     b = sub.add_parser("bench", help="throughput of the full vs the pruned model",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Random inputs; warm-up and compilation excluded; both models "
-                       "timed alternately in one run. Random weights are fine for timing.")
-    b.add_argument("--model", required=True, help="timm model name")
-    b.add_argument("--checkpoint", default=None)
-    b.add_argument("--depth", type=int, default=None, help="blocks kept (default: half)")
+                       "timed alternately in one run. Random weights are fine for timing. With "
+                       "--report DIR: the scored model against DIR/pruned.safetensors (from "
+                       "'sls-fast prune'), or against a cut at the reported depth.")
+    b.add_argument("--report", default=None, help="folder written by 'sls-fast score' / 'prune'")
+    b.add_argument("--depth", type=int, default=None, help="blocks kept (default: the report's, "
+                   "else half)")
     b.add_argument("--batch-size", type=int, default=64)
-    b.add_argument("--image-size", type=int, default=None, help="default: the model's input size")
+    _model_options(b, required=False)
     b.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                    help="torch.compile both models")
-    b.add_argument("--amp", default=None, choices=("bf16", "fp16"))
+    b.add_argument("--amp", default=None, choices=("auto", "bf16", "fp16"),
+                   help="autocast (auto = bf16 on CUDA when supported)")
     b.add_argument("--iters", type=int, default=None, help="timed batches per model")
     _common(b)
     b.set_defaults(func=cmd_bench)
     return ap
 
 
+_USER_ERRORS = (ValueError, TypeError, OSError)  # bad input; anything else is a bug of ours
+
+
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"warning: {message}\n"
+
+
 def main(argv: Optional[list] = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 bad input, 1 internal error).
+
+    Errors print one line on stderr (``--debug``: the traceback instead); warnings print one line.
+    """
     args = build_parser().parse_args(argv)
+    old_format = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
     try:
         args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"sls-fast {args.command}: error: {exc}", file=sys.stderr)
+    except _USER_ERRORS as exc:
+        if args.debug:
+            raise
+        print(f"sls-fast {args.command}: error: {_first_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, --debug shows it
+        if args.debug:
+            raise
+        print(f"sls-fast {args.command}: internal error: {type(exc).__name__}: {_first_line(exc)} "
+              "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 1
+    finally:
+        warnings.formatwarning = old_format
     return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -16,24 +16,23 @@ imports and ``dtype`` is float32/float16; torch CUDA tensors otherwise. On CPU, 
 from __future__ import annotations
 
 import inspect
-import warnings
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Union
 
 import torch
 import torch.nn as nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset
 
 from ._arrays import as_tensor
+from ._buffers import allocate_buffers, estimate_bytes
 from ._arrays import to_numpy as host_numpy
-from ._utils import model_device, progress_bar
-from .blocks import find_blocks, model_family
+from ._utils import as_loader, autocast, check_amp, model_device, progress_bar, split_batch
+from .families import find_blocks, find_family, pool_output
 
 __all__ = ["LayerFeatures", "extract_features", "estimate_bytes", "pool_output"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _POOLS = ("auto", "cls", "mean", "merged")
-_AMP = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
 # --------------------------------------------------------------------------- result
@@ -99,124 +98,31 @@ class LayerFeatures:
 
 
 # --------------------------------------------------------------------------- pooling
-def pool_output(out, pool: str, *, nhwc: bool = False, num_prefix_tokens: int = 0) -> torch.Tensor:
-    """Pool one block output to ``[B, D]`` (float32 accumulation for means).
-
-    * ``[B, T, D]`` tokens: "cls" -> token 0; "mean" -> mean over the tokens after the
-      ``num_prefix_tokens`` prefix (class / register / distillation tokens), like timm's avg pool;
-    * ``[B, H, W, C]`` (``nhwc=True``, Swin) or ``[B, C, H, W]``: "mean" over spatial positions;
-    * ``[B, D]``: unchanged.
-    """
-    if isinstance(out, (tuple, list)):
-        out = next((o for o in out if isinstance(o, torch.Tensor)), None)
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"a block returned {type(out).__name__}, expected a tensor")
-    if out.ndim == 2:
-        return out
-    if out.ndim == 3:
-        if pool == "cls":
-            return out[:, 0]
-        return out[:, num_prefix_tokens:].mean(dim=1, dtype=torch.float32)
-    if out.ndim == 4:
-        if pool == "cls":
-            raise ValueError(f"pool='cls' needs token outputs [B, T, D]; a block returned a "
-                             f"feature map {tuple(out.shape)}")
-        return out.mean(dim=(1, 2) if nhwc else (2, 3), dtype=torch.float32)
-    raise ValueError(f"cannot pool a block output of shape {tuple(out.shape)}")
-
-
-def _has_cls_token(model) -> bool:
-    return getattr(model, "cls_token", None) is not None and getattr(model, "num_prefix_tokens", 1) > 0
-
-
-def _resolve_pool(model, pool: str) -> str:
+def _resolve_pool(model, family, pool: str) -> str:
     if pool not in _POOLS:
         raise ValueError(f"pool must be one of {_POOLS}, got {pool!r}")
-    if pool == "merged" and _family_or_none(model) != "swin":
-        raise ValueError(f"pool='merged' (the authors' Swin features) needs a Swin model; "
-                         f"{type(model).__name__} is not one: use 'auto' or 'mean'")
-    if pool == "cls" and not _has_cls_token(model):
+    if pool == "merged":  # the family says whether it has a merge to pool after
+        if family is None:
+            raise ValueError(f"pool='merged' (the authors' Swin features) needs a Swin model; "
+                             f"{type(model).__name__} is not one: use 'auto' or 'mean'")
+        return pool
+    auto = family.default_pool(model) if family is not None else (
+        "cls" if getattr(model, "cls_token", None) is not None else "mean")
+    if pool == "cls" and auto != "cls":
         raise ValueError(f"pool='cls' but {type(model).__name__} has no class token; use 'mean' or 'auto'")
-    if pool == "auto":
-        return "cls" if _has_cls_token(model) else "mean"
-    return pool
+    return auto if pool == "auto" else pool
 
 
-def _family_or_none(model):
-    try:
-        return model_family(model)
-    except ValueError:
-        return None
-
-
-def _swin_merges(model, modules) -> list:
-    """``pool="merged"``: for each layer module, the PatchMerging that follows its stage (timm
-    keeps it at the start of the next stage, ``layers[s + 1].downsample``), or ``None`` for the
-    last stage. This is what the authors pool for Swin (``visualization.py``, their
-    ``forward_Swin_features``): every block of stages 1-3 is scored on
-    ``avgpool(downsample(x))``, width 2C, the last stage on its raw output."""
-    stages = list(model.layers)
-    where = {id(b): s for s, st in enumerate(stages) for b in st.blocks}
-    out = []
-    for m in modules:
-        if id(m) not in where:
-            raise ValueError("pool='merged' works on the Swin blocks themselves; drop layers=")
-        s = where[id(m)]
-        out.append(stages[s + 1].downsample if s + 1 < len(stages) else None)
-    return out
-
-
-def _is_nhwc(model) -> bool:
+def _is_nhwc(model, family) -> bool:
     fmt = getattr(model, "output_fmt", None)
     if fmt is not None:
         return str(getattr(fmt, "value", fmt)).upper() == "NHWC"
-    try:
-        return model_family(model) == "swin"
-    except ValueError:
-        return False
+    return bool(family is not None and family.nhwc)
 
 
 # --------------------------------------------------------------------------- helpers
 class _StopForward(Exception):
     """Raised by the last block's hook: the rest of the forward (final norm, head) is skipped."""
-
-
-def estimate_bytes(num_samples: int, widths: Sequence[int], dtype=torch.float32) -> int:
-    """Bytes of the feature buffers: ``N * sum(D_i) * itemsize`` plus the int64 labels."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return int(num_samples) * int(sum(widths)) * itemsize + 8 * int(num_samples)
-
-
-def _free_bytes(device: torch.device) -> Optional[int]:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _fmt_bytes(n) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
-
-
-def _as_loader(data, batch_size: int):
-    if isinstance(data, DataLoader):
-        return data
-    if isinstance(data, Dataset) or isinstance(data, IterableDataset):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
-    raise TypeError(f"data must be a torch DataLoader or Dataset of (image, label) pairs, "
-                    f"got {type(data).__name__}")
 
 
 def _expected_rows(loader: DataLoader) -> Optional[int]:
@@ -233,18 +139,6 @@ def _expected_rows(loader: DataLoader) -> Optional[int]:
     except TypeError:
         return None
     return (n // bs.batch_size) * bs.batch_size if bs.drop_last else n
-
-
-def _split_batch(batch):
-    if isinstance(batch, dict):
-        keys = [k for k in ("image", "images", "pixel_values", "x") if k in batch]
-        lkeys = [k for k in ("label", "labels", "target", "y") if k in batch]
-        if keys and lkeys:
-            return batch[keys[0]], batch[lkeys[0]]
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        return batch[0], batch[1]
-    raise TypeError("each batch must be an (images, labels) pair; got "
-                    f"{type(batch).__name__}" + (f" of length {len(batch)}" if hasattr(batch, "__len__") else ""))
 
 
 def _check_images(model, x) -> None:
@@ -302,15 +196,15 @@ def _resolve_layers(model, layers):
     return names, modules, False
 
 
-def _use_intermediates(model, is_all_blocks: bool, method: str) -> bool:
+def _use_intermediates(model, family, is_all_blocks: bool, method: str) -> bool:
     if method == "hooks":
         return False
     ok = False
-    if is_all_blocks and hasattr(model, "forward_intermediates"):
+    if is_all_blocks and family is not None and family.uses_intermediates and hasattr(
+            model, "forward_intermediates"):
         try:
-            fam = model_family(model)
             params = inspect.signature(model.forward_intermediates).parameters
-            ok = fam == "vit" and all(k in params for k in (
+            ok = all(k in params for k in (
                 "indices", "return_prefix_tokens", "stop_early", "output_fmt", "intermediates_only"))
         except (ValueError, TypeError):
             ok = False
@@ -318,63 +212,6 @@ def _use_intermediates(model, is_all_blocks: bool, method: str) -> bool:
         raise ValueError(f"method='intermediates' needs a timm ViT-style model with "
                          f"forward_intermediates (all blocks); {type(model).__name__} does not qualify")
     return ok
-
-
-class _Buffers:
-    """Feature buffers: a CuPy / torch array per layer or one stacked [L, cap, D] array, with
-    torch views for writing; grows by doubling when N was unknown."""
-
-    def __init__(self, widths, capacity, dtype, device):
-        self.widths, self.dtype, self.device = list(widths), dtype, device
-        self.stacked = len(set(self.widths)) == 1
-        self.cupy = None
-        if device.type == "cuda" and dtype in (torch.float32, torch.float16):
-            try:
-                import cupy
-
-                self.cupy = cupy
-            except Exception:  # noqa: BLE001 - CuPy missing or broken: torch CUDA tensors
-                self.cupy = None
-        self.capacity = 0
-        self.arrays, self.views = None, None
-        self._allocate(capacity)
-
-    def _empty(self, shape):
-        if self.cupy is not None:
-            cp = self.cupy
-            with cp.cuda.Device(self.device.index if self.device.index is not None else torch.cuda.current_device()):
-                arr = cp.empty(shape, dtype=cp.float32 if self.dtype == torch.float32 else cp.float16)
-            return arr, torch.from_dlpack(arr)
-        t = torch.empty(shape, dtype=self.dtype, device=self.device)
-        return t, t
-
-    def _allocate(self, capacity):
-        old_views, n_old = self.views, self.capacity
-        if self.stacked:
-            arr, view = self._empty((len(self.widths), capacity, self.widths[0]))
-            arrays, views = arr, [view[i] for i in range(len(self.widths))]
-        else:
-            pairs = [self._empty((capacity, d)) for d in self.widths]
-            arrays, views = [a for a, _ in pairs], [v for _, v in pairs]
-        if old_views is not None:
-            for new, old in zip(views, old_views):
-                new[:n_old].copy_(old[:n_old])
-        self.arrays, self.views, self.capacity = arrays, views, capacity
-
-    def ensure(self, rows):
-        if rows > self.capacity:
-            cap = max(1, self.capacity)
-            while cap < rows:
-                cap *= 2
-            self._allocate(cap)
-
-    def result(self, n):
-        if n == self.capacity:
-            return self.arrays
-        if self.stacked:
-            out = self.arrays[:, :n]
-            return self.cupy.ascontiguousarray(out) if self.cupy is not None else out.contiguous()
-        return [a[:n] for a in self.arrays]
 
 
 # --------------------------------------------------------------------------- main entry
@@ -385,7 +222,8 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
     """Pooled output of every block for every image, in one forward pass per batch.
 
     Args:
-        model: a timm-style model (layers found by :func:`sls_fast.blocks.find_blocks`) or any
+        model: a model of a supported family (layers found by
+            :func:`sls_fast.families.find_blocks`, pooled by the family) or any
             module when ``layers`` is given. Run in eval mode under ``torch.inference_mode()``
             (every submodule's training flag is restored afterwards).
         data: a ``DataLoader`` or a ``Dataset`` of ``(image [3, H, W], label)`` pairs (batched
@@ -399,7 +237,8 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
             the depth; pass "merged" to reproduce the paper's Swin numbers).
         device: where to run; default the model's device (the model is moved when given).
         dtype: buffer dtype, float32 (default), float16 (half the memory) or bfloat16.
-        amp: None, "bf16" or "fp16": autocast of the forward.
+        amp: autocast of the forward: None (off), "auto" (bf16 on CUDA when supported), "bf16"
+            or "fp16".
         progress: tqdm bar over batches.
         layers: explicit list of modules or module paths instead of every block.
         max_bytes: refuse (ValueError) when the buffers would exceed this many bytes; the
@@ -428,16 +267,24 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if dtype not in _DTYPES:
         raise TypeError(f"dtype must be one of {_DTYPES}, got {dtype}")
-    if amp is not None and amp not in _AMP:
-        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+    check_amp(amp)
     if method not in ("auto", "hooks", "intermediates"):
         raise ValueError(f"method must be 'auto', 'hooks' or 'intermediates', got {method!r}")
     names, modules, all_blocks = _resolve_layers(model, layers)
-    pool_kind = _resolve_pool(model, pool)
-    merges = _swin_merges(model, modules) if pool_kind == "merged" else [None] * len(modules)
-    nhwc = _is_nhwc(model)
+    family = find_family(model)
+    pool_kind = _resolve_pool(model, family, pool)
+    nhwc = _is_nhwc(model, family)
+    merges = (family.merged_pool_modules(model, modules) if pool_kind == "merged"
+              else [None] * len(modules))
     npt = int(getattr(model, "num_prefix_tokens", 0) or 0)
-    use_fi = _use_intermediates(model, all_blocks, method)
+    use_fi = _use_intermediates(model, family, all_blocks, method)
+    kind = "mean" if pool_kind == "merged" else pool_kind  # merged: mean after the merge
+    if family is not None and all_blocks:
+        def pool_fn(out):
+            return family.pool(out, kind, model=model)
+    else:
+        def pool_fn(out):
+            return pool_output(out, kind, nhwc=nhwc, num_prefix_tokens=npt)
 
     if device is not None:
         device = torch.device(device)
@@ -446,7 +293,7 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
         device = model_device(model)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    loader = _as_loader(data, batch_size)
+    loader = as_loader(data, batch_size)
     n_hint = _expected_rows(loader)
     if n_hint == 0:
         raise ValueError("data is empty: no images to extract features from")
@@ -457,7 +304,7 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
 
     L = len(modules)
     state = {"start": 0, "stop": 0, "fired": 0}
-    bufs: Optional[_Buffers] = None
+    bufs = None
     pending: dict = {}  # the first batch's pooled features, until the buffers exist
 
     def write(i, pooled):
@@ -472,8 +319,7 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
                 raise ValueError(f"layer {names[i]} ran twice in one forward pass; pass distinct layers")
             if merges[i] is not None:
                 out = merges[i](out[0] if isinstance(out, (tuple, list)) else out)
-            write(i, pool_output(out, "mean" if pool_kind == "merged" else pool_kind, nhwc=nhwc,
-                                 num_prefix_tokens=npt))
+            write(i, pool_fn(out))
             state["fired"] |= 1 << i
             if state["fired"] == (1 << L) - 1:
                 raise _StopForward
@@ -503,7 +349,6 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
             raise ValueError(f"layers {missing[:5]} did not run during the forward pass of "
                              f"{type(model).__name__}")
 
-    amp_ctx = (lambda: torch.autocast(device_type=device.type, dtype=_AMP[amp])) if amp else None
     training = [m for m in model.modules() if m.training]  # restored exactly afterwards
     handles = [] if use_fi else [m.register_forward_hook(make_hook(i)) for i, m in enumerate(modules)]
     labels: List[torch.Tensor] = []
@@ -514,7 +359,7 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
         bar = progress_bar(loader, progress, total=n_batches, desc="extract features",
                            unit="batch", leave=False)
         for batch in bar:
-            x, y = _split_batch(batch)
+            x, y = split_batch(batch)
             if bufs is None:
                 _check_images(model, x)
             x = x.to(device, non_blocking=True)
@@ -525,15 +370,11 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
             if bufs is not None:
                 bufs.ensure(n + b)
             state["start"], state["stop"] = n, n + b
-            with torch.inference_mode():
-                if amp_ctx is not None:
-                    with amp_ctx():
-                        forward(x)
-                else:
-                    forward(x)
+            with torch.inference_mode(), autocast(amp, device):
+                forward(x)
             if bufs is None:  # first batch: widths known now; check memory, allocate, write it
                 widths = [int(pending[i].shape[-1]) for i in range(L)]
-                bufs = _allocate(widths, n_hint, b, dtype, device, max_bytes)
+                bufs = allocate_buffers(widths, n_hint, b, dtype, device, max_bytes)
                 bufs.ensure(n + b)
                 for i in range(L):
                     bufs.views[i][n:n + b].copy_(pending.pop(i))
@@ -551,19 +392,3 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
     lab = torch.cat([t.to(device) for t in labels])
     lab_out = bufs.cupy.from_dlpack(lab) if bufs.cupy is not None else lab
     return LayerFeatures(bufs.result(n), lab_out, names, list(bufs.widths), [pool_kind] * L)
-
-
-def _allocate(widths, n_hint, first_batch, dtype, device, max_bytes):
-    rows = n_hint if n_hint is not None else first_batch
-    need = estimate_bytes(rows, widths, dtype)
-    limit = max_bytes if max_bytes is not None else _free_bytes(device)
-    if limit is not None and need > limit:
-        what = "max_bytes" if max_bytes is not None else f"free {device.type} memory"
-        raise ValueError(
-            f"feature buffers need {_fmt_bytes(need)} ({rows} images x {sum(widths)} features over "
-            f"{len(widths)} layers, {dtype}) but {what} is {_fmt_bytes(limit)}; use "
-            "dtype=torch.float16, fewer layers (layers=...) or fewer images")
-    if n_hint is None:
-        warnings.warn("the data has no length: feature buffers start at one batch and grow by "
-                      "doubling", RuntimeWarning, stacklevel=3)
-    return _Buffers(widths, rows, dtype, device)

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ._arrays import to_numpy
+from ._utils import atomic_path, write_text
 from .metrics import METRICS, cluster_scores
 from .select import select_depth
 
@@ -106,11 +107,8 @@ class LayerReport:
     def to_json(self, path: Optional[str] = None, *, include_embeddings: bool = True) -> str:
         """The report as JSON text; also written to ``path`` when given."""
         text = json.dumps(self.to_dict(include_embeddings=include_embeddings), indent=1)
-        if path is not None:  # atomically: a reader never sees half a report
-            tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
+        if path is not None:
+            write_text(path, text)
         return text
 
     @classmethod
@@ -132,17 +130,23 @@ class LayerReport:
     def plot(self, directory: str) -> List[str]:
         """Write ``scores.png`` (each metric per layer; silhouette with the threshold and the
         chosen depth) and ``tsne_layers.png`` (per-layer t-SNE scatter plots coloured by label)
-        into ``directory``; returns their paths."""
-        import matplotlib
+        into ``directory`` (atomically; matplotlib's object API, the caller's backend untouched);
+        returns their paths."""
+        from matplotlib.figure import Figure
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        def subplots(nrows, ncols, figsize):
+            fig = Figure(figsize=figsize)
+            return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+        def save(fig, path, dpi):
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, dpi=dpi, format="png")
 
         os.makedirs(directory, exist_ok=True)
         paths = []
         layers = np.arange(1, self.num_layers + 1)
         names = list(self.scores)
-        fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.8), squeeze=False)
+        fig, axes = subplots(1, len(names), (5 * len(names), 4.8))
         S = self.repeats
         for ax, name in zip(axes[0], names):
             mean, runs = self.scores[name], self.runs[name]
@@ -173,14 +177,13 @@ class LayerReport:
         fig.suptitle(self.meta.get("title", "SLS layer scores"))
         fig.tight_layout()
         p = os.path.join(directory, "scores.png")
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
+        save(fig, p, 110)
         paths.append(p)
         if self.embeddings is not None:
             L = self.num_layers
             cols = min(6, L)
             rows = -(-L // cols)
-            fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.4 * rows), squeeze=False)
+            fig, axes = subplots(rows, cols, (2.4 * cols, 2.4 * rows))
             sil = self.runs[SELECTION_METRIC][0]  # the run drawn (run 0)
             for i in range(rows * cols):
                 ax = axes[i // cols][i % cols]
@@ -199,8 +202,7 @@ class LayerReport:
                          fontsize=9)
             fig.tight_layout()
             p = os.path.join(directory, "tsne_layers.png")
-            fig.savefig(p, dpi=100)
-            plt.close(fig)
+            save(fig, p, 100)
             paths.append(p)
         return paths
 

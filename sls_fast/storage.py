@@ -1,4 +1,5 @@
-"""Per-task artifacts: store only the pruning index plus the small trained parts (DESIGN.md step 7).
+"""Per-task artifacts: store only the pruning index plus the small trained parts (docs/design.md,
+step 7).
 
 An artifact is one safetensors file holding the adapters of the kept blocks, the classifier and
 any module :func:`sls_fast.truncate` created (Swin's new final norm, ConvNeXt's new head), with
@@ -15,15 +16,11 @@ from typing import Dict, Optional, Union
 import torch
 import torch.nn as nn
 
+from ._utils import atomic_path
 from ._version import __version__
-from .adapters import (
-    adapter_modules,
-    add_adapters,
-    base_checksum,
-    classifier_name,
-    model_name,
-)
-from .blocks import find_blocks
+from .adapters import add_adapters
+from .families import family_of, find_blocks
+from .state import base_checksum, get_state, model_name
 
 __all__ = ["save_pruned", "load_pruned", "storage_report", "read_pruned_metadata", "stored_prefixes"]
 
@@ -32,15 +29,9 @@ FORMAT_VERSION = 1
 
 
 def stored_prefixes(model: nn.Module) -> list:
-    """Module paths whose tensors go into the artifact: adapters, classifier, truncation's new modules."""
-    pre = list(adapter_modules(model))
-    clf = classifier_name(model)
-    if clf:
-        pre.append(clf)
-    pre += list(getattr(model, "sls_new_modules", ()) or ())
-    # drop prefixes covered by another one (e.g. 'head.fc' under a new 'head')
-    pre = sorted(set(pre))
-    return [p for p in pre if not any(p != q and p.startswith(q + ".") for q in pre)]
+    """Module paths whose tensors go into the artifact: what the model's family says trains
+    (adapters, classifier, truncation's new modules; :meth:`sls_fast.families.Family.trainable`)."""
+    return family_of(model).trainable(model)
 
 
 def _stored_state(model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -93,27 +84,25 @@ def save_pruned(path: Union[str, os.PathLike], model: nn.Module, depth: int, **m
     if isinstance(depth, bool) or not isinstance(depth, int) or depth != n:
         raise ValueError(f"depth={depth!r} but the model runs {n} blocks; call "
                          f"sls_fast.truncate(model, {depth}) first and save its result")
-    cfg = getattr(model, "sls_adapters", None) or None
-    if cfg and cfg.get("merged"):
+    st = get_state(model)
+    cfg = st.adapters if st is not None else None
+    if cfg is not None and cfg.merged:
         raise ValueError("the model's RepAdapters were merged into qkv/fc1; save the unmerged model "
                          "(merge after load_pruned)")
-    pruned = getattr(model, "sls_pruned", None) or dict(depth=n, num_blocks=n,
-                                                        num_classes=int(getattr(model, "num_classes", 0)))
-    base = getattr(model, "sls_base", None) or {}
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in _stored_state(model).items()}
     prefixes = stored_prefixes(model)
     info = dict(
         format=FORMAT_VERSION,
         package_version=__version__,
-        base_model=str(meta.pop("base_model", None) or base.get("name") or model_name(model)),
-        base_checksum=base.get("checksum"),
+        base_model=str(meta.pop("base_model", None) or (st.base_name if st else model_name(model))),
+        base_checksum=st.base_checksum if st else None,
         kept_checksum=base_checksum(model, exclude=prefixes),
+        family=family_of(model).name,
         depth=int(depth),
-        num_blocks=int(pruned.get("num_blocks", n)),
-        num_classes=int(pruned.get("num_classes") or getattr(model, "num_classes", 0)),
-        adapters=({k: cfg[k] for k in ("kind", "dim", "scale", "layers", "dropout", "groups")}
-                  if cfg else None),
-        new_modules=list(getattr(model, "sls_new_modules", ()) or ()),
+        num_blocks=int(st.num_blocks if st else n),
+        num_classes=int((st.num_classes if st else None) or getattr(model, "num_classes", 0)),
+        adapters=({k: v for k, v in cfg.to_dict().items() if k != "merged"} if cfg else None),
+        new_modules=list(st.new_modules if st else ()),
         stored=prefixes,
         meta=meta,
     )
@@ -121,7 +110,8 @@ def save_pruned(path: Union[str, os.PathLike], model: nn.Module, depth: int, **m
         text = json.dumps(info)
     except TypeError as exc:
         raise TypeError(f"save_pruned: metadata must be JSON-serialisable ({exc})") from None
-    save_file(tensors, os.fspath(path), metadata={_META_KEY: text})
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata={_META_KEY: text})
     return info
 
 
@@ -129,11 +119,21 @@ def read_pruned_metadata(path: Union[str, os.PathLike]) -> dict:
     """The metadata dict of an artifact written by :func:`save_pruned`."""
     from safetensors import safe_open
 
-    with safe_open(os.fspath(path), framework="pt") as f:
-        md = f.metadata() or {}
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"artifact {path!r} does not exist")
+    try:
+        with safe_open(path, framework="pt") as f:
+            md = f.metadata() or {}
+    except Exception as exc:  # SafetensorError, OSError: a truncated or foreign file
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): "
+                         f"{exc}") from None
     if _META_KEY not in md:
-        raise ValueError(f"{os.fspath(path)} is not an sls_fast artifact (no '{_META_KEY}' metadata)")
-    return json.loads(md[_META_KEY])
+        raise ValueError(f"{path} is not an sls_fast artifact (no '{_META_KEY}' metadata)")
+    try:
+        return json.loads(md[_META_KEY])
+    except ValueError:
+        raise ValueError(f"{path}: the sls_fast metadata is not valid JSON") from None
 
 
 def load_pruned(path: Union[str, os.PathLike], base_model: nn.Module, *, strict_name: bool = True
@@ -163,7 +163,7 @@ def load_pruned(path: Union[str, os.PathLike], base_model: nn.Module, *, strict_
     name = model_name(base_model)
     if strict_name and name != info["base_model"]:
         raise ValueError(f"artifact was made from base model {info['base_model']!r}, got {name!r}")
-    if getattr(base_model, "sls_adapters", None) or getattr(base_model, "sls_pruned", None):
+    if get_state(base_model) is not None:
         raise ValueError("load_pruned needs a fresh base model (this one already has adapters or "
                          "was truncated)")
     try:
@@ -188,7 +188,11 @@ def load_pruned(path: Union[str, os.PathLike], base_model: nn.Module, *, strict_
     if got != info["kept_checksum"]:
         raise ValueError("the frozen weights of the rebuilt pruned model differ from the saved one's "
                          "(other base weights, or the backbone was changed after add_adapters)")
-    tensors = load_file(os.fspath(path))
+    try:
+        tensors = load_file(os.fspath(path))
+    except Exception as exc:  # SafetensorError: header fine, data cut short
+        raise ValueError(f"{os.fspath(path)}: cannot read the stored tensors (truncated or "
+                         f"corrupt?): {exc}") from None
     pre = tuple(p + "." for p in info["stored"])
     want = {k for k in model.state_dict() if k.startswith(pre) and not k.endswith("num_batches_tracked")}
     if set(tensors) != want:
@@ -199,7 +203,7 @@ def load_pruned(path: Union[str, os.PathLike], base_model: nn.Module, *, strict_
         if sd[k].shape != v.shape:
             raise ValueError(f"{k}: stored shape {tuple(v.shape)} != model shape {tuple(sd[k].shape)}")
     model.load_state_dict(tensors, strict=False)
-    model.sls_head_fresh = False
+    get_state(model).head_fresh = False
     return model
 
 

@@ -1,4 +1,5 @@
-"""Retraining of an adapted (and possibly truncated) model: adapters + head only (DESIGN.md step 6).
+"""Retraining of an adapted (and possibly truncated) model: adapters + head only (docs/design.md,
+step 6).
 
 Strategies of the reference:
 
@@ -13,7 +14,7 @@ an intermediate block learns slowly: EfficientNet-Lite0 (ImageNet weights) adapt
 digits (64 px) and cut to 6 of 16 blocks reached 0.71 test accuracy after 6 epochs of AdamW 1e-3 on
 adapters + a fresh head (0.48 in our rerun; 0.89 with a 10x head learning rate), while a logistic
 regression on the same frozen block-6 features reaches 0.96. So when :func:`sls_fast.truncate`
-created the head (``model.sls_head_fresh``; also after the TFS re-initialisation), ``head_init="auto"``
+created the head (``model.sls_state.head_fresh``; also after the TFS re-initialisation), ``head_init="auto"``
 first sets it to a linear probe (:func:`probe_head`): multinomial logistic regression on the
 standardised pooled features of the training set, full-batch L-BFGS on the device, L2 ``probe_l2``
 (1e-3; 1e-1 and 1 were worse: 0.94 / 0.89 test), the standardisation folded into the head's weights.
@@ -34,28 +35,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._utils import model_device, progress_bar
-from .adapters import _set_trainable, adapter_modules, classifier_name
+from ._utils import as_loader, autocast, check_amp, model_device, progress_bar, split_batch
+from .adapters import adapter_modules, set_trainable
+from .state import classifier_name, get_state
 
 __all__ = ["finetune", "evaluate", "probe_head", "STRATEGIES"]
 
 STRATEGIES = ("FT", "CLR", "TFS")
 _MIN_LR = 1e-5
-
-
-def _loader(data, batch_size: int, shuffle: bool, seed: int = 0):
-    from torch.utils.data import DataLoader, Dataset
-
-    if isinstance(data, DataLoader):
-        return data
-    if not isinstance(data, Dataset) and not hasattr(data, "__getitem__"):
-        raise TypeError(f"data must be a torch Dataset or DataLoader, got {type(data).__name__}")
-    if len(data) == 0:
-        raise ValueError("data is empty")
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=g if shuffle else None,
-                      drop_last=False)
 
 
 def _labels_of(data) -> Optional[np.ndarray]:
@@ -82,17 +69,8 @@ def _labels_of(data) -> Optional[np.ndarray]:
     return None
 
 
-def _autocast(device: torch.device, amp):
-    if amp is None:
-        amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if amp in (False, "off", "none"):
-        return torch.autocast(device.type, enabled=False)
-    dtype = torch.bfloat16 if amp in (True, "bf16", "bfloat16", torch.bfloat16) else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, data, *, batch_size: int = 256, device=None, amp=None,
+def evaluate(model: nn.Module, data, *, batch_size: int = 256, device=None, amp="auto",
              progress: bool = False) -> float:
     """Top-1 accuracy of ``model`` on ``data`` (Dataset or DataLoader of ``(x [3, H, W], label)``).
 
@@ -106,14 +84,15 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 256, device=None, amp=
         True
     """
     device = model_device(model, device)
-    loader = _loader(data, batch_size, shuffle=False)
+    loader = as_loader(data, batch_size)
     was = model.training
     model.eval()
     correct = total = 0
     try:
-        for x, y in progress_bar(loader, progress, desc="evaluate", leave=False):
+        for batch in progress_bar(loader, progress, desc="evaluate", leave=False):
+            x, y = split_batch(batch)
             x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
-            with _autocast(device, amp):
+            with autocast(amp, device):
                 out = model(x)
             correct += (out.argmax(-1) == y).sum().item()
             total += y.numel()
@@ -130,9 +109,10 @@ def _pooled_features(model: nn.Module, loader, device, amp, progress: bool):
     was = model.training
     model.eval()
     try:
-        for x, y in progress_bar(loader, progress, desc="probe features", leave=False):
+        for batch in progress_bar(loader, progress, desc="probe features", leave=False):
+            x, y = split_batch(batch)
             x = x.to(device, non_blocking=True)
-            with _autocast(device, amp):
+            with autocast(amp, device):
                 f = model.forward_head(model.forward_features(x), pre_logits=True)
             feats.append(f.float().reshape(f.shape[0], -1))
             labels.append(torch.as_tensor(y).to(device))
@@ -142,7 +122,7 @@ def _pooled_features(model: nn.Module, loader, device, amp, progress: bool):
 
 
 def probe_head(model: nn.Module, data, *, l2: float = 1e-3, max_iter: int = 200, batch_size: int = 256,
-               device=None, amp=None, progress: bool = False) -> float:
+               device=None, amp="auto", progress: bool = False) -> float:
     """Set the classifier of ``model`` to a linear probe fitted on frozen pooled features.
 
     Multinomial logistic regression on the standardised pre-logits features
@@ -159,7 +139,7 @@ def probe_head(model: nn.Module, data, *, l2: float = 1e-3, max_iter: int = 200,
     if not isinstance(head, nn.Linear):
         raise TypeError(f"probe_head needs a linear classifier (get_classifier()), got {type(head).__name__}")
     device = model_device(model, device)
-    X, y = _pooled_features(model, _loader(data, batch_size, shuffle=False), device, amp, progress)
+    X, y = _pooled_features(model, as_loader(data, batch_size), device, amp, progress)
     C = head.out_features
     if X.shape[1] != head.in_features:
         raise ValueError(f"pooled features have width {X.shape[1]}, head expects {head.in_features}")
@@ -189,8 +169,19 @@ def probe_head(model: nn.Module, data, *, l2: float = 1e-3, max_iter: int = 200,
         if head.bias is not None:
             head.bias.copy_(bf.to(head.bias.dtype))
         acc = ((Z @ W.T + b).argmax(1) == y).double().mean().item()
-    model.sls_head_fresh = False
+    _set_head_fresh(model, False)
     return acc
+
+
+def _set_head_fresh(model: nn.Module, fresh: bool) -> None:
+    st = get_state(model)
+    if st is not None:
+        st.head_fresh = fresh
+
+
+def _head_modules(model: nn.Module, clf_name: str) -> List[str]:
+    st = get_state(model)
+    return [clf_name] + list(st.new_modules if st is not None else ())
 
 
 def _lr_lambda(strategy: str, total_steps: int, lr: float, min_lr: float):
@@ -219,15 +210,15 @@ def _reinit(model: nn.Module) -> None:
                 nn.init.zeros_(head.bias)
         elif hasattr(head, "reset_parameters"):
             head.reset_parameters()
-    for n in getattr(model, "sls_new_modules", ()) or ():
+    for n in _head_modules(model, name)[1:]:
         for m in model.get_submodule(n).modules():
             if m is not model.get_submodule(n) and hasattr(m, "reset_parameters"):
                 m.reset_parameters()
-    model.sls_head_fresh = True
+    _set_head_fresh(model, True)
 
 
 def finetune(model: nn.Module, train_data, val_data, *, strategy: str = "CLR", epochs: int = 10,
-             lr: Optional[float] = None, weight_decay: float = 1e-4, batch_size: int = 64, amp=None,
+             lr: Optional[float] = None, weight_decay: float = 1e-4, batch_size: int = 64, amp="auto",
              progress: bool = True, head_lr: Optional[float] = None, head_init: str = "auto",
              probe_l2: float = 1e-3, min_lr: float = _MIN_LR, device=None, seed: int = 0) -> Dict:
     """Train the adapters and the head of ``model`` (in place) with AdamW; keep the best epoch.
@@ -242,9 +233,11 @@ def finetune(model: nn.Module, train_data, val_data, *, strategy: str = "CLR", e
         epochs, batch_size, weight_decay: AdamW settings.
         lr: peak learning rate (default 1e-5 for FT, 1e-3 otherwise).
         head_lr: learning rate of the head and new modules (default: ``lr``).
-        head_init: ``"auto"`` (probe-initialise the head when it is new: ``model.sls_head_fresh``),
+        head_init: ``"auto"`` (probe-initialise the head when it is new: ``model.sls_state.head_fresh``),
             ``"probe"`` (always), ``"keep"`` (never). See :func:`probe_head`.
-        amp: autocast: None = bf16 on CUDA when supported, off on CPU; True/"bf16"/"fp16"/False.
+        amp: autocast: "auto" (bf16 on CUDA when supported, off on CPU), None (off), "bf16", "fp16".
+        seed: seeds the shuffling (a local generator) and, inside a forked RNG state, the
+            re-initialisation and dropout; the caller's global RNG state is left as it was.
         progress: tqdm progress bars.
 
     Returns a dict: ``best_val_acc``, ``best_epoch`` (1-based, 0 = the starting weights),
@@ -266,6 +259,7 @@ def finetune(model: nn.Module, train_data, val_data, *, strategy: str = "CLR", e
         raise ValueError(f"head_init must be 'auto', 'probe' or 'keep', got {head_init!r}")
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    check_amp(amp)
     lr = float(lr) if lr is not None else (1e-5 if strategy == "FT" else 1e-3)
     head_lr = float(head_lr) if head_lr is not None else lr
     min_lr = min(float(min_lr), lr)
@@ -289,20 +283,35 @@ def finetune(model: nn.Module, train_data, val_data, *, strategy: str = "CLR", e
                              f"occur; give the model a head of {len(present)} classes "
                              f"(truncate(..., num_classes=) or add_adapters(..., num_classes=))")
 
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # seeded here, the caller's RNG state restored
+        torch.manual_seed(seed)
+        return _train(model, train_data, val_data, strategy=strategy, epochs=epochs, lr=lr,
+                      weight_decay=weight_decay, batch_size=batch_size, amp=amp, progress=progress,
+                      head_lr=head_lr, head_init=head_init, probe_l2=probe_l2, min_lr=min_lr,
+                      device=device, seed=seed, clf_name=clf_name)
+
+
+def _head_fresh(model: nn.Module) -> bool:
+    st = get_state(model)
+    return bool(st is not None and st.head_fresh)
+
+
+def _train(model, train_data, val_data, *, strategy, epochs, lr, weight_decay, batch_size, amp,
+           progress, head_lr, head_init, probe_l2, min_lr, device, seed, clf_name) -> Dict:
     t_start = time.time()
-    torch.manual_seed(seed)
     if strategy == "TFS":
         _reinit(model)
-    _set_trainable(model)
-    train_loader = _loader(train_data, batch_size, shuffle=True, seed=seed)
-    val_loader = _loader(val_data, max(batch_size, 256), shuffle=False) if val_data is not None else None
+    set_trainable(model)
+    train_loader = as_loader(train_data, batch_size, shuffle=True, seed=seed)
+    val_loader = as_loader(val_data, max(batch_size, 256), shuffle=False) if val_data is not None else None
 
     probe_acc = None
-    if head_init == "probe" or (head_init == "auto" and getattr(model, "sls_head_fresh", False)):
-        probe_acc = probe_head(model, _loader(train_data, max(batch_size, 256), shuffle=False),
+    if head_init == "probe" or (head_init == "auto" and _head_fresh(model)):
+        probe_acc = probe_head(model, as_loader(train_data, max(batch_size, 256), shuffle=False),
                                l2=probe_l2, device=device, amp=amp, progress=progress)
 
-    head_names = [clf_name] + list(getattr(model, "sls_new_modules", ()) or ())
+    head_names = _head_modules(model, clf_name)
     head_params = {id(p) for n in head_names for p in model.get_submodule(n).parameters()}
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -319,7 +328,7 @@ def finetune(model: nn.Module, train_data, val_data, *, strategy: str = "CLR", e
                 if n in trainable_keys}
 
     trainable_keys = {n for n, p in model.named_parameters() if p.requires_grad}
-    fp16 = amp in ("fp16", "float16", torch.float16) and device.type == "cuda"
+    fp16 = amp == "fp16" and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=fp16)
     best_acc, best_epoch, best_state = -1.0, 0, None
     if val_loader is not None:
@@ -330,9 +339,10 @@ def finetune(model: nn.Module, train_data, val_data, *, strategy: str = "CLR", e
         t0 = time.time()
         model.train()
         loss_sum = correct = seen = 0
-        for x, y in progress_bar(train_loader, progress, desc=f"epoch {ep}", leave=False):
+        for batch in progress_bar(train_loader, progress, desc=f"epoch {ep}", leave=False):
+            x, y = split_batch(batch)
             x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
-            with _autocast(device, amp):
+            with autocast(amp, device):
                 out = model(x)
                 loss = F.cross_entropy(out.float(), y)
             opt.zero_grad(set_to_none=True)
@@ -355,7 +365,7 @@ def finetune(model: nn.Module, train_data, val_data, *, strategy: str = "CLR", e
     elif best_state is not None:
         model.load_state_dict(best_state, strict=False)
     model.eval()
-    model.sls_head_fresh = False
+    _set_head_fresh(model, False)
     return dict(best_val_acc=best_acc, best_epoch=best_epoch, history=history,
                 probe_train_acc=probe_acc, strategy=strategy,
                 trainable=sum(p.numel() for p in params), seconds=time.time() - t_start)

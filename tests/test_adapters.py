@@ -109,7 +109,7 @@ def test_conv_convpass_efficientnet_starts_equal_and_is_parallel():
     base = timm.create_model("efficientnet_lite0", pretrained=False).eval()
     x = torch.randn(2, 3, 64, 64)
     ref = base(x)
-    m = add_adapters(copy.deepcopy(base), "convpass", dim=8).eval()
+    m = add_adapters(copy.deepcopy(base), "convpass", dim=8, scale=0.5).eval()
     blocks = find_blocks(m)
     assert len(blocks) == 16
     assert all(isinstance(b.module.adapter, ConvpassConv) for b in blocks)
@@ -118,11 +118,13 @@ def test_conv_convpass_efficientnet_starts_equal_and_is_parallel():
     torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-5)
     _randomize(m)
     assert torch.isfinite(m(x)).all()
-    # block(x) + s * adapter(x)
+    # block(x) + s * bottleneck(x): forward() is the bare block (hooks run only through __call__)
     b = blocks[3].module
-    xi = torch.randn(1, b.adapter.in_channels, 16, 16)
-    want = type(b).sls_base_class.forward(b, xi) + b.sls_scale * b.adapter(xi)
-    torch.testing.assert_close(b(xi), want)
+    a = b.adapter
+    assert type(b).__module__.startswith("timm.") and a.scale == 0.5
+    xi = torch.randn(1, a.in_channels, 16, 16)
+    bottleneck = a.up(a.act(a.conv(a.act(a.down(xi)))))
+    torch.testing.assert_close(b(xi), b.forward(xi) + 0.5 * bottleneck)
 
 
 def test_conv_convpass_convnext():
@@ -169,5 +171,14 @@ def test_layers_subset_and_errors():
     with pytest.raises(ValueError, match="no adapters"):
         merge_adapters(_vit())
     eff = timm.create_model("efficientnet_lite0", pretrained=False)
-    with pytest.raises(ValueError, match="transformer blocks only"):
+    with pytest.raises(ValueError, match="do not exist for efficientnet"):
         add_adapters(eff, "repadapter")
+
+
+def test_new_adapters_follow_the_models_mode():
+    m = add_adapters(_vit(), "convpass")  # _vit() is in eval mode
+    assert not any(a.training for a in adapter_modules(m).values())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(m(x), m(x), rtol=0, atol=0)  # no dropout at inference
+    t = add_adapters(_vit().train(), "repadapter")
+    assert all(a.training for a in adapter_modules(t).values())

@@ -27,7 +27,7 @@ def test_public_callables_have_docstrings():
 
 
 def test_design_signatures():
-    """Keyword arguments that DESIGN.md section 3 promises."""
+    """Keyword arguments the public API promises (README, docs/design.md)."""
     def kw(f):
         return set(inspect.signature(f).parameters)
 

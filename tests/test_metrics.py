@@ -284,3 +284,23 @@ def test_native_kernel_rejects_bad_buffers():
     with pytest.raises(TypeError):
         _C.silhouette_samples_f32(xt.astype(np.float64), np.array([0, 5, 10], np.int64),
                                   np.zeros((1, 10)))
+
+
+def test_native_kernel_refuses_to_copy_output_buffers():
+    """Output buffers are noconvert: a wrong dtype or a strided ``out`` is a TypeError, never a
+    silent copy that leaves the caller's buffer unwritten."""
+    from sls_fast import _C
+
+    xt = np.random.default_rng(0).random((1, 2, 10)).astype(np.float32)
+    off = np.array([0, 5, 10], np.int64)
+    good = np.full((1, 10), np.nan)
+    _C.silhouette_samples_f32(xt, off, good)
+    assert np.isfinite(good).all()  # the caller's buffer is written in place
+    for bad in (np.full((1, 10), np.nan, np.float32), np.full((1, 20), np.nan)[:, ::2]):
+        with pytest.raises(TypeError):
+            _C.silhouette_samples_f32(xt, off, bad)
+        assert np.isnan(bad).all()
+    x = np.ascontiguousarray(xt.transpose(0, 2, 1))
+    with pytest.raises(TypeError):
+        _C.segment_statistics_f32(x, off, np.zeros((1, 2, 2), np.float32), np.zeros((1, 2)),
+                                  np.zeros((1, 2)))

@@ -38,8 +38,9 @@ def test_vit_truncate_matches_first_k_blocks():
     m(x)
     h.remove()
     torch.testing.assert_close(p.forward_features(x), m.norm(outs["b5"]), rtol=0, atol=0)
-    assert p.sls_pruned == dict(depth=5, num_blocks=12, num_classes=10, family="vit")
-    assert p.sls_head_fresh
+    st = p.sls_state
+    assert (st.depth, st.num_blocks, st.num_classes, st.family) == (5, 12, 10, "vit")
+    assert st.head_fresh
 
 
 def test_vit_truncate_keeps_head_when_classes_unchanged():
@@ -47,7 +48,7 @@ def test_vit_truncate_keeps_head_when_classes_unchanged():
     m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=7)
     p = truncate(m, 3)
     torch.testing.assert_close(p.head.weight, m.head.weight)
-    assert not getattr(p, "sls_head_fresh", False)
+    assert not p.sls_state.head_fresh
     full = truncate(m, 12)
     assert _n(full) == _n(m)
 
@@ -70,7 +71,7 @@ def test_swin_truncate_cuts_inside_stages(depth, stage, kept, width):
     assert p.head.fc.in_features == width and p.num_features == width
     assert p(x).shape == (2, 5)
     assert _n(p) < _n(m)
-    assert ("norm" in p.sls_new_modules) == (stage < 3)
+    assert ("norm" in p.sls_state.new_modules) == (stage < 3)
     outs = {}
     blk = find_blocks(m)[depth - 1].module
     h = blk.register_forward_hook(lambda mod, i, o: outs.setdefault("b", o))
@@ -107,7 +108,7 @@ def test_convnext_truncate_new_head():
     m = timm.create_model("convnext_atto", pretrained=False).eval()
     p = truncate(m, 4, num_classes=3).eval()  # atto depths (2, 2, 6, 2): cut in stage 2
     assert [len(s.blocks) for s in p.stages] == [2, 2]
-    assert p.head.fc.in_features == 80 and "head" in p.sls_new_modules
+    assert p.head.fc.in_features == 80 and "head" in p.sls_state.new_modules
     assert p(torch.randn(1, 3, 64, 64)).shape == (1, 3)
 
 
@@ -115,7 +116,7 @@ def test_truncate_adapted_model_keeps_adapters_trainable():
     torch.manual_seed(0)
     m = add_adapters(timm.create_model("efficientnet_lite0", pretrained=False), "convpass", num_classes=10)
     p = truncate(m, 6)
-    assert p.sls_adapters["layers"] == list(range(6))
+    assert p.sls_state.adapters.layers == list(range(6))
     c = trainable_parameters(p)
     assert c["trainable"] == c["adapters"] + c["head"] and c["head"] == 80 * 10 + 10
     sw = add_adapters(_swin(), "convpass", num_classes=4)

@@ -1,6 +1,6 @@
 """sls_fast.tsne and the batched t-SNE kernels (sls_fast.kernels.tsne).
 
-t-SNE is tested by quality, not coordinates (DESIGN.md section 6): trustworthiness and the
+t-SNE is tested by quality, not coordinates (docs/design.md, "How it is tested"): trustworthiness and the
 silhouette of the normalised embedding against scikit-learn's on the same clustered data. The
 "sklearn" backend must equal scikit-learn bit for bit; the Triton kernels (run by Triton's
 interpreter on CPU tensors here) must equal the torch reference; batched layers must equal each

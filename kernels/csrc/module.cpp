@@ -1,5 +1,7 @@
-// pybind11 bindings of sls_fast._C. Every function takes C-contiguous NumPy arrays of the exact
-// dtype it names (no implicit conversion), checks shapes, and releases the GIL while it computes.
+// pybind11 bindings of sls_fast._C. Every function takes C-contiguous NumPy arrays of the dtype it
+// names, checks shapes, and releases the GIL while it computes. Output buffers are marked
+// noconvert(): a wrong dtype or a strided buffer is refused (TypeError) instead of being silently
+// copied, which would leave the caller's buffer unwritten.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -210,20 +212,20 @@ void conditional_p_py(const CArray<double>& d2, double perplexity, double tol, i
 PYBIND11_MODULE(_C, m) {
   m.doc() = "sls_fast native CPU kernels (C++17, OpenMP); NumPy buffers in, NumPy buffers out";
   m.def("silhouette_samples_f32", &silhouette_samples_py<float>, py::arg("xt"), py::arg("offsets"),
-        py::arg("out"), py::arg("num_threads") = 0,
+        py::arg("out").noconvert(), py::arg("num_threads") = 0,
         "Per-point silhouette of float32 xt [L, d, N] (points sorted by cluster) into out [L, N].");
   m.def("silhouette_samples_f64", &silhouette_samples_py<double>, py::arg("xt"),
-        py::arg("offsets"), py::arg("out"), py::arg("num_threads") = 0,
+        py::arg("offsets"), py::arg("out").noconvert(), py::arg("num_threads") = 0,
         "Per-point silhouette of float64 xt [L, d, N] (points sorted by cluster) into out [L, N].");
   m.def("segment_statistics_f32", &segment_statistics_py<float>, py::arg("x"), py::arg("offsets"),
-        py::arg("centroid"), py::arg("sq"), py::arg("dist"), py::arg("num_threads") = 0,
+        py::arg("centroid").noconvert(), py::arg("sq").noconvert(), py::arg("dist").noconvert(), py::arg("num_threads") = 0,
         "Per-cluster centroid [L, K, d], sum of squared and plain distances to it [L, K].");
   m.def("segment_statistics_f64", &segment_statistics_py<double>, py::arg("x"),
-        py::arg("offsets"), py::arg("centroid"), py::arg("sq"), py::arg("dist"),
+        py::arg("offsets"), py::arg("centroid").noconvert(), py::arg("sq").noconvert(), py::arg("dist").noconvert(),
         py::arg("num_threads") = 0,
         "Per-cluster centroid [L, K, d], sum of squared and plain distances to it [L, K].");
   m.def("tsne_forces_f32", &tsne_forces_py, py::arg("yt"), py::arg("P"), py::arg("nbr"),
-        py::arg("pval"), py::arg("attr"), py::arg("rep"), py::arg("Z"),
+        py::arg("pval"), py::arg("attr").noconvert(), py::arg("rep").noconvert(), py::arg("Z").noconvert(),
         py::arg("num_threads") = 0,
         "Exact t-SNE forces of float32 yt [L, 2, N] with dense P [L, N, N] (nbr = pval = None) "
         "or neighbour lists nbr int32 / pval float32 [L, M, N] (P = None): attr, rep [L, N, 2], "

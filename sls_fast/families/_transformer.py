@@ -1,0 +1,89 @@
+"""What ViT and Swin share: Convpass / RepAdapter beside or before attention and MLP, the
+RepAdapter merge, and the norm rebuilt when a cut changes the width."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from ..petl import Convpass, RepAdapter
+from .base import Family
+
+__all__ = ["TransformerFamily", "new_like_norm"]
+
+
+def new_like_norm(old: nn.Module, width: int, ref: torch.Tensor) -> nn.Module:
+    """A fresh norm of the same type as ``old`` (LayerNorm when that fails) for ``width``."""
+    eps = getattr(old, "eps", 1e-5)
+    try:
+        new = type(old)(width, eps=eps)
+    except TypeError:
+        new = nn.LayerNorm(width, eps=eps)
+    return new.to(device=ref.device, dtype=ref.dtype)
+
+
+@torch.no_grad()
+def _fold_into_linear(adapter: RepAdapter, lin: nn.Linear) -> None:
+    """lin(adapter(x)) == lin'(x): W' = W M, b' = W c + b (computed in float64)."""
+    M, c = adapter.as_affine()
+    W = lin.weight.double()
+    new_w = W @ M
+    new_b = W @ c + (lin.bias.double() if lin.bias is not None else 0.0)
+    lin.weight.copy_(new_w.to(lin.weight.dtype))
+    if lin.bias is None:
+        lin.bias = nn.Parameter(new_b.to(lin.weight.dtype), requires_grad=lin.weight.requires_grad)
+    else:
+        lin.bias.copy_(new_b.to(lin.bias.dtype))
+
+
+class TransformerFamily(Family):
+    """Blocks with ``norm1 / attn / norm2 / mlp``: Convpass beside attention and MLP, RepAdapter
+    before them (both as ``adapter_attn`` / ``adapter_mlp`` inside the block)."""
+
+    adapter_kinds = ("convpass", "repadapter")
+
+    def _block_classes(self):
+        """(timm's base block class, {kind: adapted subclass})."""
+        raise NotImplementedError
+
+    def _convpass(self, model: nn.Module, width: int, dim: int, scale: float,
+                  dropout: float) -> nn.Module:
+        return Convpass(width, dim, num_prefix_tokens=0, dropout=dropout, scale=scale)
+
+    def insert_adapters(self, model, kind, layers: Sequence[int], *, dim, scale, dropout, groups):
+        self.check_adapter_kind(kind)
+        base, adapted = self._block_classes()
+        blocks = self.blocks(model)
+        for i in layers:
+            if type(blocks[i].module) is not base:
+                t = type(blocks[i].module)
+                raise TypeError(f"{self.name} adapters go into timm's {base.__module__}."
+                                f"{base.__name__}; block {blocks[i].name} is {t.__module__}.{t.__name__}")
+        p = next(iter(model.parameters()))
+        for i in layers:
+            blk = blocks[i].module
+            width = blk.norm1.weight.shape[0] if getattr(blk.norm1, "weight", None) is not None \
+                else blk.mlp.fc1.in_features
+            for slot in ("adapter_attn", "adapter_mlp"):
+                if kind == "convpass":
+                    a = self._convpass(model, width, dim, scale, dropout)
+                else:
+                    a = RepAdapter(width, dim, groups=groups, scale=scale, dropout=dropout)
+                setattr(blk, slot, a.to(device=p.device, dtype=p.dtype))
+            blk.__class__ = adapted[kind]
+
+    def merge_adapters(self, model):
+        for b in self.blocks(model):
+            blk = b.module
+            if not isinstance(getattr(blk, "adapter_attn", None), RepAdapter):
+                continue
+            qkv = getattr(blk.attn, "qkv", None)
+            fc1 = getattr(blk.mlp, "fc1", None)
+            if not isinstance(qkv, nn.Linear) or not isinstance(fc1, nn.Linear):
+                raise TypeError(f"{b.name}: merge needs attn.qkv and mlp.fc1 to be nn.Linear")
+            _fold_into_linear(blk.adapter_attn, qkv)
+            _fold_into_linear(blk.adapter_mlp, fc1)
+            del blk.adapter_attn
+            del blk.adapter_mlp
+            blk.__class__ = type(blk).sls_base_class
