@@ -58,7 +58,9 @@ def _check_kernels(report, sizes=((777, True), (2500, False))):
         ref = K.conditional_p_torch(d2, perp)
         got = K.conditional_p_triton(d2, perp)
         err = _rel_err(got, ref)
-        report(SECTION, f"perplexity bisection triton vs torch, {rows}x{k}", ok=err < 1e-5,
+        # the bisection stops within its entropy tolerance (1e-5): the rows' stopping steps may
+        # differ by one (Triton passes target and tolerance as float32), so compare at 1e-4
+        report(SECTION, f"perplexity bisection triton vs torch, {rows}x{k}", ok=err < 1e-4,
                max_err=err)
 
     for n, dense in sizes:

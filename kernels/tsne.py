@@ -61,7 +61,7 @@ Shapes: embeddings ``y`` are ``[L, N, 2]`` float32, contiguous.
 """
 from __future__ import annotations
 
-from .tsne_affinities import (DENSE_P_MAX_N, affinities_by_width, conditional_p_native,
+from .tsne_affinities import (DENSE_P_MAX_N, affinities_by_width, conditional_p_native, densify,
                               conditional_p_torch, conditional_p_triton, joint_probabilities,
                               neighbour_count)
 from .tsne_forces import (MIN_GAIN, gradient_from_forces, repeats_of, tsne_forces_native,
@@ -77,7 +77,7 @@ __all__ = [
     "DENSE_P_MAX_N", "PCA_DIMS", "EXPLORATION_ITER", "EARLY_EXAGGERATION", "MIN_GAIN",
     "REPEAT_JITTER", "HAS_TRITON",
     "pca_project", "initial_embedding", "repeat_starts", "reduce_layers",
-    "joint_probabilities", "affinities_by_width", "neighbour_count", "conditional_p_torch",
+    "joint_probabilities", "affinities_by_width", "densify", "neighbour_count", "conditional_p_torch",
     "conditional_p_native", "conditional_p_triton",
     "tsne_forces_torch", "tsne_forces_triton", "tsne_forces_native", "gradient_from_forces",
     "repeats_of", "tsne_step_torch", "tsne_step_triton", "auto_learning_rate", "tsne_optimize",

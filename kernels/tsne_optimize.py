@@ -7,7 +7,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from ._triton import HAS_TRITON, check_triton_tensors, triton
-from .tsne_affinities import affinities_by_width, joint_probabilities
+from .tsne_affinities import DENSE_P_MAX_N, affinities_by_width, densify, joint_probabilities
 from .tsne_forces import (MIN_GAIN, _blocks, _launch_forces, repeats_of, tsne_forces_torch,
                           tsne_step_torch, tsne_step_triton)
 from .tsne_init import initial_embedding, reduce_layers, repeat_starts
@@ -78,6 +78,10 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
     if forces == "triton":
         tensors = [y] + ([P] if P is not None else [nbr, pval])
         check_triton_tensors(*tensors)
+        if P is None and y.is_cuda and N <= DENSE_P_MAX_N:
+            # the same P, streamed densely: measured on an H100 (12 x 1,000, 1,000 iterations)
+            # 339 us per iteration walking the padded lists vs 140 us with a dense P
+            P, nbr, pval = densify(nbr, pval), None, None
         if P is not None:
             P = P.to(torch.float32).contiguous()
         else:

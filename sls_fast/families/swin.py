@@ -67,6 +67,8 @@ class SwinFamily(TransformerFamily):
                 ref = next(iter(model.parameters()))
                 model.norm = new_like_norm(model.norm, width, ref)
                 model.num_features = model.head_hidden_size = width
+                if hasattr(model.head, "in_features"):  # timm <= 1.0.29 resets the head from it
+                    model.head.in_features = width
                 model.reset_classifier(num_classes)
                 new.append("norm")
                 fresh = True
