@@ -126,11 +126,95 @@ def test_torch_batched(benchmark, features):
     _record(benchmark, f"torch ({dev})", x, emb)
 
 
-def teardown_module(module):
-    if not _RESULTS:
-        return
-    base = _RESULTS.get("sklearn")
-    print("\nt-SNE of 12 x 1000 x 768 (median seconds, mean trustworthiness):")
-    for name, (sec, trust) in _RESULTS.items():
-        ratio = f"  {base[0] / sec:5.2f}x vs sklearn" if base and name != "sklearn" else ""
-        print(f"  {name:<14} {sec:8.2f} s  trust {trust:.4f}{ratio}")
+# ------------------------------------------------------------------------------------------------
+# The default run's scoring problem: EfficientNet-Lite0 (real ImageNet weights) features of the
+# 1,077 digits of the training split at 64 px, 16 layers of widths 16..320.
+# ------------------------------------------------------------------------------------------------
+_DEFAULT = {}
+
+
+@pytest.fixture(scope="module")
+def default_problem():
+    import sls_fast
+
+    torch.manual_seed(0)
+    model = sls_fast.models.load("efficientnet_lite0")
+    train = sls_fast.data.digits("train", image_size=64, model=model)
+    lf = sls_fast.extract_features(model, train, progress=False)
+    feats = [np.ascontiguousarray(f, dtype=np.float32) for f in lf.to_numpy().features]
+    return model, train, feats
+
+
+def _record_default(benchmark, name, feats, emb):
+    trust = float(np.mean([__import__("sklearn.manifold", fromlist=["x"]).trustworthiness(
+        f, np.asarray(e), n_neighbors=10) for f, e in zip(feats, emb)]))
+    if benchmark.stats is None:
+        return trust
+    median = benchmark.stats.stats.median
+    _DEFAULT[name] = (median, trust)
+    benchmark.group = "tsne default run: Lite0 16 layers x 1077 digits"
+    benchmark.extra_info.update(method=name, trustworthiness=round(trust, 4),
+                                machine=platform.machine(), cpu_count=os.cpu_count())
+    if "sklearn" in _DEFAULT and name != "sklearn":
+        benchmark.extra_info["speedup_vs_sklearn"] = round(_DEFAULT["sklearn"][0] / median, 2)
+        benchmark.extra_info["trust_minus_sklearn"] = round(trust - _DEFAULT["sklearn"][1], 4)
+    return trust
+
+
+def test_default_sklearn_serial(benchmark, default_problem):
+    _, _, feats = default_problem
+    emb = benchmark.pedantic(lambda: tsne(feats, backend="sklearn", normalize=None), rounds=1,
+                             iterations=1)
+    _record_default(benchmark, "sklearn", feats, emb)
+
+
+def test_default_native(benchmark, default_problem):
+    """Ours: all 16 layers in one problem; the phases are timed once more, apart."""
+    import time
+
+    from sls_fast.kernels import tsne as K
+
+    _, _, feats = default_problem
+    emb = benchmark.pedantic(lambda: tsne(feats, backend="native", normalize=None),
+                             rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    trust = _record_default(benchmark, "native", feats, emb)
+    layers = [torch.from_numpy(f) for f in feats]
+    t0 = time.perf_counter()
+    y0 = K.initial_embedding(K.reduce_layers(layers, 0, 2), "pca", 0)
+    t1 = time.perf_counter()
+    aff = K.affinities_by_width(layers, 30.0, None)
+    t2 = time.perf_counter()
+    K.tsne_optimize(y0, aff, forces="native")
+    t3 = time.perf_counter()
+    benchmark.extra_info.update(phase_init_s=round(t1 - t0, 3), phase_affinities_s=round(t2 - t1, 3),
+                                phase_optimise_s=round(t3 - t2, 3))
+    if "sklearn" in _DEFAULT:
+        assert trust >= _DEFAULT["sklearn"][1] - 0.005, "native loses > 0.005 trustworthiness"
+
+
+def test_default_score_layers_repeats8(benchmark, default_problem):
+    """``score_layers(repeats=8)`` end to end on the default data (extraction included)."""
+    import sls_fast
+
+    model, train, _ = default_problem
+    rep = benchmark.pedantic(lambda: sls_fast.score_layers(model, train, repeats=8,
+                                                           progress=False),
+                             rounds=1, iterations=1, warmup_rounds=0)
+    benchmark.group = "score_layers repeats=8: Lite0 16 layers x 1077 digits"
+    benchmark.extra_info.update(depth=rep.depth, run_depths=list(rep.run_depths),
+                                confidence=rep.confidence,
+                                timings={k: round(v, 3) for k, v in rep.timings.items()})
+    _DEFAULT["score_layers repeats=8"] = (benchmark.stats.stats.median if benchmark.stats else 0,
+                                          float("nan"))
+
+
+def teardown_module(module):  # both problems' tables
+    for title, res in (("t-SNE of 12 x 1000 x 768", _RESULTS),
+                       ("default run: Lite0 16 layers x 1077 digits", _DEFAULT)):
+        if not res:
+            continue
+        base = res.get("sklearn")
+        print(f"\n{title} (median seconds, mean trustworthiness):")
+        for name, (sec, trust) in res.items():
+            ratio = f"  {base[0] / sec:5.2f}x vs sklearn" if base and name != "sklearn" else ""
+            print(f"  {name:<24} {sec:8.2f} s  trust {trust:.4f}{ratio}")
