@@ -13,7 +13,8 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch.nn as nn
 
 from .families import FAMILIES, Block, family_of
-from .petl import ADAPTER_TYPES, Convpass, ConvpassConv, QuickGELU, RepAdapter
+from .petl import Convpass, ConvpassConv, QuickGELU, RepAdapter, adapter_parts
+from .lora import adopt_peft, is_peft_wrapper, merge_lora
 from .state import AdapterConfig, classifier_name, ensure_state, get_state
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 DEFAULT_SCALE = 1.0
+LORA_ALPHA = 16.0
 
 
 def adapter_kinds() -> tuple:
@@ -38,8 +40,9 @@ def adapter_kinds() -> tuple:
 
 
 def adapter_modules(model: nn.Module) -> Dict[str, nn.Module]:
-    """{module path: adapter} for every Convpass / ConvpassConv / RepAdapter in ``model``."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, ADAPTER_TYPES)}
+    """{module path: adapter} for every Convpass / ConvpassConv / RepAdapter in ``model`` and the
+    trainable parts of its peft LoRA layers (``lora_A`` / ``lora_B``)."""
+    return adapter_parts(model)
 
 
 def _resolve_layers(blocks: List[Block], layers) -> List[int]:
@@ -77,17 +80,22 @@ def set_trainable(model: nn.Module) -> List[str]:
 
 def add_adapters(model: nn.Module, kind: str = "convpass", dim: int = 8, scale: Optional[float] = None,
                  layers: Optional[Sequence[Union[int, str]]] = None, *, dropout: Optional[float] = None,
-                 groups: int = 2, num_classes: Optional[int] = None, freeze: bool = True) -> nn.Module:
-    """Insert Convpass or RepAdapter adapters into ``model``'s blocks, in place; returns ``model``.
+                 groups: int = 2, num_classes: Optional[int] = None, freeze: bool = True,
+                 rank: Optional[int] = None, alpha: Optional[float] = None,
+                 targets: Optional[Sequence[str]] = None) -> nn.Module:
+    """Insert Convpass, RepAdapter or LoRA adapters into ``model``'s blocks, in place; returns
+    ``model``.
 
     Args:
         model: a model of a supported family (:func:`sls_fast.families.support_table`): timm
             ViT/DeiT (``vision_transformer.Block``), Swin, EfficientNet/MobileNet, ConvNeXt or
             ResNet. Convolutional models accept only ``kind="convpass"`` (the feature-map variant,
             parallel to each block).
-        kind: ``"convpass"`` or ``"repadapter"``.
-        dim: bottleneck width (8 in the paper).
-        scale: the adapters' output scale ``s`` (default 1.0).
+        kind: ``"convpass"``, ``"repadapter"`` or ``"lora"`` (peft's LoRA, :mod:`sls_fast.lora`;
+            needs ``pip install "sls_fast[peft]"``).
+        dim: bottleneck width (8 in the paper); for LoRA the rank (also ``rank=``).
+        scale: the adapters' output scale ``s`` (default 1.0); for LoRA peft's ``lora_alpha``
+            (also ``alpha=``, default 16: the update is scaled by alpha / rank).
         layers: blocks to adapt (0-based indices into :func:`sls_fast.families.find_blocks` or
             block names); all blocks by default.
         dropout: adapter dropout (default: 0.1 for transformer adapters as in the references, 0 for
@@ -96,11 +104,17 @@ def add_adapters(model: nn.Module, kind: str = "convpass", dim: int = 8, scale: 
         num_classes: if given, the classifier is replaced by a new one with that many classes
             (trained from its random init together with the adapters; :func:`sls_fast.finetune`
             probe-initialises only heads that :func:`sls_fast.truncate` creates).
+        rank, alpha: LoRA's rank and alpha (aliases of ``dim`` and ``scale``).
+        targets: LoRA only: the linear layers inside each block to adapt (default: the family's
+            ``lora_targets``, for timm ViT / Swin ``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``).
         freeze: freeze the backbone (``requires_grad=False``, batch norms converted to timm's
             ``FrozenBatchNorm2d`` so their statistics never change): only adapters and the head train.
 
     Adapters start as an identity: the adapted model's outputs equal the base model's.
-    The configuration is recorded in ``model.sls_state.adapters``.
+    The configuration is recorded in ``model.sls_state.adapters``. A model the user already
+    wrapped with peft (``get_peft_model``) is not adapted again: pass it to
+    :func:`sls_fast.truncate` / :func:`sls_fast.score_layers` as it is
+    (:func:`sls_fast.lora.adopt_peft`).
 
     Example:
         >>> import timm, sls_fast
@@ -111,8 +125,17 @@ def add_adapters(model: nn.Module, kind: str = "convpass", dim: int = 8, scale: 
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"add_adapters needs an nn.Module, got {type(model).__name__}")
+    if is_peft_wrapper(model):
+        raise ValueError("this model is already wrapped by peft: pass it to sls_fast as it is "
+                         "(sls_fast.lora.adopt_peft(model) gives the adapted model inside)")
     if kind not in adapter_kinds():
         raise ValueError(f"kind must be one of {adapter_kinds()}, got {kind!r}")
+    if rank is not None:
+        dim = rank
+    if alpha is not None:
+        scale = alpha
+    if targets is not None and kind != "lora":
+        raise ValueError(f"targets= is a LoRA option; {kind} adapters go where the family puts them")
     st = get_state(model)
     if st is not None and st.adapters is not None:
         raise ValueError(f"model already has {st.adapters.kind} adapters; add them once")
@@ -123,12 +146,15 @@ def add_adapters(model: nn.Module, kind: str = "convpass", dim: int = 8, scale: 
         raise ValueError(f"dim must be >= 1, got {dim}")
     fam = family_of(model)
     fam.check_adapter_kind(kind)
-    scale = DEFAULT_SCALE if scale is None else float(scale)
+    scale = (LORA_ALPHA if kind == "lora" else DEFAULT_SCALE) if scale is None else float(scale)
     dropout = fam.default_dropout(kind) if dropout is None else float(dropout)
     idx = _resolve_layers(fam.blocks(model), layers)
     st = ensure_state(model)
+    extra = {}
+    if kind == "lora":
+        extra["targets"] = list(targets or fam.lora_targets)
     fam.insert_adapters(model, kind, idx, dim=int(dim), scale=scale, dropout=dropout,
-                        groups=int(groups))
+                        groups=int(groups), **extra)
     for a in adapter_modules(model).values():  # new adapters follow the model's mode
         a.train(model.training)
     if num_classes is not None:
@@ -136,7 +162,7 @@ def add_adapters(model: nn.Module, kind: str = "convpass", dim: int = 8, scale: 
             raise TypeError(f"{type(model).__name__} has no reset_classifier(); cannot set num_classes")
         model.reset_classifier(int(num_classes))
     st.adapters = AdapterConfig(kind=kind, dim=int(dim), scale=scale, layers=idx, dropout=dropout,
-                                groups=int(groups))
+                                groups=int(groups), targets=extra.get("targets"))
     if freeze:
         from timm.layers import freeze_batch_norm_2d
 
@@ -146,7 +172,9 @@ def add_adapters(model: nn.Module, kind: str = "convpass", dim: int = 8, scale: 
 
 
 def merge_adapters(model: nn.Module) -> nn.Module:
-    """Fold every RepAdapter into the following ``attn.qkv`` / ``mlp.fc1`` (in place; returns model).
+    """Fold every RepAdapter into the following ``attn.qkv`` / ``mlp.fc1``, or merge every LoRA
+    layer into its base weight through peft's own ``merge`` (in place; returns model; a peft
+    wrapper gives back the merged model inside it).
 
     ``qkv(A(x)) = W (M x + c) + b = (W M) x + (W c + b)`` with ``A(x) = M x + c`` the adapter in eval
     mode (dropout off). The adapter modules are removed and the blocks get their base class back:
@@ -163,14 +191,18 @@ def merge_adapters(model: nn.Module) -> nn.Module:
         >>> len(sls_fast.adapters.adapter_modules(m))
         0
     """
+    model = adopt_peft(model)
     st = get_state(model)
     cfg = st.adapters if st is not None else None
     if cfg is None or cfg.merged:
         raise ValueError("merge_adapters: the model has no adapters (call add_adapters first)")
-    if cfg.kind != "repadapter":
-        raise ValueError(f"only RepAdapter can be merged (linear at inference); this model has "
-                         f"{cfg.kind} adapters")
-    family_of(model).merge_adapters(model)
+    if cfg.kind == "lora":
+        merge_lora(model)
+    elif cfg.kind == "repadapter":
+        family_of(model).merge_adapters(model)
+    else:
+        raise ValueError(f"only RepAdapter and LoRA can be merged (linear at inference); this "
+                         f"model has {cfg.kind} adapters")
     cfg.merged = True
     return model
 

@@ -9,6 +9,8 @@
 * :class:`ConvpassConv`: the same bottleneck on feature maps, parallel to a whole convolutional
   block (EfficientNet / MobileNet, ConvNeXt, ResNet): 1x1 ``down``, 3x3 conv with the block's
   stride, zero-initialised 1x1 ``up`` of the block's output width.
+* LoRA is peft's own (:mod:`sls_fast.lora`); :func:`adapter_parts` lists its trainable parts
+  beside the modules here.
 * :class:`RepAdapter` (Luo et al., 2023): ``x + s * B(A(x))`` with ``A`` a 1x1 conv ``C -> dim``
   and ``B`` a grouped 1x1 conv ``dim -> C``; linear at inference, so it folds exactly into the
   next linear layer (:meth:`RepAdapter.as_affine`).
@@ -23,7 +25,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ["QuickGELU", "Convpass", "ConvpassConv", "RepAdapter", "ADAPTER_TYPES"]
+__all__ = ["QuickGELU", "Convpass", "ConvpassConv", "RepAdapter", "ADAPTER_TYPES", "adapter_parts"]
 
 
 class QuickGELU(nn.Module):
@@ -217,3 +219,13 @@ class RepAdapter(nn.Module):
 
 
 ADAPTER_TYPES = (Convpass, ConvpassConv, RepAdapter)
+
+
+def adapter_parts(model: nn.Module) -> dict:
+    """{module path: module} of every adapter in ``model``: the :data:`ADAPTER_TYPES` modules and
+    the trainable parts of peft LoRA layers (``...attn.qkv.lora_A``; :func:`sls_fast.lora.lora_parts`)."""
+    from .lora import lora_parts
+
+    out = {n: m for n, m in model.named_modules() if isinstance(m, ADAPTER_TYPES)}
+    out.update(lora_parts(model))
+    return out

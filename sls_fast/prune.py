@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from .adapters import set_trainable
 from .families import family_of, find_blocks
+from .lora import adopt_peft
 from .state import ensure_state
 
 __all__ = ["truncate", "pruned_depth"]
@@ -30,7 +31,9 @@ def truncate(model: nn.Module, depth: int, num_classes: Optional[int] = None, *,
 
     Args:
         model: a model of a supported family (ViT/DeiT, Swin, EfficientNet/MobileNet, ConvNeXt,
-            ResNet; :func:`sls_fast.families.support_table`), adapted or not.
+            ResNet, transformers ViT; :func:`sls_fast.families.support_table`), adapted or not;
+            a peft LoRA model (``get_peft_model``) is cut through the wrapper and the result is
+            the model inside it, LoRA of the kept blocks included.
         depth: K, the number of blocks kept, 1..L, counted over all stages in forward order
             (:func:`sls_fast.families.find_blocks`).
         num_classes: classes of the head; default: the model's current ``num_classes``.
@@ -71,6 +74,7 @@ def truncate(model: nn.Module, depth: int, num_classes: Optional[int] = None, *,
         raise ValueError(f"depth must be in 1..{L} for this {fam.name} model, got {depth}")
     if not inplace:
         model = copy.deepcopy(model)
+    model = adopt_peft(model)  # a peft wrapper: the LoRA-adapted model inside it is cut
     st = ensure_state(model)
     if num_classes is None:
         num_classes = int(getattr(model, "num_classes", 0))

@@ -24,11 +24,15 @@ __all__ = ["AdapterConfig", "SLSState", "get_state", "ensure_state", "model_name
            "classifier_name", "base_checksum", "ADAPTER_KEY"]
 
 ADAPTER_KEY = ".adapter"  # every adapter module's name starts with "adapter" (adapter, adapter_attn, ...)
+LORA_KEY = ".lora_"  # peft's LoRA tensors (lora_A, lora_B, ...); their base is under ".base_layer"
 
 
 @dataclass
 class AdapterConfig:
-    """How the adapters of a model were made (enough to rebuild them on a fresh base)."""
+    """How the adapters of a model were made (enough to rebuild them on a fresh base).
+
+    For LoRA, ``dim`` is the rank r, ``scale`` is peft's ``lora_alpha`` (the update is scaled by
+    alpha / r) and ``targets`` are the adapted linear layers relative to a block."""
 
     kind: str
     dim: int
@@ -37,6 +41,7 @@ class AdapterConfig:
     dropout: float
     groups: int = 2
     merged: bool = False
+    targets: Optional[List[str]] = None  # LoRA: linear layers inside a block ("attn.qkv", ...)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,7 +50,8 @@ class AdapterConfig:
     def from_dict(cls, d: dict) -> "AdapterConfig":
         return cls(kind=d["kind"], dim=int(d["dim"]), scale=float(d["scale"]),
                    layers=[int(i) for i in d["layers"]], dropout=float(d["dropout"]),
-                   groups=int(d.get("groups", 2)), merged=bool(d.get("merged", False)))
+                   groups=int(d.get("groups", 2)), merged=bool(d.get("merged", False)),
+                   targets=list(d["targets"]) if d.get("targets") else None)
 
 
 @dataclass
@@ -122,15 +128,16 @@ def classifier_name(model: nn.Module) -> Optional[str]:
 def _frozen_items(model: nn.Module, exclude_prefixes: Iterable[str]):
     ex = tuple(p + "." for p in exclude_prefixes if p)
     for k, v in sorted(model.state_dict().items()):
-        if k.endswith("num_batches_tracked") or ADAPTER_KEY in "." + k or k.startswith(ex):
+        if (k.endswith("num_batches_tracked") or ADAPTER_KEY in "." + k or LORA_KEY in k
+                or k.startswith(ex)):
             continue
-        yield k, v
+        yield k.replace(".base_layer.", "."), v
 
 
 def base_checksum(model: nn.Module, exclude: Iterable[str] = ()) -> str:
     """SHA-256 over the names, dtypes, shapes and bytes of the model's frozen weights.
 
-    Excluded: adapters, the classifier (``get_classifier()``), batch-norm ``num_batches_tracked``
+    Excluded: adapters (LoRA too; a LoRA layer's base weight counts under its plain name), the classifier (``get_classifier()``), batch-norm ``num_batches_tracked``
     counters and the module paths in ``exclude``; so a base model, the same model after
     :func:`sls_fast.add_adapters` (batch norms frozen) and after a new head hash the same.
 

@@ -20,6 +20,7 @@ from ._utils import atomic_path
 from ._version import __version__
 from .adapters import add_adapters
 from .families import family_of, find_blocks
+from .lora import adopt_peft, export_peft
 from .state import base_checksum, get_state, model_name
 
 __all__ = ["save_pruned", "load_pruned", "storage_report", "read_pruned_metadata", "stored_prefixes"]
@@ -51,11 +52,17 @@ def _state_bytes(sd: Dict[str, torch.Tensor]) -> int:
     return total
 
 
-def save_pruned(path: Union[str, os.PathLike], model: nn.Module, depth: int, **meta) -> dict:
+def save_pruned(path: Union[str, os.PathLike], model: nn.Module, depth: int, *,
+                format: str = "sls", **meta) -> dict:
     """Write the per-task artifact of a truncated, adapted model to ``path`` (safetensors).
 
     Args:
-        path: output file (``.safetensors``).
+        path: output file (``.safetensors``); with ``format="peft"`` a folder.
+        format: ``"sls"`` (our artifact) or ``"peft"`` (LoRA models only): peft's own folder
+            format, ``adapter_config.json`` + ``adapter_model.safetensors`` (the kept blocks'
+            LoRA, the head and truncation's new modules as ``modules_to_save``; our metadata in
+            the safetensors header), loaded by
+            ``peft.PeftModel.from_pretrained(sls_fast.truncate(base, K, num_classes=C), path)``.
         model: the model returned by :func:`sls_fast.truncate` (adapters from
             :func:`sls_fast.add_adapters` optional, RepAdapter not merged).
         depth: K; must equal the number of blocks the model runs.
@@ -80,6 +87,9 @@ def save_pruned(path: Union[str, os.PathLike], model: nn.Module, depth: int, **m
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"save_pruned needs an nn.Module, got {type(model).__name__}")
+    if format not in ("sls", "peft"):
+        raise ValueError(f"format must be 'sls' or 'peft', got {format!r}")
+    model = adopt_peft(model)
     n = len(find_blocks(model))
     if isinstance(depth, bool) or not isinstance(depth, int) or depth != n:
         raise ValueError(f"depth={depth!r} but the model runs {n} blocks; call "
@@ -110,6 +120,12 @@ def save_pruned(path: Union[str, os.PathLike], model: nn.Module, depth: int, **m
         text = json.dumps(info)
     except TypeError as exc:
         raise TypeError(f"save_pruned: metadata must be JSON-serialisable ({exc})") from None
+    if format == "peft":
+        if cfg is None or cfg.kind != "lora":
+            raise ValueError("format='peft' writes peft's LoRA format; this model has "
+                             f"{cfg.kind + ' adapters' if cfg else 'no adapters'}")
+        info["files"] = export_peft(os.fspath(path), model, prefixes, info)
+        return info
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={_META_KEY: text})
     return info
@@ -182,7 +198,8 @@ def load_pruned(path: Union[str, os.PathLike], base_model: nn.Module, *, strict_
     model = base_model
     if ad:
         model = add_adapters(model, ad["kind"], dim=ad["dim"], scale=ad["scale"], layers=ad["layers"],
-                             dropout=ad["dropout"], groups=ad.get("groups", 2))
+                             dropout=ad["dropout"], groups=ad.get("groups", 2),
+                             targets=ad.get("targets"))
     model = truncate(model, info["depth"], num_classes=info["num_classes"], inplace=True)
     got = base_checksum(model, exclude=info["stored"])
     if got != info["kept_checksum"]:

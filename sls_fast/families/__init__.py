@@ -43,7 +43,12 @@ def register(family: Family, *, first: bool = False) -> Family:
 
 
 def find_family(model: nn.Module) -> Optional[Family]:
-    """The first registered family that recognises ``model``, or None."""
+    """The first registered family that recognises ``model`` (a peft wrapper: the model inside
+    it), or None."""
+    from ..lora import is_peft_wrapper
+
+    if is_peft_wrapper(model):
+        model = model.get_base_model()
     for fam in FAMILIES:
         if fam.detect(model):
             return fam

@@ -1,5 +1,5 @@
-"""What ViT and Swin share: Convpass / RepAdapter beside or before attention and MLP, the
-RepAdapter merge, and the norm rebuilt when a cut changes the width."""
+"""What ViT and Swin share: Convpass / RepAdapter beside or before attention and MLP, LoRA on
+qkv / proj / fc1 / fc2 (peft), the RepAdapter merge, and the norm rebuilt when a cut changes the width."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -41,7 +41,8 @@ class TransformerFamily(Family):
     """Blocks with ``norm1 / attn / norm2 / mlp``: Convpass beside attention and MLP, RepAdapter
     before them (both as ``adapter_attn`` / ``adapter_mlp`` inside the block)."""
 
-    adapter_kinds = ("convpass", "repadapter")
+    adapter_kinds = ("convpass", "repadapter", "lora")
+    lora_targets = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
     def _block_classes(self):
         """(timm's base block class, {kind: adapted subclass})."""
@@ -51,8 +52,12 @@ class TransformerFamily(Family):
                   dropout: float) -> nn.Module:
         return Convpass(width, dim, num_prefix_tokens=0, dropout=dropout, scale=scale)
 
-    def insert_adapters(self, model, kind, layers: Sequence[int], *, dim, scale, dropout, groups):
+    def insert_adapters(self, model, kind, layers: Sequence[int], *, dim, scale, dropout, groups,
+                        targets=None):
         self.check_adapter_kind(kind)
+        if kind == "lora":
+            self.insert_lora(model, layers, rank=dim, alpha=scale, dropout=dropout, targets=targets)
+            return
         base, adapted = self._block_classes()
         blocks = self.blocks(model)
         for i in layers:

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..petl import ADAPTER_TYPES
+from ..petl import adapter_parts
 from ..state import classifier_name, get_state
 
 __all__ = ["Block", "Family", "is_container", "pool_output"]
@@ -80,6 +80,7 @@ class Family:
         adapter_kinds: adapter kinds :meth:`insert_adapters` accepts.
         nhwc: block outputs are ``[B, H, W, C]`` maps (Swin).
         uses_intermediates: extraction may use timm's ``forward_intermediates``.
+        lora_targets: the linear layers inside a block that LoRA adapts by default.
         reference_keys: ``{kind: [(their substring, our substring), ...]}`` mapping the authors'
             (RuiZiHan/SLS) checkpoint keys onto ours; a kind missing here has no such layout.
     """
@@ -92,6 +93,7 @@ class Family:
     nhwc: bool = False
     uses_intermediates: bool = False
     reference_keys: Dict[str, List[Tuple[str, str]]] = {}
+    lora_targets: Tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ structure
     def detect(self, model: nn.Module) -> bool:
@@ -125,12 +127,27 @@ class Family:
                              f"this family takes {', '.join(repr(k) for k in self.adapter_kinds)}")
 
     def default_dropout(self, kind: str) -> float:
-        return 0.1
+        return 0.0 if kind == "lora" else 0.1  # peft's LoRA default; the references' adapters
 
     def insert_adapters(self, model: nn.Module, kind: str, layers: Sequence[int], *, dim: int,
-                        scale: float, dropout: float, groups: int) -> None:
+                        scale: float, dropout: float, groups: int,
+                        targets: Optional[Sequence[str]] = None) -> None:
         """Put adapters of ``kind`` into the blocks ``layers`` (0-based), in place."""
         raise NotImplementedError
+
+    def insert_lora(self, model: nn.Module, layers: Sequence[int], *, rank: int, alpha: float,
+                    dropout: float, targets: Optional[Sequence[str]] = None) -> List[str]:
+        """peft LoRA on ``targets`` (default :attr:`lora_targets`, paths inside a block) of the
+        blocks ``layers``. Returns the targets used."""
+        from ..lora import insert_lora
+
+        targets = list(targets or self.lora_targets)
+        if not targets:
+            raise ValueError(f"{self.name} models have no default LoRA targets; pass targets=[...]")
+        blocks = self.blocks(model)
+        insert_lora(model, [f"{blocks[i].name}.{t}" for i in layers for t in targets],
+                    rank=rank, alpha=alpha, dropout=dropout)
+        return targets
 
     def merge_adapters(self, model: nn.Module) -> None:
         """Fold linear adapters into the base weights, in place (RepAdapter on transformers)."""
@@ -154,7 +171,7 @@ class Family:
     def trainable(self, model: nn.Module) -> List[str]:
         """Module paths that train and that an artifact stores: every adapter, the classifier and
         the modules truncation created (outermost paths only, sorted)."""
-        names = [n for n, m in model.named_modules() if isinstance(m, ADAPTER_TYPES)]
+        names = list(adapter_parts(model))
         clf = classifier_name(model)
         if clf:
             names.append(clf)
