@@ -163,7 +163,7 @@ def test_layers_subset_and_errors():
     with pytest.raises(ValueError, match="already"):
         add_adapters(m, "convpass")
     with pytest.raises(ValueError, match="kind"):
-        add_adapters(_vit(), "lora")
+        add_adapters(_vit(), "ia3")
     with pytest.raises(ValueError, match="out of range"):
         add_adapters(_vit(), "convpass", layers=[12])
     with pytest.raises(ValueError, match="only RepAdapter"):
