@@ -83,6 +83,12 @@ def as_loader(data, batch_size: int, *, shuffle: bool = False, seed: int = 0):
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=0)
 
 
+def logits_of(out):
+    """The logits of a forward's result: the tensor itself (timm), or ``out.logits``
+    (transformers' ``ImageClassifierOutput``)."""
+    return out if isinstance(out, torch.Tensor) else getattr(out, "logits", out)
+
+
 def split_batch(batch):
     """``(images, labels)`` of one batch: a pair / list, or a dict with image and label keys."""
     if isinstance(batch, dict):

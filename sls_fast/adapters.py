@@ -158,9 +158,7 @@ def add_adapters(model: nn.Module, kind: str = "convpass", dim: int = 8, scale: 
     for a in adapter_modules(model).values():  # new adapters follow the model's mode
         a.train(model.training)
     if num_classes is not None:
-        if not hasattr(model, "reset_classifier"):
-            raise TypeError(f"{type(model).__name__} has no reset_classifier(); cannot set num_classes")
-        model.reset_classifier(int(num_classes))
+        fam.reset_head(model, int(num_classes))
     st.adapters = AdapterConfig(kind=kind, dim=int(dim), scale=scale, layers=idx, dropout=dropout,
                                 groups=int(groups), targets=extra.get("targets"))
     if freeze:

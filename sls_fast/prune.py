@@ -77,7 +77,7 @@ def truncate(model: nn.Module, depth: int, num_classes: Optional[int] = None, *,
     model = adopt_peft(model)  # a peft wrapper: the LoRA-adapted model inside it is cut
     st = ensure_state(model)
     if num_classes is None:
-        num_classes = int(getattr(model, "num_classes", 0))
+        num_classes = fam.num_classes(model)
     num_classes = int(num_classes)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1 (model has num_classes={num_classes}); pass it")

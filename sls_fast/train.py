@@ -35,8 +35,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._utils import as_loader, autocast, check_amp, model_device, progress_bar, split_batch
+from ._utils import (as_loader, autocast, check_amp, logits_of, model_device, progress_bar,
+                     split_batch)
 from .adapters import adapter_modules, set_trainable
+from .families import family_of
 from .state import classifier_name, get_state
 
 __all__ = ["finetune", "evaluate", "probe_head", "STRATEGIES"]
@@ -93,7 +95,7 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 256, device=None, amp=
             x, y = split_batch(batch)
             x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
             with autocast(amp, device):
-                out = model(x)
+                out = logits_of(model(x))
             correct += (out.argmax(-1) == y).sum().item()
             total += y.numel()
     finally:
@@ -113,7 +115,7 @@ def _pooled_features(model: nn.Module, loader, device, amp, progress: bool):
             x, y = split_batch(batch)
             x = x.to(device, non_blocking=True)
             with autocast(amp, device):
-                f = model.forward_head(model.forward_features(x), pre_logits=True)
+                f = family_of(model).pre_logits(model, x)
             feats.append(f.float().reshape(f.shape[0], -1))
             labels.append(torch.as_tensor(y).to(device))
     finally:
@@ -343,7 +345,7 @@ def _train(model, train_data, val_data, *, strategy, epochs, lr, weight_decay, b
             x, y = split_batch(batch)
             x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)
             with autocast(amp, device):
-                out = model(x)
+                out = logits_of(model(x))
                 loss = F.cross_entropy(out.float(), y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

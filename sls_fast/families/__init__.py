@@ -20,6 +20,7 @@ import torch.nn as nn
 from .base import Block, Family, pool_output
 from .convnext import ConvNeXtFamily
 from .efficientnet import EfficientNetFamily
+from .hf_vit import HFViTFamily
 from .resnet import ResNetFamily
 from .swin import SwinFamily
 from .vit import ViTFamily
@@ -27,8 +28,9 @@ from .vit import ViTFamily
 __all__ = ["Block", "Family", "FAMILIES", "family_of", "find_family", "get_family", "register",
            "find_blocks", "support_table", "pool_output"]
 
-# Detection order: EfficientNet (blocks[s][j]) before ViT (blocks[i]).
-FAMILIES: List[Family] = [EfficientNetFamily(), ViTFamily(), SwinFamily(), ConvNeXtFamily(),
+# Detection order: transformers ViT (config.model_type; its ``layers`` would look like Swin's)
+# first, EfficientNet (blocks[s][j]) before ViT (blocks[i]).
+FAMILIES: List[Family] = [HFViTFamily(), EfficientNetFamily(), ViTFamily(), SwinFamily(), ConvNeXtFamily(),
                           ResNetFamily()]
 
 

@@ -159,11 +159,24 @@ class Family:
         ``num_classes``. Returns (module paths created, whether the head is new)."""
         raise NotImplementedError
 
-    @staticmethod
-    def _set_head(model: nn.Module, num_classes: int) -> bool:
+    def num_classes(self, model: nn.Module) -> int:
+        """The width of the model's classifier (0: none)."""
+        return int(getattr(model, "num_classes", 0) or 0)
+
+    def pre_logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The classifier's input ``[B, D]`` (timm's ``forward_head(..., pre_logits=True)``)."""
+        return model.forward_head(model.forward_features(x), pre_logits=True)
+
+    def reset_head(self, model: nn.Module, num_classes: int) -> None:
+        """A new classifier of ``num_classes`` (timm's ``reset_classifier``)."""
+        if not hasattr(model, "reset_classifier"):
+            raise TypeError(f"{type(model).__name__} has no reset_classifier(); cannot set num_classes")
+        model.reset_classifier(int(num_classes))
+
+    def _set_head(self, model: nn.Module, num_classes: int) -> bool:
         """A new classifier when the class count changes; True when one was made."""
         if num_classes != getattr(model, "num_classes", None):
-            model.reset_classifier(num_classes)
+            self.reset_head(model, num_classes)
             return True
         return False
 

@@ -1,0 +1,141 @@
+"""Hugging Face transformers ViT: ``ViTModel`` / ``ViTForImageClassification``.
+
+The blocks are the encoder layers (``vit.layers[i]`` in transformers 5, ``vit.encoder.layer[i]``
+in 4.x); the layer feature is the class token of each layer's output before the final layernorm,
+which is ``outputs.hidden_states[i + 1][:, 0]``. Extraction hooks the layers and stops the forward
+after the last requested one. Truncation slices the layer list, sets
+``config.num_hidden_layers`` and gives ``ViTForImageClassification`` a classifier of the requested
+width. Adapters: LoRA through peft on the attention projections and the MLP.
+
+transformers is optional (``pip install "sls_fast[hf]"``); :meth:`HFViTFamily.detect` never
+imports it (it reads ``model.config.model_type``).
+"""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from .base import Block, Family
+
+__all__ = ["HFViTFamily", "load_hf"]
+
+_MODEL_TYPES = ("vit",)
+
+
+def _backbone(model: nn.Module):
+    """The ``ViTModel`` (the model itself, or ``model.vit``) and its path prefix."""
+    inner = getattr(model, "vit", None)
+    if isinstance(inner, nn.Module) and hasattr(inner, "embeddings"):
+        return inner, "vit."
+    return model, ""
+
+
+def _layers(backbone: nn.Module):
+    """(the ModuleList of encoder layers, its path inside the backbone)."""
+    layers = getattr(backbone, "layers", None)
+    if isinstance(layers, nn.ModuleList):
+        return layers, "layers"
+    enc = getattr(backbone, "encoder", None)
+    layers = getattr(enc, "layer", None)
+    if isinstance(layers, nn.ModuleList):
+        return layers, "encoder.layer"
+    return None, None
+
+
+class HFViTFamily(Family):
+    name = "hf-vit"
+    models = "ViTModel, ViTForImageClassification (transformers)"
+    layout = "model.vit.layers[i] (4.x: vit.encoder.layer[i])"
+    feature = "class token before the final layernorm (= hidden_states[i + 1][:, 0])"
+    adapter_kinds = ("lora",)
+
+    def detect(self, model):
+        cfg = getattr(model, "config", None)
+        if getattr(cfg, "model_type", None) not in _MODEL_TYPES:
+            return False
+        backbone, _ = _backbone(model)
+        return _layers(backbone)[0] is not None
+
+    def blocks(self, model):
+        backbone, pre = _backbone(model)
+        layers, path = _layers(backbone)
+        return [Block(f"{pre}{path}.{i}", b, 0, i) for i, b in enumerate(layers)]
+
+    def default_pool(self, model):
+        return "cls"
+
+    @property
+    def lora_targets(self):
+        """The encoder layer's linear layers (names of the installed transformers version)."""
+        import transformers
+
+        if int(transformers.__version__.split(".")[0]) >= 5:
+            return ("attention.q_proj", "attention.k_proj", "attention.v_proj",
+                    "attention.o_proj", "mlp.fc1", "mlp.fc2")
+        return ("attention.attention.query", "attention.attention.key",
+                "attention.attention.value", "attention.output.dense", "intermediate.dense",
+                "output.dense")
+
+    def insert_adapters(self, model, kind, layers, *, dim, scale, dropout, groups, targets=None):
+        self.check_adapter_kind(kind)
+        self.insert_lora(model, layers, rank=dim, alpha=scale, dropout=dropout, targets=targets)
+
+    def num_classes(self, model):
+        if not isinstance(getattr(model, "classifier", None), nn.Linear):
+            return 0
+        return int(model.classifier.out_features)
+
+    def pre_logits(self, model, x):
+        backbone, _ = _backbone(model)
+        return backbone(x).last_hidden_state[:, 0]
+
+    def reset_head(self, model, num_classes):
+        clf = getattr(model, "classifier", None)
+        if not isinstance(clf, nn.Module):
+            raise TypeError(f"{type(model).__name__} has no classifier; load the model with "
+                            "AutoModelForImageClassification (ViTForImageClassification) for a head")
+        p = next(iter(model.parameters()))
+        model.classifier = nn.Linear(model.config.hidden_size, int(num_classes)).to(
+            device=p.device, dtype=p.dtype)
+        model.config.num_labels = int(num_classes)
+        model.num_labels = int(num_classes)
+
+    def truncate(self, model, depth, num_classes):
+        backbone, _ = _backbone(model)
+        layers, path = _layers(backbone)
+        owner = backbone.get_submodule(path.rpartition(".")[0]) if "." in path else backbone
+        setattr(owner, path.rpartition(".")[2], nn.ModuleList(list(layers)[:depth]))
+        model.config.num_hidden_layers = depth
+        if backbone is not model:
+            backbone.config.num_hidden_layers = depth
+        if num_classes != self.num_classes(model):
+            self.reset_head(model, num_classes)
+            return [], True
+        return [], False
+
+
+def load_hf(path: str, *, num_classes=None) -> nn.Module:
+    """A transformers ViT from a local folder (``config.json`` + weights), never from the hub:
+    ``AutoModelForImageClassification`` when the folder's config names a classifier (or
+    ``num_classes`` is given), else ``AutoModel``. In eval mode."""
+    import os
+
+    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
+        raise ValueError(f"hf:{path} must be a local folder with config.json and the weights "
+                         "(save_pretrained output); sls_fast never downloads from the hub")
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError('hf: models need transformers: pip install "sls_fast[hf]"') from None
+    cfg = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    if getattr(cfg, "model_type", None) not in _MODEL_TYPES:
+        raise ValueError(f"hf:{path} is a {cfg.model_type!r} model; sls_fast's transformers family "
+                         f"takes {', '.join(_MODEL_TYPES)}")
+    archs = getattr(cfg, "architectures", None) or []
+    kw = {}
+    if num_classes is not None:
+        kw = dict(num_labels=int(num_classes), ignore_mismatched_sizes=True)
+    if num_classes is not None or any("ForImageClassification" in a for a in archs):
+        cls = transformers.AutoModelForImageClassification
+    else:
+        cls = transformers.AutoModel
+    return cls.from_pretrained(path, local_files_only=True, **kw).eval()
