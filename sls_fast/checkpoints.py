@@ -121,6 +121,28 @@ def _head_classes(model: nn.Module, sd) -> Optional[int]:
     return int(w.shape[0]) if w is not None and w.ndim >= 1 else None
 
 
+def _load_peft_folder(base: nn.Module, path: str) -> nn.Module:
+    """A peft LoRA folder (``save_pretrained``) on ``base``, adopted (:func:`sls_fast.lora.adopt_peft`)."""
+    from .lora import _peft, adopt_peft
+
+    st_path = os.path.join(path, "adapter_model.safetensors")
+    clf = classifier_name(base)
+    if clf and os.path.isfile(st_path):  # the folder's head (modules_to_save) sets the width
+        from safetensors import safe_open
+
+        with safe_open(st_path, framework="pt") as f:
+            heads = [k for k in f.keys() if f".model.{clf}." in k and k.endswith(".weight")]
+            width = f.get_slice(heads[0]).get_shape()[0] if heads else None
+        fam = family_of(base)
+        if width and width != fam.num_classes(base):
+            fam.reset_head(base, int(width))
+    try:
+        wrapped = _peft().PeftModel.from_pretrained(base, path)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ValueError(f"{path}: peft cannot load this adapter onto the model: {exc}") from None
+    return adopt_peft(wrapped).eval()
+
+
 def load_adapted(name: str, adapter: str, *, checkpoint=None, base_checkpoint=None,
                  image_size=None, dim: int = 8, scale: Optional[float] = None,
                  num_classes: Optional[int] = None) -> nn.Module:
@@ -128,9 +150,10 @@ def load_adapted(name: str, adapter: str, *, checkpoint=None, base_checkpoint=No
 
     Args:
         name: timm architecture name.
-        adapter: adapter kind ("convpass", "repadapter").
+        adapter: adapter kind ("convpass", "repadapter", "lora").
         checkpoint: the adapted weights (artifact, full state dict, or adapter + head tensors in
-            our or the authors' layout); None: fresh adapters (identity at start).
+            our or the authors' layout; for LoRA also a peft adapter folder); None: fresh
+            adapters (identity at start).
         base_checkpoint: the frozen backbone's weights (default: the bundled weights of the
             default model, random weights with a warning otherwise).
         image_size: input size for fixed-size models (ViT, Swin).
@@ -147,6 +170,8 @@ def load_adapted(name: str, adapter: str, *, checkpoint=None, base_checkpoint=No
     if checkpoint is None:
         return add_adapters(base, adapter, dim=dim, scale=scale, num_classes=num_classes)
     path = os.fspath(checkpoint)
+    if adapter == "lora" and os.path.isfile(os.path.join(path, "adapter_config.json")):
+        return _load_peft_folder(base, path)
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path!r} does not exist")
     if is_artifact(path):

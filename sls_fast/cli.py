@@ -266,7 +266,8 @@ def cmd_bench(args) -> dict:
         ad = get_state(pruned).adapters
         st = get_state(model)
         if ad is not None and (st is None or st.adapters is None):  # time like with like
-            add_adapters(model, ad.kind, dim=ad.dim, scale=ad.scale, groups=ad.groups)
+            add_adapters(model, ad.kind, dim=ad.dim, scale=ad.scale, groups=ad.groups,
+                         targets=ad.targets)
     else:
         depth = args.depth or (report.depth if report else max(1, L // 2))
         pruned = truncate(model, depth)
@@ -299,20 +300,25 @@ def _common(p):
 def _model_options(p, *, required: bool = True):
     p.add_argument("--model", required=required, default=None, help="timm model name "
                    "(efficientnet_lite0 has bundled ImageNet weights; other names need "
-                   "--checkpoint / --base-checkpoint for real weights)")
+                   "--checkpoint / --base-checkpoint for real weights), or hf:FOLDER for a "
+                   "transformers ViT saved in a local folder")
     p.add_argument("--image-size", type=int, default=None, help="default: the model's input size")
     g = p.add_argument_group("weights and adapters")
     g.add_argument("--checkpoint", default=None, help="without --adapter: the model's weights "
                    "(.npz / .pth / .safetensors); with --adapter: the adapted weights (an "
                    "sls-fast artifact, a full state dict, or adapter + head tensors in our or the "
-                   "authors' RuiZiHan/SLS layout)")
-    g.add_argument("--adapter", default=None, choices=("convpass", "repadapter"),
+                   "authors' RuiZiHan/SLS layout; for lora also a peft adapter folder)")
+    g.add_argument("--adapter", default=None, choices=("convpass", "repadapter", "lora"),
                    help="add adapters of this kind before loading --checkpoint")
     g.add_argument("--base-checkpoint", default=None, help="with --adapter: the frozen "
                    "backbone's weights when --checkpoint holds only adapters + head")
     g.add_argument("--adapter-dim", type=int, default=None, help="adapter bottleneck width (8)")
     g.add_argument("--adapter-scale", type=float, default=None,
                    help="adapter output scale s (1.0; the authors' configs set it per task)")
+    g.add_argument("--lora-rank", type=int, default=None, dest="adapter_dim",
+                   help="with --adapter lora: the LoRA rank r (8)")
+    g.add_argument("--lora-alpha", type=float, default=None, dest="adapter_scale",
+                   help="with --adapter lora: peft's lora_alpha (16; the update is scaled by alpha/r)")
 
 
 def _scoring_options(p):

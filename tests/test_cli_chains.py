@@ -213,3 +213,22 @@ def test_artifact_for_another_base_and_truncated_artifact(tmp_path, capsys):
     (tmp_path / "head.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{")
     with pytest.raises(ValueError, match="head.safetensors"):
         sls_fast.storage.read_pruned_metadata(tmp_path / "head.safetensors")
+
+
+@pytest.mark.filterwarnings("ignore::sls_fast.models.RandomWeightsWarning")
+def test_chain_lora_from_a_peft_folder(tmp_path, capsys):
+    """A user's peft LoRA folder (get_peft_model + save_pretrained) through score -> prune -> bench."""
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=10)
+    user = peft.get_peft_model(m, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["qkv", "fc2"],
+                                                  modules_to_save=["head"]))
+    user.save_pretrained(tmp_path / "user_lora")
+    scored, pruned, bench, meta = _chain(
+        tmp_path, capsys, ["--model", "vit_tiny_patch16_224", "--image-size", "32",
+                           "--data", "digits", "--split", "val", "--adapter", "lora",
+                           "--checkpoint", str(tmp_path / "user_lora"), "--lora-rank", "4",
+                           "--lora-alpha", "8"])
+    assert meta["adapters"]["kind"] == "lora" and meta["adapters"]["dim"] == 4
+    assert meta["adapters"]["targets"] == ["attn.qkv", "mlp.fc2"]
+    assert pruned["depth"] == bench["depth"]
