@@ -101,5 +101,10 @@ def test_load_from_local_folder_only(tmp_path, x):
     with torch.no_grad():
         assert torch.equal(got(x).logits, m(x).logits)
     assert sls_fast.models.load(f"hf:{tmp_path / 'tiny'}", num_classes=2)(x).logits.shape == (6, 2)
+    (tmp_path / "tiny" / "preprocessor_config.json").write_text(
+        '{"image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6]}')
+    cfg = sls_fast.data.data_config(sls_fast.models.load(f"hf:{tmp_path / 'tiny'}"))
+    assert cfg["input_size"] == (3, 32, 32) and cfg["mean"] == (0.1, 0.2, 0.3)
+    assert cfg["std"] == (0.4, 0.5, 0.6)
     with pytest.raises(ValueError, match="local folder"):
         sls_fast.models.load("hf:google/vit-base-patch16-224-in21k")

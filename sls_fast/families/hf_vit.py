@@ -43,8 +43,8 @@ def _layers(backbone: nn.Module):
 
 class HFViTFamily(Family):
     name = "hf-vit"
-    models = "ViTModel, ViTForImageClassification (transformers)"
-    layout = "model.vit.layers[i] (4.x: vit.encoder.layer[i])"
+    models = "ViTModel, ViTForImageClassification (transformers; 4.x: vit.encoder.layer[i])"
+    layout = "model.vit.layers[i]"
     feature = "class token before the final layernorm (= hidden_states[i + 1][:, 0])"
     adapter_kinds = ("lora",)
 
@@ -116,7 +116,8 @@ class HFViTFamily(Family):
 def load_hf(path: str, *, num_classes=None) -> nn.Module:
     """A transformers ViT from a local folder (``config.json`` + weights), never from the hub:
     ``AutoModelForImageClassification`` when the folder's config names a classifier (or
-    ``num_classes`` is given), else ``AutoModel``. In eval mode."""
+    ``num_classes`` is given), else ``AutoModel``. In eval mode, with a timm-style
+    ``pretrained_cfg`` (input size, mean, std from ``preprocessor_config.json``)."""
     import os
 
     if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
@@ -138,4 +139,24 @@ def load_hf(path: str, *, num_classes=None) -> nn.Module:
         cls = transformers.AutoModelForImageClassification
     else:
         cls = transformers.AutoModel
-    return cls.from_pretrained(path, local_files_only=True, **kw).eval()
+    model = cls.from_pretrained(path, local_files_only=True, **kw).eval()
+    model.pretrained_cfg = _input_config(path, cfg, type(model).__name__)
+    return model
+
+
+def _input_config(path: str, cfg, arch: str) -> dict:
+    """timm-style ``pretrained_cfg`` (input size, mean, std) from the folder's
+    ``preprocessor_config.json`` (transformers' ViT defaults, mean = std = 0.5, without one), so
+    sls_fast's data sets normalise the way the model was trained."""
+    import json
+    import os
+
+    pre = {}
+    f = os.path.join(path, "preprocessor_config.json")
+    if os.path.isfile(f):
+        with open(f) as fh:
+            pre = json.load(fh)
+    size = int(getattr(cfg, "image_size", 224))
+    return dict(architecture=arch, input_size=(3, size, size),
+                mean=tuple(pre.get("image_mean", (0.5, 0.5, 0.5))),
+                std=tuple(pre.get("image_std", (0.5, 0.5, 0.5))), interpolation="bilinear")
