@@ -126,6 +126,10 @@ def test_user_wrapped_peft_model_taken_as_is(tmp_path, x):
         ref_full = u(x)
     assert sls_fast.families.family_of(u).name == "vit"
     assert len(sls_fast.families.find_blocks(u)) == 4
+    data = torch.utils.data.TensorDataset(x, torch.arange(len(x)))
+    through = sls_fast.extract_features(u, data, progress=False)
+    inside = sls_fast.extract_features(u.get_base_model(), data, progress=False)
+    assert all(torch.equal(torch.as_tensor(through[i]), torch.as_tensor(inside[i])) for i in range(4))
     with pytest.raises(ValueError, match="already wrapped by peft"):
         sls_fast.add_adapters(u, "lora")
     full = sls_fast.truncate(u, 4)
