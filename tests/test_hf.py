@@ -108,3 +108,34 @@ def test_load_from_local_folder_only(tmp_path, x):
     assert cfg["std"] == (0.4, 0.5, 0.6)
     with pytest.raises(ValueError, match="local folder"):
         sls_fast.models.load("hf:google/vit-base-patch16-224-in21k")
+
+
+@pytest.mark.parametrize("kind", ["convpass", "repadapter"])
+def test_hf_convpass_and_repadapter(tmp_path, x, kind):
+    import pickle
+
+    if not hasattr(_hf().vit, "layers"):  # transformers 4.x: vit.encoder.layer
+        pytest.skip("Convpass / RepAdapter need transformers 5's ViTLayer")
+    base = _hf(labels=3)
+    m = sls_fast.add_adapters(_hf(labels=3), kind, dim=4, scale=0.5)
+    with torch.no_grad():
+        assert (m(x).logits - base(x).logits).abs().max().item() <= 1e-6  # identity at start
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p_ in m.parameters():
+            if p_.requires_grad:
+                p_.add_(torch.randn(p_.shape, generator=g) * 0.05)
+    p = sls_fast.truncate(m, 3)
+    with torch.no_grad():
+        ref = p(x).logits
+        assert (ref - base(x).logits[:, :3]).abs().max().item() > 1e-3  # the adapters act
+    assert torch.equal(pickle.loads(pickle.dumps(p))(x).logits, ref)
+    sls_fast.save_pruned(tmp_path / "a.safetensors", p, 3)
+    q = sls_fast.load_pruned(tmp_path / "a.safetensors", _hf(labels=3))
+    with torch.no_grad():
+        assert torch.equal(q(x).logits, ref)
+    if kind == "repadapter":
+        merged = sls_fast.merge_adapters(p)
+        assert not sls_fast.adapters.adapter_modules(merged)
+        with torch.no_grad():
+            assert (merged(x).logits - ref).abs().max().item() <= 1e-5

@@ -5,7 +5,9 @@ in 4.x); the layer feature is the class token of each layer's output before the 
 which is ``outputs.hidden_states[i + 1][:, 0]``. Extraction hooks the layers and stops the forward
 after the last requested one. Truncation slices the layer list, sets
 ``config.num_hidden_layers`` and gives ``ViTForImageClassification`` a classifier of the requested
-width. Adapters: LoRA through peft on the attention projections and the MLP.
+width. Adapters: LoRA through peft on the attention projections and the MLP (any transformers
+version); Convpass beside and RepAdapter before attention and MLP (transformers 5's ``ViTLayer``),
+RepAdapter merged into ``q_proj`` / ``k_proj`` / ``v_proj`` and ``mlp.fc1``.
 
 transformers is optional (``pip install "sls_fast[hf]"``); :meth:`HFViTFamily.detect` never
 imports it (it reads ``model.config.model_type``).
@@ -46,7 +48,7 @@ class HFViTFamily(Family):
     models = "ViTModel, ViTForImageClassification (transformers; 4.x: vit.encoder.layer[i])"
     layout = "model.vit.layers[i]"
     feature = "class token before the final layernorm (= hidden_states[i + 1][:, 0])"
-    adapter_kinds = ("lora",)
+    adapter_kinds = ("convpass", "repadapter", "lora")
 
     def detect(self, model):
         cfg = getattr(model, "config", None)
@@ -77,7 +79,51 @@ class HFViTFamily(Family):
 
     def insert_adapters(self, model, kind, layers, *, dim, scale, dropout, groups, targets=None):
         self.check_adapter_kind(kind)
-        self.insert_lora(model, layers, rank=dim, alpha=scale, dropout=dropout, targets=targets)
+        if kind == "lora":
+            self.insert_lora(model, layers, rank=dim, alpha=scale, dropout=dropout,
+                             targets=targets)
+            return
+        from ..petl import Convpass, RepAdapter
+
+        blocks = self.blocks(model)
+        for i in layers:
+            if not hasattr(getattr(blocks[i].module, "attention", None), "q_proj"):
+                raise TypeError(f"{kind} adapters on transformers ViT need transformers 5's "
+                                f"ViTLayer; {blocks[i].name} is {type(blocks[i].module).__name__} "
+                                "of an older layout (LoRA works on both)")
+        from ._hf_adapted import ConvpassHFViTLayer, RepAdapterHFViTLayer, ViTLayer
+
+        cfg = model.config
+        grid = (cfg.image_size // cfg.patch_size,) * 2
+        p = next(iter(model.parameters()))
+        for i in layers:
+            blk = blocks[i].module
+            if type(blk) is not ViTLayer:
+                raise TypeError(f"{kind} adapters go into transformers' ViTLayer; {blocks[i].name} "
+                                f"is {type(blk).__name__}")
+            for slot in ("adapter_attn", "adapter_mlp"):
+                if kind == "convpass":
+                    a = Convpass(cfg.hidden_size, dim, num_prefix_tokens=1, grid_size=grid,
+                                 dropout=dropout, scale=scale)
+                else:
+                    a = RepAdapter(cfg.hidden_size, dim, groups=groups, scale=scale, dropout=dropout)
+                setattr(blk, slot, a.to(device=p.device, dtype=p.dtype))
+            blk.__class__ = ConvpassHFViTLayer if kind == "convpass" else RepAdapterHFViTLayer
+
+    def merge_adapters(self, model):
+        from ..petl import RepAdapter
+        from ._transformer import _fold_into_linear
+
+        for b in self.blocks(model):
+            blk = b.module
+            if not isinstance(getattr(blk, "adapter_attn", None), RepAdapter):
+                continue
+            for lin in (blk.attention.q_proj, blk.attention.k_proj, blk.attention.v_proj):
+                _fold_into_linear(blk.adapter_attn, lin)
+            _fold_into_linear(blk.adapter_mlp, blk.mlp.fc1)
+            del blk.adapter_attn
+            del blk.adapter_mlp
+            blk.__class__ = type(blk).sls_base_class
 
     def num_classes(self, model):
         if not isinstance(getattr(model, "classifier", None), nn.Linear):
