@@ -9,6 +9,7 @@ weights, depth K, adapter kind and configuration, number of classes, package ver
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from typing import Dict, Optional, Union
@@ -20,7 +21,7 @@ from ._utils import atomic_path
 from ._version import __version__
 from .adapters import add_adapters
 from .families import family_of, find_blocks
-from .lora import adopt_peft, export_peft
+from .lora import adopt_peft, export_peft, is_peft_wrapper
 from .state import base_checksum, get_state, model_name
 
 __all__ = ["save_pruned", "load_pruned", "storage_report", "read_pruned_metadata", "stored_prefixes"]
@@ -89,7 +90,8 @@ def save_pruned(path: Union[str, os.PathLike], model: nn.Module, depth: int, *,
         raise TypeError(f"save_pruned needs an nn.Module, got {type(model).__name__}")
     if format not in ("sls", "peft"):
         raise ValueError(f"format must be 'sls' or 'peft', got {format!r}")
-    model = adopt_peft(model)
+    if is_peft_wrapper(model):  # the user's wrapper stays as it is
+        model = adopt_peft(copy.deepcopy(model))
     n = len(find_blocks(model))
     if isinstance(depth, bool) or not isinstance(depth, int) or depth != n:
         raise ValueError(f"depth={depth!r} but the model runs {n} blocks; call "

@@ -143,6 +143,10 @@ def test_user_wrapped_peft_model_taken_as_is(tmp_path, x):
     q = sls_fast.load_pruned(tmp_path / "t.safetensors", _vit())
     with torch.no_grad():
         assert torch.equal(q(x), ref)
+    sls_fast.save_pruned(tmp_path / "w.safetensors", u, 4)  # the user's wrapper is left as it is
+    assert type(u.base_model.model.head).__name__ == "ModulesToSaveWrapper"
+    with torch.no_grad():
+        assert torch.equal(u(x), ref_full)
     two = peft.get_peft_model(_vit(), peft.LoraConfig(r=2, target_modules=["qkv"]),
                               adapter_name="other")
     with pytest.raises(ValueError, match="named 'other'"):
@@ -171,3 +175,15 @@ def test_lora_scoring_and_swin(x):
     assert cut.sls_state.adapters.layers == [0, 1]
     assert "layers.1.blocks.0.mlp.fc2.lora_B" in adapter_modules(cut)
     assert cut(xs).shape == (2, 5)
+
+
+def test_core_import_needs_neither_peft_nor_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys, sls_fast, timm; sls_fast.add_adapters(timm.create_model("
+            "'vit_tiny_patch16_224', pretrained=False, img_size=32, depth=1), 'convpass'); "
+            "print('peft' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "False"]
