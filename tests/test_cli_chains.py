@@ -232,3 +232,22 @@ def test_chain_lora_from_a_peft_folder(tmp_path, capsys):
     assert meta["adapters"]["kind"] == "lora" and meta["adapters"]["dim"] == 4
     assert meta["adapters"]["targets"] == ["attn.qkv", "mlp.fc2"]
     assert pruned["depth"] == bench["depth"]
+
+
+def test_chain_transformers_vit_from_a_folder_with_lora(tmp_path, capsys):
+    """--model hf:FOLDER (a save_pretrained folder, nothing downloaded) with fresh LoRA."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(hidden_size=48, num_hidden_layers=4, num_attention_heads=3,
+                                 intermediate_size=96, image_size=32, patch_size=8, num_labels=10)
+    transformers.ViTForImageClassification(cfg).save_pretrained(tmp_path / "tiny")
+    with pytest.warns(NoAdaptersWarning):
+        scored, pruned, bench, meta = _chain(
+            tmp_path, capsys, ["--model", f"hf:{tmp_path / 'tiny'}", "--data", "digits",
+                               "--split", "val", "--adapter", "lora", "--lora-rank", "4"])
+    assert scored["num_layers"] == 4 and meta["family"] == "hf-vit"
+    assert meta["adapters"]["kind"] == "lora" and meta["adapters"]["dim"] == 4
+    assert meta["adapters"]["targets"] and bench["full"]["image_size"] == 32
+    assert main(["score", "--model", "hf:/no/such/folder", "--data", "digits", *QUICK]) == 2
+    assert "local folder" in capsys.readouterr().err
