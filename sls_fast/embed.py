@@ -27,17 +27,20 @@ Backends:
     noise-dominated layers, see there), per-point bisection on sigma for the perplexity,
     scikit-learn's optimiser (PCA start scaled
     to std 1e-4, early exaggeration 12 for 250 iterations, momentum 0.5 then 0.8, learning rate
-    max(N / 48, 50), delta-bar-delta gains), exact (no Barnes-Hut) forces. On CUDA the forces
-    and the update are Triton kernels (one launch for all layers, Q never stored); elsewhere
-    plain torch. P is dense ``[L, N, N]`` for N <= ``DENSE_P_MAX_N`` = 2,048 (the exact method;
-    at most 16 MiB per layer), and 3 x perplexity nearest-neighbour lists beyond (the memory of
-    a dense P grows as N^2: 4.8 GB for 12 x 10,000). The repulsion is exact, so the cost per
-    iteration is O(L N^2): ``"auto"`` uses this backend on CUDA up to ``TORCH_AUTO_MAX_N`` =
-    20,000 points.
+    max(N / 48, 50), delta-bar-delta gains; each problem re-centred after every step, a
+    translation that only removes float32 drift), exact (no Barnes-Hut) repulsion. P is the one
+    of scikit-learn's default method, the authors' setting: the min(N - 1, int(3 x perplexity +
+    1)) nearest neighbours of each point, bisection to the perplexity, symmetrised. On CUDA the
+    bisection is one Triton launch, the forces and the update Triton kernels (one launch each for
+    all layers, Q never stored, the list P streamed densely for N <= ``DENSE_P_MAX_N`` = 2,048,
+    iterations replayed from CUDA graphs); elsewhere plain torch (the reference). The repulsion
+    is exact, so the cost per iteration is O(L N^2): ``"auto"`` uses this backend on CUDA up to
+    ``TORCH_AUTO_MAX_N`` = 20,000 points.
 ``"native"``
-    The same batched exact t-SNE as ``"torch"`` (same affinities, same optimiser) with the
-    forces computed by the C++/OpenMP kernel of ``sls_fast._C`` (``kernels/csrc/tsne_forces.cpp``:
-    one fused, vectorised pass over all pairs of all layers). CPU only.
+    The same batched t-SNE as ``"torch"`` (same affinities, same schedule) on the CPU: the
+    bisection in C++ and the whole optimisation in one C++/OpenMP call of ``sls_fast._C``
+    (``kernels/csrc/tsne_optimize.cpp``: each pair's repulsion computed once for both points,
+    the result independent of the thread count).
 ``"auto"``
     CUDA data: ``"torch"`` up to 20,000 points, ``"cuml"`` beyond when installed (else
     ``"torch"``). CPU data: ``"native"`` up to ``NATIVE_AUTO_MAX_N`` = 8,000 points (measured
@@ -59,9 +62,9 @@ single run with the same seed. What tells the runs apart:
 Both sample the same chaos: measured on EfficientNet-Lite0 / 240 digits, the per-layer standard
 deviation of the silhouette over 8 runs is the same (``benchmarks/RESULTS.md``).
 
-Inputs are validated before any work: N must exceed the perplexity (scikit-learn's rule), and the
-neighbour-based backends (``"opentsne"``, ``"cuml"``, and ``"torch"`` beyond the dense bound)
-need N > 3 x perplexity; NaN / inf, wrong shapes and unknown options are ``ValueError``s.
+Inputs are validated before any work: N must exceed the perplexity (scikit-learn's rule), and
+``"opentsne"`` / ``"cuml"`` need N > 3 x perplexity (ours take min(N - 1, 3 x perplexity + 1)
+neighbours); NaN / inf, wrong shapes and unknown options are ``ValueError``s.
 """
 from __future__ import annotations
 

@@ -78,7 +78,8 @@ def test_conditional_p_errors():
 
 
 def _reference_schedule(y, aff, *, max_iter, exploration_iter, lr):
-    """scikit-learn's schedule restated in float64 with the torch reference forces."""
+    """scikit-learn's schedule restated in float64 with the torch reference forces, each problem
+    re-centred after every step (a translation: the dynamics are translation invariant)."""
     y = y.double().clone()
     P, nbr, pval = (aff, None, None) if isinstance(aff, torch.Tensor) else (None, *aff)
     if P is not None:
@@ -93,6 +94,7 @@ def _reference_schedule(y, aff, *, max_iter, exploration_iter, lr):
             a, r, z = K.tsne_forces_torch(y, P, nbr, pval)
             K.tsne_step_torch(y, upd, gains, a, r, z, exaggeration=ex, momentum=mom,
                               learning_rate=lr)
+            y -= y.mean(dim=1, keepdim=True)
     return y
 
 
