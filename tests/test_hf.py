@@ -67,16 +67,21 @@ def test_truncate_slices_layers_config_and_head(x):
         sls_fast.truncate(m, 5)
 
 
+def _perturb_trainable(model, seed, std=0.05):
+    """Move every trainable tensor off its (identity) start, reproducibly."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p_ in model.parameters():
+            if p_.requires_grad:
+                p_.add_(torch.randn(p_.shape, generator=g) * std)
+
+
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 def test_hf_lora_artifact_and_peft_format(tmp_path, x):
     m = sls_fast.add_adapters(_hf(), "lora", rank=2, alpha=4, num_classes=3)
     assert "vit.layers.0.attention.q_proj.lora_A" in sls_fast.adapters.adapter_modules(m) or \
         "vit.encoder.layer.0.attention.attention.query.lora_A" in sls_fast.adapters.adapter_modules(m)
-    g = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for p_ in m.parameters():
-            if p_.requires_grad:
-                p_.add_(torch.randn(p_.shape, generator=g) * 0.05)
+    _perturb_trainable(m, 4)
     p = sls_fast.truncate(m, 2)
     with torch.no_grad():
         ref = p(x).logits
@@ -120,11 +125,7 @@ def test_hf_convpass_and_repadapter(tmp_path, x, kind):
     m = sls_fast.add_adapters(_hf(labels=3), kind, dim=4, scale=0.5)
     with torch.no_grad():
         assert (m(x).logits - base(x).logits).abs().max().item() <= 1e-6  # identity at start
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p_ in m.parameters():
-            if p_.requires_grad:
-                p_.add_(torch.randn(p_.shape, generator=g) * 0.05)
+    _perturb_trainable(m, 5)
     p = sls_fast.truncate(m, 3)
     with torch.no_grad():
         ref = p(x).logits
