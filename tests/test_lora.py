@@ -177,13 +177,15 @@ def test_lora_scoring_and_swin(x):
     assert cut(xs).shape == (2, 5)
 
 
-def test_core_import_needs_neither_peft_nor_transformers():
+def test_core_import_needs_neither_peft_nor_transformers(tmp_path):
     import subprocess
     import sys
 
     code = ("import sys, sls_fast, timm; sls_fast.add_adapters(timm.create_model("
             "'vit_tiny_patch16_224', pretrained=False, img_size=32, depth=1), 'convpass'); "
             "print('peft' in sys.modules, 'transformers' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    # cwd outside the checkout: there `import sls_fast` would find the unbuilt sources
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["False", "False"]
