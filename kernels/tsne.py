@@ -64,7 +64,7 @@ from __future__ import annotations
 from .tsne_affinities import (DENSE_P_MAX_N, affinities_by_width, conditional_p_native, densify,
                               conditional_p_torch, conditional_p_triton, joint_probabilities,
                               neighbour_count)
-from .tsne_forces import (MIN_GAIN, gradient_from_forces, repeats_of, tsne_forces_native,
+from .tsne_forces import (MIN_GAIN, gradient_from_forces, repeats_of,
                           tsne_forces_torch, tsne_forces_triton, tsne_step_torch,
                           tsne_step_triton)
 from .tsne_init import (PCA_DIMS, REPEAT_JITTER, initial_embedding, pca_project,
@@ -79,7 +79,7 @@ __all__ = [
     "pca_project", "initial_embedding", "repeat_starts", "reduce_layers",
     "joint_probabilities", "affinities_by_width", "densify", "neighbour_count", "conditional_p_torch",
     "conditional_p_native", "conditional_p_triton",
-    "tsne_forces_torch", "tsne_forces_triton", "tsne_forces_native", "gradient_from_forces",
+    "tsne_forces_torch", "tsne_forces_triton", "gradient_from_forces",
     "repeats_of", "tsne_step_torch", "tsne_step_triton", "auto_learning_rate", "tsne_optimize",
     "tsne_batched",
 ]

@@ -8,7 +8,7 @@ import torch
 
 from ._triton import HAS_TRITON, check_triton_tensors, tl, triton
 
-__all__ = ["MIN_GAIN", "tsne_forces_torch", "tsne_forces_triton", "tsne_forces_native",
+__all__ = ["MIN_GAIN", "tsne_forces_torch", "tsne_forces_triton",
            "repeats_of", "gradient_from_forces", "tsne_step_torch", "tsne_step_triton"]
 
 MIN_GAIN = 0.01
@@ -240,31 +240,6 @@ def tsne_forces_triton(y: torch.Tensor, P: Optional[torch.Tensor] = None,
     return attr, rep, zpart.sum(dim=1)
 
 
-
-
-def tsne_forces_native(y: torch.Tensor, P: Optional[torch.Tensor] = None,
-                       nbr: Optional[torch.Tensor] = None, pval: Optional[torch.Tensor] = None,
-                       *, num_threads: int = 0):
-    """Same contract as :func:`tsne_forces_torch`, computed by the C++/OpenMP kernel of
-    ``sls_fast._C`` (CPU tensors; float32 coordinates and affinities, float64 Z): one fused pass
-    over all pairs of all layers, Q never stored, the inner loop over j vectorised."""
-    from .native import native_module
-
-    if (P is None) == (nbr is None):
-        raise ValueError("pass either a dense P or sparse (nbr, pval)")
-    if y.device.type != "cpu":
-        raise ValueError(f"native t-SNE forces run on the CPU; y is on {y.device}")
-    L, N, _ = y.shape
-    yt = y.to(torch.float32).permute(0, 2, 1).contiguous().numpy()
-    nan = float("nan")  # outputs start as NaN: an element the kernel missed cannot pass
-    attr = torch.full((L, N, 2), nan, dtype=torch.float32)
-    rep = torch.full((L, N, 2), nan, dtype=torch.float32)
-    Z = torch.full((L,), nan, dtype=torch.float64)
-    args = (None if P is None else P.to(torch.float32).contiguous().numpy(),
-            None if nbr is None else nbr.to(torch.int32).contiguous().numpy(),
-            None if pval is None else pval.to(torch.float32).contiguous().numpy())
-    native_module().tsne_forces_f32(yt, *args, attr.numpy(), rep.numpy(), Z.numpy(), num_threads)
-    return attr.to(y.dtype), rep.to(y.dtype), Z.to(y.dtype)
 
 
 def tsne_step_torch(y, update, gains, attr, rep, Z, *, exaggeration: float, momentum: float,

@@ -29,7 +29,7 @@ def _triton_or_skip():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@pytest.mark.parametrize("impl", ["torch", "native", "triton"])
+@pytest.mark.parametrize("impl", ["torch", "triton"])
 @pytest.mark.parametrize("S,L,N,dense", [(3, 2, 37, True), (2, 1, 53, True), (3, 2, 41, False)])
 def test_shared_affinities_equal_copied_affinities(impl, S, L, N, dense, rng):
     """Problem s * L + l reads layer l's affinities: the same bits as an explicit S-fold copy,
@@ -39,8 +39,7 @@ def test_shared_affinities_equal_copied_affinities(impl, S, L, N, dense, rng):
     y = (torch.randn(S * L, N, 2, generator=torch.Generator().manual_seed(seed)) * 3).contiguous()
     shared = (aff, None, None) if dense else (None, aff[0], aff[1])
     copied = tuple(None if a is None else a.repeat(S, 1, 1) for a in shared)
-    fn = dict(torch=K.tsne_forces_torch, native=K.tsne_forces_native,
-              triton=K.tsne_forces_triton)[impl]
+    fn = dict(torch=K.tsne_forces_torch, triton=K.tsne_forces_triton)[impl]
     dev = _triton_or_skip() if impl == "triton" else torch.device("cpu")
     to = lambda args: tuple(None if a is None else a.to(dev) for a in args)  # noqa: E731
     got = fn(y.to(dev), *to(shared))
@@ -61,8 +60,8 @@ def test_affinities_must_divide_the_problems():
     y = torch.zeros(5, 30, 2)
     with pytest.raises(ValueError, match="divide"):
         K.tsne_forces_torch(y, P)
-    with pytest.raises(ValueError, match="LP"):
-        K.tsne_forces_native(y, P)
+    with pytest.raises(ValueError, match="divide"):
+        K.tsne_optimize(y, P, max_iter=2, forces="native")
     with pytest.raises(ValueError, match="divide"):
         K.tsne_optimize(y, P, max_iter=2)
 

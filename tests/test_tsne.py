@@ -281,34 +281,6 @@ def test_triton_forces_match_torch(L, N, dense, rng):
     assert_close(r.cpu(), r_ref, 1e-5, "repulsive sum")
 
 
-@pytest.mark.parametrize("L,N,dense", [(1, 37, True), (3, 129, True), (2, 53, False), (2, 200, False)])
-def test_native_forces_match_torch(L, N, dense, rng):
-    """C++ forces vs the float64 torch reference, on fresh random inputs."""
-    y, aff = _problem(L, N, 8.0, dense, seed=int(rng.integers(2**31)))
-    if dense:
-        args_ref, args = (aff.double(), None, None), (aff, None, None)
-    else:
-        args_ref, args = (None, aff[0], aff[1].double()), (None, aff[0], aff[1])
-    a_ref, r_ref, z_ref = K.tsne_forces_torch(y.double(), *args_ref)
-    a, r, z = K.tsne_forces_native(y, *args)
-    for ex in (1.0, 12.0):
-        g_ref = K.gradient_from_forces(a_ref, r_ref, z_ref, ex)
-        g = K.gradient_from_forces(a.double(), r.double(), z.double(), ex)
-        assert_close(g, g_ref, 1e-5, f"gradient (exaggeration {ex})")
-    assert_close(z, z_ref, 1e-5, "Z")
-    assert_close(a, a_ref, 1e-5, "attractive sum")
-    assert_close(r, r_ref, 1e-5, "repulsive sum")
-
-
-def test_native_forces_errors():
-    y = torch.randn(1, 10, 2)
-    with pytest.raises(ValueError, match="either a dense P"):
-        K.tsne_forces_native(y)
-    bad = torch.full((1, 2, 10), 10, dtype=torch.int32)
-    with pytest.raises(ValueError, match="outside"):
-        K.tsne_forces_native(y, None, bad, torch.ones(1, 2, 10))
-
-
 def test_triton_update_matches_torch():
     dev = _triton_device()
     y, P = _problem(2, 45, 8.0, True, seed=11)

@@ -162,3 +162,14 @@ def test_triton_cuda_graph_equals_eager_launches(rng):
     eager = K.tsne_optimize(y0.clone(), aff, max_iter=320, forces="triton", cuda_graph=False)
     graph = K.tsne_optimize(y0.clone(), aff, max_iter=320, forces="triton", cuda_graph=True)
     assert torch.equal(eager, graph)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_native_optimizer_shared_affinities_equal_copied(dense, rng):
+    """Problem s * L + l reads layer l's affinities: the same bits as an explicit S-fold copy."""
+    y0, aff = _problem(rng, 2, 61, 7, 6.0, dense)
+    y = K.repeat_starts(y0, 3, int(rng.integers(1000)))
+    copied = aff.repeat(3, 1, 1) if dense else tuple(a.repeat(3, 1, 1) for a in aff)
+    shared = K.tsne_optimize(y.clone(), aff, max_iter=40, exploration_iter=20, forces="native")
+    copy = K.tsne_optimize(y.clone(), copied, max_iter=40, exploration_iter=20, forces="native")
+    assert torch.equal(shared, copy)

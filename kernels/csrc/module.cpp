@@ -12,7 +12,6 @@
 
 #include "cluster_metrics.h"
 #include "tsne_affinities.h"
-#include "tsne_forces.h"
 #include "tsne_optimize.h"
 
 namespace py = pybind11;
@@ -131,26 +130,6 @@ Affinities check_affinities(py::object P, py::object nbr, py::object pval, int64
   return a;
 }
 
-void tsne_forces_py(const CArray<float>& yt, py::object P, py::object nbr, py::object pval,
-                    CArray<float>& attr, CArray<float>& rep, CArray<double>& Z, int num_threads) {
-  if (yt.ndim() != 3 || yt.shape(1) != 2) throw std::invalid_argument("yt must be [L, 2, N]");
-  const int64_t L = yt.shape(0), N = yt.shape(2);
-  check_shape(attr, {L, N, 2}, "attr");
-  check_shape(rep, {L, N, 2}, "rep");
-  check_shape(Z, {L}, "Z");
-  const int nt = resolve_threads(num_threads);
-  const Affinities a = check_affinities(P, nbr, pval, L, N);
-  const float* py_ = yt.data();
-  float* pa = attr.mutable_data();
-  float* pr = rep.mutable_data();
-  double* pz = Z.mutable_data();
-  py::gil_scoped_release release;
-  if (a.P)
-    sls_fast::tsne_forces_dense(py_, a.P, L, a.LP, N, pa, pr, pz, nt);
-  else
-    sls_fast::tsne_forces_sparse(py_, a.nbr, a.pval, L, a.LP, N, a.M, pa, pr, pz, nt);
-}
-
 int64_t tsne_optimize_py(CArray<float>& y, py::object P, py::object nbr, py::object pval,
                          int64_t max_iter, int64_t exploration_iter, double early_exaggeration,
                          double learning_rate, double min_gain, int num_threads,
@@ -224,12 +203,6 @@ PYBIND11_MODULE(_C, m) {
         py::arg("offsets"), py::arg("centroid").noconvert(), py::arg("sq").noconvert(), py::arg("dist").noconvert(),
         py::arg("num_threads") = 0,
         "Per-cluster centroid [L, K, d], sum of squared and plain distances to it [L, K].");
-  m.def("tsne_forces_f32", &tsne_forces_py, py::arg("yt"), py::arg("P"), py::arg("nbr"),
-        py::arg("pval"), py::arg("attr").noconvert(), py::arg("rep").noconvert(), py::arg("Z").noconvert(),
-        py::arg("num_threads") = 0,
-        "Exact t-SNE forces of float32 yt [L, 2, N] with dense P [L, N, N] (nbr = pval = None) "
-        "or neighbour lists nbr int32 / pval float32 [L, M, N] (P = None): attr, rep [L, N, 2], "
-        "Z [L] float64.");
   m.def("tsne_optimize_f32", &tsne_optimize_py, py::arg("y").noconvert(), py::arg("P"),
         py::arg("nbr"), py::arg("pval"), py::arg("max_iter"), py::arg("exploration_iter"),
         py::arg("early_exaggeration"), py::arg("learning_rate"), py::arg("min_gain"),
