@@ -1,6 +1,6 @@
 """t-SNE of a ViT-B-like feature set (L = 12 layers, N = 1,000 images, D = 768, 10 classes):
 scikit-learn layer by layer (the reference), openTSNE layer by layer, sls_fast's batched
-"native" t-SNE (C++ forces) and the "auto" path (= "native" on a CPU), in the same run, with the mean trustworthiness (n_neighbors=10) of each beside its time.
+"native" t-SNE (the whole optimisation in one C++ call) and the "auto" path (= "native" on a CPU), in the same run, with the mean trustworthiness (n_neighbors=10) of each beside its time.
 
     pytest benchmarks/bench_tsne.py --benchmark-only -q
 
@@ -86,7 +86,7 @@ def test_opentsne_serial(benchmark, features):
 
 
 def test_native_batched(benchmark, features):
-    """Ours on the CPU: all 12 layers at once, C++/OpenMP forces."""
+    """Ours on the CPU: all 12 layers at once, one C++/OpenMP optimiser call."""
     x, _ = features
     emb = benchmark.pedantic(lambda: tsne(x, backend="native", normalize=None), rounds=ROUNDS,
                              iterations=1, warmup_rounds=0)
