@@ -15,7 +15,7 @@ from .embed import tsne
 from .extract import LayerFeatures, extract_features
 from .metrics import calinski_harabasz_score, cluster_scores, davies_bouldin_score, silhouette_score
 from .prune import truncate
-from .score import LayerReport, score_layers
+from .score import LayerReport, score_features, score_layers
 from .select import select_depth
 from .storage import load_pruned, save_pruned, storage_report
 from .train import evaluate, finetune
@@ -33,6 +33,7 @@ __all__ = [
     "tsne",
     "select_depth",
     "score_layers",
+    "score_features",
     "LayerReport",
     # adapters, pruning, storage, retraining
     "add_adapters",

@@ -4,35 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import warnings
 from typing import Optional
 
-
-def _versions() -> dict:
-    import numpy
-    import sklearn
-    import timm
-    import torch
-
-    from . import __version__
-
-    v = dict(sls_fast=__version__, torch=torch.__version__, timm=timm.__version__,
-             numpy=numpy.__version__, sklearn=sklearn.__version__, python=platform.python_version())
-    try:
-        import triton
-
-        v["triton"] = triton.__version__
-    except Exception:
-        pass
-    try:
-        import openTSNE
-
-        v["openTSNE"] = openTSNE.__version__
-    except Exception:
-        pass
-    return v
+from ._utils import text_table as _table  # noqa: F401 - the commands' one table format
+from .pipeline import device_name as _device_name  # noqa: F401
+from .pipeline import num_classes_of as _num_classes  # noqa: F401
+from .pipeline import seed_everything as _seed  # noqa: F401
+from .pipeline import versions as _versions  # noqa: F401
 
 
 def _device(args):
@@ -41,14 +21,6 @@ def _device(args):
     if args.device:
         return torch.device(args.device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _device_name(dev) -> str:
-    import torch
-
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _say(args, *msg):
@@ -64,24 +36,6 @@ def _emit(args, result: dict, text: str):
         print(text)
 
 
-def _seed(seed: int):
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _decision(report) -> dict:
-    """The depth decision with its measured stability (the report.json fields)."""
-    return dict(repeats=report.repeats, run_depths=list(report.run_depths),
-                confidence=report.confidence, spread=[float(x) for x in report.spread],
-                runs={k: v.tolist() for k, v in report.runs.items()})
-
-
 def _positive_int(text: str) -> int:
     import argparse
 
@@ -92,26 +46,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
-
-
-def _table(rows, headers) -> str:
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(str(h).ljust(w) for h, w in zip(headers, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(out)
-
-
-def _num_classes(ds) -> int:
-    n = getattr(ds, "num_classes", None)
-    if n:
-        return int(n)
-    import numpy as np
-
-    labels = getattr(ds, "labels", None)
-    if labels is None:
-        labels = [ds[i][1] for i in range(len(ds))]
-    return int(np.max(np.asarray(labels))) + 1
 
 
 class NoAdaptersWarning(UserWarning):

@@ -18,13 +18,14 @@ import time
 import warnings
 from typing import Optional
 
-from ._cli_util import (NoAdaptersWarning, _build, _data, _decision, _device, _device_name,
+from ._cli_util import (NoAdaptersWarning, _build, _data, _device, _device_name,
                         _emit, _model_spec, _num_classes, _positive_int, _read_report, _say,
                         _seed, _table, _versions)
 
 __all__ = ["main", "build_parser", "NoAdaptersWarning"]
 
 DEFAULT_DATA = "digits"
+DEFAULT_MODEL = "efficientnet_lite0"
 EPILOG = """\
 examples:
   sls-fast run --out runs/default                 # EfficientNet-Lite0 (ImageNet weights) on digits
@@ -44,122 +45,24 @@ data specs: digits | lfw | vtab:PATH/TO/TASK (train800.txt, val200.txt, test.txt
 
 # --------------------------------------------------------------------------- run
 def cmd_run(args) -> dict:
-    """The main job: adapt -> score -> select -> truncate -> retrain -> measure -> store."""
-    import torch
+    """The main job: adapt -> score -> select -> truncate -> retrain -> measure -> store, by
+    :func:`sls_fast.pipeline.run_task`; this only parses and prints."""
+    from .pipeline import TaskSettings, run_task
 
-    from . import (add_adapters, compare_throughput, evaluate, finetune, save_pruned,
-                   score_layers, truncate)
-    from ._utils import write_text
-    from .data import digits
-    from .models import DEFAULT_MODEL, load
-    from .storage import storage_report
-
-    if args.quick:  # the reduced setting used by the test suite
-        image_size, epochs, prune_epochs, max_iter, n_score = 32, 1, 1, 300, 400
-        tp_iters, compile_ = 3, False
-    else:
-        image_size, epochs, prune_epochs, max_iter, n_score = args.image_size, args.epochs, \
-            args.prune_epochs, args.tsne_iter, None
-        tp_iters, compile_ = args.iters, not args.no_compile
-    dev = _device(args)
-    out = args.out
-    os.makedirs(out, exist_ok=True)
-    _seed(args.seed)
-    timings = {}
-    settings = dict(model=DEFAULT_MODEL, dataset="digits", image_size=image_size, epochs=epochs,
-                    prune_epochs=prune_epochs, batch_size=args.batch_size, tsne_iter=max_iter,
-                    alpha=args.alpha, strategy=args.strategy, compile=compile_, device=str(dev),
-                    score_points=n_score or "all train", repeats=args.repeats)
-    _say(args, "sls-fast run: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
-
-    t0 = time.perf_counter()
-    model = load(DEFAULT_MODEL)  # real ImageNet weights, offline
-    train = digits("train", image_size=image_size, seed=args.seed, model=model)
-    val = digits("val", image_size=image_size, seed=args.seed, model=model)
-    test = digits("test", image_size=image_size, seed=args.seed, model=model)
-    num_classes = _num_classes(train)
-    add_adapters(model, "convpass", dim=8, num_classes=num_classes)
-    model.to(dev)
-    timings["load"] = time.perf_counter() - t0
-
-    _say(args, f"[1/6] adapting {DEFAULT_MODEL} (Convpass on every block + new head), "
-               f"{epochs} epochs on {len(train)} digits, selected on {len(val)} val")
-    t0 = time.perf_counter()
-    fit_full = finetune(model, train, val, strategy="CLR", epochs=epochs, lr=1e-3,
-                        batch_size=args.batch_size, progress=args.progress, seed=args.seed)
-    timings["adapt"] = time.perf_counter() - t0
-    acc_full = evaluate(model, test)
-
-    _say(args, "[2/6] scoring every block (one pass, t-SNE of all layers, silhouette)")
-    score_data = train
-    if n_score:
-        score_data = torch.utils.data.Subset(train, list(range(min(n_score, len(train)))))
-    report = score_layers(model, score_data, alpha=args.alpha, seed=args.seed, max_iter=max_iter,
-                          tsne_backend=args.tsne_backend, progress=args.progress, device=dev,
-                          repeats=args.repeats)
-    timings.update({f"score_{k}": v for k, v in report.timings.items()})
-    depth, L = report.depth, report.num_layers
-
-    _say(args, f"[3/6] SLS depth {depth} of {L}; truncating and retraining ({args.strategy}, "
-               f"{prune_epochs} epochs)")
-    t0 = time.perf_counter()
-    pruned = truncate(model, depth, num_classes=num_classes)
-    fit_pruned = finetune(pruned, train, val, strategy=args.strategy, epochs=prune_epochs,
-                          batch_size=args.batch_size, progress=args.progress, seed=args.seed)
-    timings["retrain"] = time.perf_counter() - t0
-    acc_pruned = evaluate(pruned, test)
-
-    _say(args, f"[4/6] throughput, full vs pruned (batch {args.batch_size}, "
-               f"{'compiled' if compile_ else 'eager'})")
-    t0 = time.perf_counter()
-    tp = compare_throughput(model, pruned, batch_size=args.batch_size, image_size=image_size,
-                            compile=compile_, iters=tp_iters, device=dev)
-    timings["throughput"] = time.perf_counter() - t0
-
-    _say(args, "[5/6] storing the pruning index + adapters + head")
-    artifact = os.path.join(out, "pruned.safetensors")
-    save_pruned(artifact, pruned, depth, dataset="digits", image_size=image_size)
-    storage = storage_report(artifact, pruned, full_model=model)
-
-    _say(args, "[6/6] writing the report and plots")
-    report.meta.update(model=DEFAULT_MODEL, dataset="digits", image_size=image_size,
-                       num_classes=num_classes, data="digits", title="EfficientNet-Lite0 on digits")
-    report.to_json(os.path.join(out, "layers.json"))
-    plots = report.plot(out)
-    result = dict(
-        model=DEFAULT_MODEL, dataset="digits", num_layers=L, depth=depth, alpha=args.alpha,
-        layer_names=report.layer_names,
-        scores={k: [float(x) for x in v] for k, v in report.scores.items()},
-        **_decision(report),
-        accuracy=dict(full=acc_full, pruned=acc_pruned,
-                      full_val=fit_full["best_val_acc"], pruned_val=fit_pruned["best_val_acc"]),
-        throughput=dict(full=tp["full"]["images_per_s"], pruned=tp["pruned"]["images_per_s"],
-                        speedup=tp["speedup"], full_details=tp["full"], pruned_details=tp["pruned"]),
-        storage=dict(artifact_bytes=storage["artifact_bytes"],
-                     full_model_bytes=storage.get("full_model_bytes"),
-                     pruned_model_bytes=storage["pruned_model_bytes"]),
-        settings=settings, timings=timings, versions=_versions(), device=_device_name(dev),
-        files=dict(report=os.path.join(out, "report.json"), artifact=artifact, plots=plots,
-                   layers=os.path.join(out, "layers.json")))
-    result["timings"]["total"] = sum(v for k, v in timings.items())
-    write_text(os.path.join(out, "report.json"), json.dumps(result, indent=1, default=float))
-    kept = f"{depth} of {L}"
-    if report.repeats > 1:
-        kept += (f" (mean of {report.repeats} runs; runs keep "
-                 f"{' '.join(map(str, report.run_depths))}: confidence {report.confidence:.0%})")
-    rows = [("layers kept", kept),
-            ("silhouette (first -> last block)",
-             f"{report.scores['silhouette'][0]:.3f} -> {report.scores['silhouette'][-1]:.3f}"),
-            ("test accuracy full / pruned", f"{acc_full:.3f} / {acc_pruned:.3f}"),
-            ("images/s full / pruned", f"{tp['full']['images_per_s']:.0f} / "
-                                       f"{tp['pruned']['images_per_s']:.0f} ({tp['speedup']:.2f}x)"),
-            ("artifact / full model bytes", f"{storage['artifact_bytes']:,} / "
-                                            f"{storage.get('full_model_bytes', 0):,}"),
-            ("wall time", f"{result['timings']['total']:.0f} s"),
-            ("report", os.path.join(out, "report.json"))]
-    text = report.summary() + "\n\n" + _table(rows, ("", "SLS on EfficientNet-Lite0 / digits"))
-    _emit(args, result, text)
-    return result
+    settings = dict(model=args.model, data=args.data, method=args.method, alpha=args.alpha,
+                    repeats=args.repeats, tsne_backend=args.tsne_backend, tsne_iter=args.tsne_iter,
+                    strategy=args.strategy, epochs=args.epochs, prune_epochs=args.prune_epochs,
+                    image_size=args.image_size, batch_size=args.batch_size,
+                    checkpoint=args.checkpoint, compile=not args.no_compile,
+                    throughput_iters=args.iters, seed=args.seed, device=args.device)
+    settings = TaskSettings.quick(**{k: v for k, v in settings.items() if k in (
+        "model", "data", "method", "alpha", "repeats", "tsne_backend", "strategy",
+        "batch_size", "checkpoint", "seed", "device")}) if args.quick else TaskSettings(**settings)
+    _say(args, "sls-fast run: " + ", ".join(f"{k}={v}" for k, v in settings.to_dict().items()
+                                            if v is not None))
+    result = run_task(settings, args.out, progress=args.progress, log=lambda m: _say(args, m))
+    _emit(args, result.to_dict(), result.summary())
+    return result.to_dict()
 
 
 # --------------------------------------------------------------------------- score
@@ -188,7 +91,7 @@ def cmd_score(args) -> dict:
     result = dict(model=args.model, dataset=args.data, num_layers=report.num_layers,
                   depth=report.depth, alpha=args.alpha, layer_names=report.layer_names,
                   scores={k: [float(x) for x in v] for k, v in report.scores.items()},
-                  **_decision(report),
+                  **report.decision(),
                   timings=report.timings, versions=_versions(), device=_device_name(dev),
                   files=dict(layers=os.path.join(args.out, "layers.json"), plots=plots))
     write_text(os.path.join(args.out, "report.json"), json.dumps(result, indent=1, default=float))
@@ -353,9 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "DIR/tsne_layers.png and DIR/pruned.safetensors.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     r.add_argument("--out", default="sls_run", help="output folder")
+    r.add_argument("--model", default=DEFAULT_MODEL, help="timm model name or hf:FOLDER "
+                   "(models other than efficientnet_lite0 need --checkpoint for real weights)")
+    r.add_argument("--checkpoint", default=None, help="base weights of --model")
+    r.add_argument("--data", default=DEFAULT_DATA, help="digits | lfw | vtab:PATH | folder:PATH")
+    r.add_argument("--method", default="convpass", choices=("convpass", "repadapter", "lora"),
+                   help="the PETL method that adapts the model")
     r.add_argument("--quick", action="store_true", help="reduced setting (32 px, 1 epoch, 400 "
                    "scored images, eager timing): about a minute on 2 cores")
-    r.add_argument("--image-size", type=int, default=64, help="digits are upscaled to this size")
+    r.add_argument("--image-size", type=int, default=None, help="input size (default: 64 px for "
+                   "digits / lfw, the model's own size for image files)")
     r.add_argument("--epochs", type=int, default=10, help="epochs to adapt the full model")
     r.add_argument("--prune-epochs", type=int, default=4, help="epochs to retrain the pruned model")
     r.add_argument("--strategy", default="CLR", choices=("FT", "CLR", "TFS"),

@@ -7,6 +7,7 @@ move every layer's score), so ``repeats=S`` scores S runs of every layer, takes 
 mean curve and reports the per-run depths and the share of runs that agree with it."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -21,7 +22,7 @@ from ._utils import atomic_path, write_text
 from .metrics import METRICS, cluster_scores
 from .select import select_depth
 
-__all__ = ["LayerReport", "score_layers", "SELECTION_METRIC"]
+__all__ = ["LayerReport", "score_layers", "score_features", "SELECTION_METRIC"]
 
 SELECTION_METRIC = "silhouette"  # the paper's; the others are reported
 
@@ -90,6 +91,20 @@ class LayerReport:
     @property
     def threshold(self) -> float:
         return float(self.alpha * self.scores[SELECTION_METRIC][-1])
+
+    def with_alpha(self, alpha: float) -> "LayerReport":
+        """The same scores with the depth (and each run's depth) re-selected at ``alpha``: the
+        t-SNE runs do not depend on alpha, so a sweep over alphas scores once."""
+        return dataclasses.replace(self, alpha=float(alpha),
+                                   depth=select_depth(self.scores[SELECTION_METRIC], alpha),
+                                   run_depths=None, confidence=None,
+                                   timings=dict(self.timings), meta=dict(self.meta))
+
+    def decision(self) -> dict:
+        """The depth decision with its measured stability (the fields of ``report.json``)."""
+        return dict(repeats=self.repeats, run_depths=list(self.run_depths),
+                    confidence=self.confidence, spread=[float(x) for x in self.spread],
+                    runs={k: np.asarray(v).tolist() for k, v in self.runs.items()})
 
     def to_dict(self, *, include_embeddings: bool = True) -> dict:
         d = dict(num_layers=self.num_layers, depth=int(self.depth), alpha=float(self.alpha),
@@ -286,20 +301,46 @@ def score_layers(model, data, *, metrics=METRICS, tsne_backend: str = "auto",
         >>> report.depth, report.run_depths, report.confidence       # doctest: +SKIP
         (4, [4, 6, 6, 4, 4, 4, 4, 4], 0.75)
     """
-    from .embed import tsne
     from .extract import extract_features
 
+    _check_repeats(repeats)
+    t0 = time.perf_counter()
+    feats = extract_features(model, data, progress=progress, **extract_options)
+    extract_s = time.perf_counter() - t0
+    report = score_features(feats, metrics=metrics, tsne_backend=tsne_backend,
+                            metric_backend=metric_backend, alpha=alpha, seed=seed,
+                            perplexity=perplexity, max_iter=max_iter, repeats=repeats,
+                            progress=progress)
+    report.timings = dict(extract=extract_s, **report.timings)
+    report.meta["model"] = getattr(getattr(model, "pretrained_cfg", None) or {}, "get",
+                                   lambda k: None)("architecture") or type(model).__name__
+    return report
+
+
+def _check_repeats(repeats) -> None:
     if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+
+
+def score_features(feats, *, metrics=METRICS, tsne_backend: str = "auto",
+                   metric_backend: str = "auto", alpha: float = 0.3, seed: int = 0,
+                   perplexity: float = 30.0, max_iter: int = 1000, repeats: int = 1,
+                   progress: bool = True) -> LayerReport:
+    """The scoring half of :func:`score_layers`, on features already extracted (for example
+    read back from a cache): t-SNE of all layers -> metrics -> depth.
+
+    Args:
+        feats: a :class:`sls_fast.LayerFeatures`.
+        the rest: as :func:`score_layers`.
+    """
+    from .embed import tsne
+
+    _check_repeats(repeats)
     repeats = int(repeats)
     metrics = tuple(metrics)
     if SELECTION_METRIC not in metrics:
         metrics = (SELECTION_METRIC,) + metrics
     timings = {}
-    t0 = time.perf_counter()
-    feats = extract_features(model, data, progress=progress, **extract_options)
-    timings["extract"] = time.perf_counter() - t0
-
     t0 = time.perf_counter()
     emb = tsne(feats.features, backend=tsne_backend, perplexity=perplexity, max_iter=max_iter,
                seed=seed, normalize="minmax", repeats=None if repeats == 1 else repeats,
@@ -323,9 +364,7 @@ def score_layers(model, data, *, metrics=METRICS, tsne_backend: str = "auto",
     emb_np = to_numpy(emb).astype(np.float32)
     meta = dict(num_points=int(N), tsne_backend=tsne_backend,
                 metric_backend=metric_backend, perplexity=perplexity, max_iter=max_iter, seed=seed,
-                repeats=repeats,
-                model=getattr(getattr(model, "pretrained_cfg", None) or {}, "get", lambda k: None)(
-                    "architecture") or type(model).__name__)
+                repeats=repeats)
     return LayerReport(scores=scores, depth=depth, alpha=alpha, layer_names=list(feats.layer_names),
                        embeddings=emb_np.reshape(repeats, L, N, 2)[0],
                        labels=to_numpy(labels).astype(np.int64), timings=timings, meta=meta,
