@@ -1,4 +1,5 @@
-"""LoRA (peft) on ViT-B/16 and a transformers ViT-B: artifact sizes and equality errors.
+"""LoRA (peft) on ViT-B/16 and the transformers families at base size: artifact sizes and
+equality errors.
 
 Run: python benchmarks/lora_storage.py [--depth K] [--rank R]. Random weights (nothing is
 downloaded), float32, CPU by default. Prints, for timm ViT-B/16 with LoRA on qkv/proj/fc1/fc2 of
@@ -8,8 +9,10 @@ every block, cut to K blocks:
   of the full adapted model and of a structurally pruned copy (the cut model, LoRA merged);
 * max |difference| of outputs: artifact reloaded on a fresh base, peft's own loader, peft merge;
 
-and for a transformers ViTForImageClassification with ViT-B's shape: the largest difference
-between sls_fast's one-pass layer features and ``hidden_states[i + 1][:, 0]``.
+and for transformers ViT-B/16, DINOv2-base and CLIP ViT-B/16 (vision) classifiers: the largest
+difference between sls_fast's one-pass layer features and ``hidden_states[i + 1][:, 0]``, between
+the model cut to K and its head rule on the full model's ``hidden_states[K]``, and of the
+RepAdapter merge.
 """
 import argparse
 import copy
@@ -71,22 +74,57 @@ def timm_vit(depth, rank, n_img=4, num_classes=10):
     return out
 
 
-def hf_vit_features(n_img=4):
+def _hf_models(transformers):
+    """Random-weight transformers classifiers of the base shapes (12 layers, width 768, 224 px)
+    and the head rule of each: its logits from the full model's hidden_states[K]."""
+    vit = transformers.ViTForImageClassification(transformers.ViTConfig(num_labels=10))
+    dino = transformers.Dinov2ForImageClassification(
+        transformers.Dinov2Config(image_size=224, num_labels=10))  # dinov2-base, 16 x 16 patches
+    clip = transformers.CLIPForImageClassification(transformers.CLIPConfig(
+        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                           num_attention_heads=12, image_size=224, patch_size=16),
+        num_labels=10))  # CLIP ViT-B/16's vision tower
+
+    def dino_head(m, h):
+        h = m.dinov2.layernorm(h)
+        return m.classifier(torch.cat([h[:, 0], h[:, 1:].mean(dim=1)], dim=1))
+
+    return {"hf-vit": (vit, lambda m, h: m.classifier(m.vit.layernorm(h)[:, 0])),
+            "hf-dinov2": (dino, dino_head),
+            "hf-clip": (clip, lambda m, h: m.classifier(h[:, 1:].mean(dim=1)))}
+
+
+def hf_features(n_img=4, depth=6):
+    """Per transformers family: one-pass features against hidden_states[i + 1][:, 0], the cut
+    model's logits against the head rule on the full model's hidden_states[K], and the RepAdapter
+    merge (max abs differences, float32)."""
     import transformers
 
     import sls_fast
 
     torch.manual_seed(0)
-    cfg = transformers.ViTConfig(num_labels=10)  # ViT-B/16 at 224 (random weights)
-    m = transformers.ViTForImageClassification(cfg).eval()
     x = torch.randn(n_img, 3, 224, 224)
-    with torch.no_grad():
-        hs = m(x, output_hidden_states=True).hidden_states
-    f = sls_fast.extract_features(m, torch.utils.data.TensorDataset(x, torch.zeros(n_img)),
-                                  progress=False)
-    err = max((torch.as_tensor(f[i]) - hs[i + 1][:, 0]).abs().max().item() for i in range(12))
-    return {"hf_feature_vs_hidden_states_max_abs": err, "layers": f.num_layers,
-            "transformers": transformers.__version__}
+    data = torch.utils.data.TensorDataset(x, torch.zeros(n_img))
+    out = {"transformers": transformers.__version__}
+    for name, (m, head) in _hf_models(transformers).items():
+        m.eval()
+        with torch.no_grad():
+            hs = m(x, output_hidden_states=True).hidden_states
+            f = sls_fast.extract_features(m, data, progress=False)
+            L = f.num_layers
+            feat = max((torch.as_tensor(f[i]) - hs[i + 1][:, 0]).abs().max().item()
+                       for i in range(L))
+            cut = (sls_fast.truncate(m, depth)(x).logits - head(m, hs[depth])).abs().max().item()
+            r = sls_fast.add_adapters(m, "repadapter", dim=8, layers=list(range(depth)))
+            for n_, p_ in r.named_parameters():
+                if ".adapter_" in n_:
+                    p_.add_(torch.randn_like(p_) * 0.05)
+            p = sls_fast.truncate(r, depth)
+            ref = p(x).logits
+            merge = (sls_fast.merge_adapters(p)(x).logits - ref).abs().max().item()
+        out[name] = {"layers": L, "feature_vs_hidden_states_max_abs": feat,
+                     "cut_vs_head_rule_max_abs": cut, "repadapter_merge_max_abs": merge}
+    return out
 
 
 if __name__ == "__main__":
@@ -98,5 +136,5 @@ if __name__ == "__main__":
 
     res = {"depth": a.depth, "rank": a.rank, "peft": peft.__version__, "torch": torch.__version__}
     res.update(timm_vit(a.depth, a.rank))
-    res.update(hf_vit_features())
+    res.update(hf_features(depth=a.depth))
     print(json.dumps(res, indent=1))

@@ -152,7 +152,7 @@ def add_adapters(model: nn.Module, kind: str = "convpass", dim: int = 8, scale: 
     st = ensure_state(model)
     extra = {}
     if kind == "lora":
-        extra["targets"] = list(targets or fam.lora_targets)
+        extra["targets"] = list(targets or fam.default_lora_targets(model))
     fam.insert_adapters(model, kind, idx, dim=int(dim), scale=scale, dropout=dropout,
                         groups=int(groups), **extra)
     for a in adapter_modules(model).values():  # new adapters follow the model's mode

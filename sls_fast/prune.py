@@ -31,7 +31,8 @@ def truncate(model: nn.Module, depth: int, num_classes: Optional[int] = None, *,
 
     Args:
         model: a model of a supported family (ViT/DeiT, Swin, EfficientNet/MobileNet, ConvNeXt,
-            ResNet, transformers ViT; :func:`sls_fast.families.support_table`), adapted or not;
+            ResNet, transformers ViT / DINOv2 / CLIP vision;
+            :func:`sls_fast.families.support_table`), adapted or not;
             a peft LoRA model (``get_peft_model``) is cut through the wrapper and the result is
             the model inside it, LoRA of the kept blocks included.
         depth: K, the number of blocks kept, 1..L, counted over all stages in forward order

@@ -234,20 +234,44 @@ def test_chain_lora_from_a_peft_folder(tmp_path, capsys):
     assert pruned["depth"] == bench["depth"]
 
 
-def test_chain_transformers_vit_from_a_folder_with_lora(tmp_path, capsys):
-    """--model hf:FOLDER (a save_pretrained folder, nothing downloaded) with fresh LoRA."""
+def _hf_folder(kind, folder):
+    """A tiny transformers model saved as its users hold it: a ViT classifier, a DINOv2 backbone
+    (Dinov2Model, like facebook/dinov2-*), a two-tower CLIPModel (like openai/clip-*)."""
     transformers = pytest.importorskip("transformers")
-    pytest.importorskip("peft")
     torch.manual_seed(0)
-    cfg = transformers.ViTConfig(hidden_size=48, num_hidden_layers=4, num_attention_heads=3,
-                                 intermediate_size=96, image_size=32, patch_size=8, num_labels=10)
-    transformers.ViTForImageClassification(cfg).save_pretrained(tmp_path / "tiny")
+    tiny = dict(hidden_size=48, num_hidden_layers=4, num_attention_heads=3, image_size=32,
+                patch_size=8)
+    if kind == "vit":
+        m = transformers.ViTForImageClassification(
+            transformers.ViTConfig(intermediate_size=96, num_labels=10, **tiny))
+    elif kind == "dinov2":
+        m = transformers.Dinov2Model(transformers.Dinov2Config(mlp_ratio=2, **tiny))
+    else:
+        m = transformers.CLIPModel(transformers.CLIPConfig(
+            vision_config=dict(intermediate_size=96, **tiny),
+            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=2)))
+    m.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("kind,adapter,family", [("vit", "lora", "hf-vit"),
+                                                 ("dinov2", "lora", "hf-dinov2"),
+                                                 ("clip", "repadapter", "hf-clip")])
+def test_chain_transformers_from_a_folder(tmp_path, capsys, kind, adapter, family):
+    """--model hf:FOLDER (a save_pretrained folder, nothing downloaded) with fresh adapters; a
+    backbone-only folder gets a classifier of the data's width."""
+    pytest.importorskip("peft")
+    folder = _hf_folder(kind, tmp_path / "tiny")
     with pytest.warns(NoAdaptersWarning):
         scored, pruned, bench, meta = _chain(
-            tmp_path, capsys, ["--model", f"hf:{tmp_path / 'tiny'}", "--data", "digits",
-                               "--split", "val", "--adapter", "lora", "--lora-rank", "4"])
-    assert scored["num_layers"] == 4 and meta["family"] == "hf-vit"
-    assert meta["adapters"]["kind"] == "lora" and meta["adapters"]["dim"] == 4
-    assert meta["adapters"]["targets"] and bench["full"]["image_size"] == 32
-    assert main(["score", "--model", "hf:/no/such/folder", "--data", "digits", *QUICK]) == 2
-    assert "local folder" in capsys.readouterr().err
+            tmp_path, capsys, ["--model", f"hf:{folder}", "--data", "digits",
+                               "--split", "val", "--adapter", adapter, "--lora-rank", "4"])
+    assert scored["num_layers"] == 4 and meta["family"] == family
+    assert meta["adapters"]["kind"] == adapter and meta["adapters"]["dim"] == 4
+    assert meta["num_classes"] == 10 and bench["full"]["image_size"] == 32
+    if adapter == "lora":
+        assert meta["adapters"]["targets"]
+    if kind == "vit":
+        assert main(["score", "--model", "hf:/no/such/folder", "--data", "digits", *QUICK]) == 2
+        assert "local folder" in capsys.readouterr().err

@@ -20,6 +20,8 @@ import torch.nn as nn
 from .base import Block, Family, pool_output
 from .convnext import ConvNeXtFamily
 from .efficientnet import EfficientNetFamily
+from .hf_clip import HFCLIPFamily
+from .hf_dinov2 import HFDinov2Family
 from .hf_vit import HFViTFamily
 from .resnet import ResNetFamily
 from .swin import SwinFamily
@@ -28,10 +30,10 @@ from .vit import ViTFamily
 __all__ = ["Block", "Family", "FAMILIES", "family_of", "find_family", "get_family", "register",
            "find_blocks", "support_table", "pool_output"]
 
-# Detection order: transformers ViT (config.model_type; its ``layers`` would look like Swin's)
-# first, EfficientNet (blocks[s][j]) before ViT (blocks[i]).
-FAMILIES: List[Family] = [HFViTFamily(), EfficientNetFamily(), ViTFamily(), SwinFamily(), ConvNeXtFamily(),
-                          ResNetFamily()]
+# Detection order: the transformers families (config.model_type; ViT's ``layers`` would look like
+# Swin's) first, EfficientNet (blocks[s][j]) before ViT (blocks[i]).
+FAMILIES: List[Family] = [HFViTFamily(), HFDinov2Family(), HFCLIPFamily(), EfficientNetFamily(),
+                          ViTFamily(), SwinFamily(), ConvNeXtFamily(), ResNetFamily()]
 
 
 def register(family: Family, *, first: bool = False) -> Family:

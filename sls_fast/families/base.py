@@ -135,13 +135,18 @@ class Family:
         """Put adapters of ``kind`` into the blocks ``layers`` (0-based), in place."""
         raise NotImplementedError
 
+    def default_lora_targets(self, model: nn.Module) -> Tuple[str, ...]:
+        """The LoRA targets of ``model`` when none are given (:attr:`lora_targets`; a family whose
+        layer layout varies picks them from the model)."""
+        return tuple(self.lora_targets)
+
     def insert_lora(self, model: nn.Module, layers: Sequence[int], *, rank: int, alpha: float,
                     dropout: float, targets: Optional[Sequence[str]] = None) -> List[str]:
-        """peft LoRA on ``targets`` (default :attr:`lora_targets`, paths inside a block) of the
+        """peft LoRA on ``targets`` (default :meth:`default_lora_targets`, paths inside a block) of the
         blocks ``layers``. Returns the targets used."""
         from ..lora import insert_lora
 
-        targets = list(targets or self.lora_targets)
+        targets = list(targets or self.default_lora_targets(model))
         if not targets:
             raise ValueError(f"{self.name} models have no default LoRA targets; pass targets=[...]")
         blocks = self.blocks(model)
