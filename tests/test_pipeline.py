@@ -1,0 +1,100 @@
+"""sls_fast.pipeline.run_task and its stage cache (no Ray: the function every sweep cell runs)."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from sls_fast.cache import StageCache, cache_key, data_fingerprint, weights_checksum
+from sls_fast.data import digits
+from sls_fast.pipeline import TaskResult, TaskSettings, run_task
+
+TINY = dict(model="test_vit", image_size=32, tsne_iter=250, score_points=150, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    cache = StageCache(str(root / "cache"))
+    settings = TaskSettings.quick(method="lora", **TINY)
+    return root, cache, settings, run_task(settings, str(root / "first"), progress=False,
+                                           cache=cache)
+
+
+def test_lora_task_end_to_end(lora_run):
+    root, _, settings, r = lora_run
+    assert isinstance(r, TaskResult) and r.cache == dict(adapt="miss", scores="miss",
+                                                         features="miss", retrain="miss")
+    report = json.loads((root / "first" / "report.json").read_text())
+    assert report == json.loads(json.dumps(r.to_dict(), default=float))
+    assert report["method"] == "lora" and report["settings"] == settings.to_dict()
+    assert 1 <= report["depth"] <= report["num_layers"] == 6
+    assert 0 < report["storage"]["artifact_bytes"] < report["storage"]["full_model_bytes"]
+    from safetensors import safe_open
+
+    with safe_open(str(root / "first" / "pruned.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any("lora_A" in k for k in keys) and any("lora_B" in k for k in keys)
+    assert "SLS on test_vit / digits (lora)" in r.summary()
+
+
+def test_a_cached_stage_gives_what_computing_it_gives(lora_run):
+    """Only the adapted weights come from the cache: features and t-SNE are recomputed from them
+    and must equal the first run's bit for bit (same process, same inputs)."""
+    root, cache, settings, first = lora_run
+    partial = StageCache(str(root / "partial"))
+    shutil.copytree(os.path.join(cache.root, "adapt"), os.path.join(partial.root, "adapt"))
+    again = run_task(settings, str(root / "again"), progress=False, cache=partial)
+    assert again.cache["adapt"] == "hit" and again.cache["scores"] == "miss"
+    for k, v in first.layers.runs.items():
+        np.testing.assert_array_equal(again.layers.runs[k], v)
+    assert again.accuracy["full"] == first.accuracy["full"]
+    # everything from the cache, another alpha: the depth is re-selected on the same scores
+    other = run_task(TaskSettings.quick(method="lora", alpha=0.9, **TINY), str(root / "alpha"),
+                     progress=False, cache=cache)
+    assert other.cache["adapt"] == "hit" and other.cache["scores"] == "hit"
+    np.testing.assert_array_equal(other.layers.scores["silhouette"],
+                                  first.layers.scores["silhouette"])
+    assert other.layers.alpha == 0.9 and other.depth >= first.depth
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError, match="method must be one of"):
+        TaskSettings(method="ia3")
+    with pytest.raises(ValueError, match="alpha"):
+        TaskSettings(alpha=-0.1)
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
+        TaskSettings(epochs=0)
+    with pytest.raises(ValueError, match="image_size"):
+        TaskSettings(image_size=2.5)
+    with pytest.raises(ValueError, match=r"unknown task setting\(s\) \['alhpa'\]"):
+        TaskSettings.from_dict(dict(alhpa=0.3))
+    with pytest.raises(TypeError, match="TaskSettings"):
+        run_task(dict(model="x"), "out")
+    s = TaskSettings.quick(alpha=0.5)
+    assert TaskSettings.from_dict(s.to_dict()) == s and s.epochs == 1 and s.alpha == 0.5
+
+
+def test_fingerprints_and_keys_follow_content():
+    a, b = digits("train", image_size=16), digits("train", image_size=16)
+    assert data_fingerprint(a) == data_fingerprint(b)
+    assert data_fingerprint(digits("train", image_size=24)) != data_fingerprint(a)
+    assert data_fingerprint(digits("train", image_size=16, seed=1)) != data_fingerprint(a)
+    sub = torch.utils.data.Subset(a, [0, 1, 2])
+    assert data_fingerprint(sub) != data_fingerprint(torch.utils.data.Subset(a, [0, 1, 3]))
+    m = torch.nn.Linear(3, 2)
+    before = weights_checksum(m)
+    with torch.no_grad():
+        m.bias[0] += 1
+    assert weights_checksum(m) != before
+    assert cache_key("s", x=1, y=[1, 2]) == cache_key("s", y=[1, 2], x=1) != cache_key("s", x=2)
+
+
+def test_cache_ignores_an_unreadable_entry(tmp_path):
+    cache = StageCache(str(tmp_path))
+    cache.put("k", "stage", {"x": torch.arange(4.0)}, {"n": 4})
+    path = tmp_path / "stage" / "k.safetensors"
+    path.write_bytes(path.read_bytes()[:20])  # truncated by a disk fault
+    assert cache.get("k", "stage") is None and cache.misses == {"stage": 1}
