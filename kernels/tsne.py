@@ -63,7 +63,8 @@ from __future__ import annotations
 
 from .tsne_affinities import (DENSE_P_MAX_N, affinities_by_width, conditional_p_native, densify,
                               conditional_p_torch, conditional_p_triton, joint_probabilities,
-                              neighbour_count)
+                              knn_conditional_native, neighbour_count, symmetrize_native,
+                              symmetrize_torch)
 from .tsne_forces import (MIN_GAIN, gradient_from_forces, repeats_of,
                           tsne_forces_torch, tsne_forces_triton, tsne_step_torch,
                           tsne_step_triton)
@@ -78,7 +79,8 @@ __all__ = [
     "REPEAT_JITTER", "HAS_TRITON",
     "pca_project", "initial_embedding", "repeat_starts", "reduce_layers",
     "joint_probabilities", "affinities_by_width", "densify", "neighbour_count", "conditional_p_torch",
-    "conditional_p_native", "conditional_p_triton",
+    "conditional_p_native", "conditional_p_triton", "knn_conditional_native", "symmetrize_native",
+    "symmetrize_torch",
     "tsne_forces_torch", "tsne_forces_triton", "gradient_from_forces",
     "repeats_of", "tsne_step_torch", "tsne_step_triton", "auto_learning_rate", "tsne_optimize",
     "tsne_batched",

@@ -77,6 +77,44 @@ def test_conditional_p_errors():
         K.conditional_p_native(torch.ones(2, 3, dtype=torch.float64), 0.0)
 
 
+@pytest.mark.parametrize("R,C,k,perp", [(41, 57, 13, 4.0), (113, 301, 91, 30.0)])
+def test_knn_conditional_native_matches_topk_and_reference(R, C, k, perp, rng):
+    """The fused C++ neighbour search + bisection equals torch.topk + the torch bisection."""
+    d2 = torch.from_numpy(rng.gamma(2.0, 3.0, size=(R, C)))
+    d2[torch.arange(R), torch.arange(R) % C] = float("inf")  # "the point itself"
+    nbr, p = K.knn_conditional_native(d2, k, perp)
+    vals, ind = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+    assert nbr.dtype == torch.int32 and p.dtype == torch.float32 and nbr.shape == (R, k)
+    assert torch.equal(nbr.long(), ind)
+    assert_close(p, K.conditional_p_torch(vals, perp), 1e-6, "knn conditional vs reference")
+
+
+def test_knn_conditional_native_ties_take_the_lower_column(rng):
+    d2 = torch.from_numpy(rng.integers(0, 4, size=(23, 37)).astype(np.float64))
+    d2[:, 5] = float("nan")  # counts as +inf: never chosen before a finite distance
+    nbr, _ = K.knn_conditional_native(d2, 9, 3.0)
+    key = torch.nan_to_num(d2, nan=float("inf"))
+    order = torch.sort(key, dim=1, stable=True).indices[:, :9]  # stable: lower column first
+    assert torch.equal(nbr.long(), order)
+
+
+@pytest.mark.parametrize("L,N,k", [(1, 29, 5), (3, 131, 17)])
+def test_symmetrize_native_equals_torch_reference(L, N, k, rng):
+    nbr = torch.stack([torch.stack([torch.from_numpy(rng.choice(np.delete(np.arange(N), i), k,
+                                                                 replace=False))
+                                    for i in range(N)]) for _ in range(L)])
+    cond = torch.from_numpy(rng.random(size=(L, N, k)).astype(np.float32))
+    cond /= cond.sum(-1, keepdim=True)
+    ref_nbr, ref_p = K.symmetrize_torch(nbr, cond)
+    got_nbr, got_p = K.symmetrize_native(nbr, cond)
+    assert got_nbr.dtype == torch.int32 and got_p.dtype == torch.float32
+    assert torch.equal(got_nbr, ref_nbr)
+    assert_close(got_p, ref_p, 1e-7, "native symmetrisation")
+    assert torch.allclose(got_p.double().sum(dim=(1, 2)), torch.ones(L, dtype=torch.float64))
+    with pytest.raises(ValueError, match="outside"):
+        K.symmetrize_native(torch.full((1, 4, 2), 4), torch.ones(1, 4, 2))
+
+
 def _reference_schedule(y, aff, *, max_iter, exploration_iter, lr):
     """scikit-learn's schedule restated in float64 with the torch reference forces, each problem
     re-centred after every step (a translation: the dynamics are translation invariant)."""
