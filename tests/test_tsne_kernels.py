@@ -159,17 +159,20 @@ def test_native_optimizer_follows_float64_reference(S, L, N, dense, rng):
     assert_close(got, ref, 2e-4, f"native optimiser (dense={dense}) after 14 steps")
 
 
-def test_native_optimizer_thread_count_does_not_change_bits(rng):
-    y0, aff = _problem(rng, 2, 301, 6, 10.0, False)
+@pytest.mark.parametrize("L,N", [(2, 301), (17, 67)])  # row blocks per step / one task per problem
+def test_native_optimizer_thread_count_does_not_change_bits(L, N, rng):
+    y0, aff = _problem(rng, L, N, 6, 10.0, False)
     outs = [K.tsne_optimize(y0.clone(), aff, max_iter=60, exploration_iter=30, forces="native",
                             num_threads=n) for n in (1, 2, 3)]
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
-def test_native_optimizer_progress_and_stop(rng):
-    y0, aff = _problem(rng, 1, 64, 5, 5.0, False)
+@pytest.mark.parametrize("L", [1, 16])  # 16: one block, each problem's schedule in one task
+def test_native_optimizer_progress_and_stop(L, rng):
+    y0, aff = _problem(rng, L, 64, 5, 5.0, False)  # L = 1: two row blocks per step
     seen = []
-    K.tsne_optimize(y0.clone(), aff, max_iter=300, forces="native", progress=seen.append)
+    K.tsne_optimize(y0.clone(), aff, max_iter=300, forces="native", progress=seen.append,
+                    num_threads=2)
     assert sum(seen) == 300 - 1 and all(s > 0 for s in seen)  # sklearn's count: 250 + 49
 
     class Stop(Exception):
@@ -179,7 +182,8 @@ def test_native_optimizer_progress_and_stop(rng):
         raise Stop()
 
     with pytest.raises(Stop):  # an exception in the callback (or Ctrl-C) ends the call
-        K.tsne_optimize(y0.clone(), aff, max_iter=300, forces="native", progress=stop)
+        K.tsne_optimize(y0.clone(), aff, max_iter=300, forces="native", progress=stop,
+                        num_threads=2)
 
 
 def test_native_optimizer_rejects_bad_affinities():

@@ -4,7 +4,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <exception>
 #include <vector>
 
 #include "simd.h"
@@ -324,104 +326,157 @@ int64_t optimize_impl(float* y_out, const float* P, const int32_t* nbr, const fl
       {s.early_exaggeration, 0.5, n_explore}, {1.0, 0.8, n_final}};
   const float lr = static_cast<float>(s.learning_rate);
   const float min_gain = static_cast<float>(s.min_gain);
-  const int64_t chunk = 256;  // points per update task
-  const int64_t n_chunks = (N + chunk - 1) / chunk;
+
+  // 1. forces of task t = (problem, row block): every task owns its buffers
+  auto forces = [&](int64_t t, int tid) {
+    const int64_t l = t / B, b = t % B, lp = l % LP;
+    const float* x = yt.data() + l * 2 * N;
+    const float* yv = x + N;
+    float* bb = buf.data() + t * NA * N;
+    std::fill(bb, bb + NA * N, 0.f);
+    float* ax = kDense ? bb + 2 * N : nullptr;
+    float* ay = kDense ? bb + 3 * N : nullptr;
+    double z = 0.0;
+    if constexpr (kDense) {
+      for (int64_t i = bounds[b]; i < bounds[b + 1]; ++i)
+        z += pair_row<true>(x, yv, P + (lp * N + i) * N, i, N, bb, bb + N, ax, ay);
+    } else {
+#ifdef SLS_HAVE_AVX2_PATH
+      if (avx2) {
+        float* at = attr.data() + l * 2 * N;
+        float* xy = xy_scratch.data() + static_cast<int64_t>(tid) * 2 * N;
+        zpart[t] = sparse_block_avx2(x, yv, bounds[b], bounds[b + 1], N, bb, bb + N, csr[lp], xy,
+                                     at, at + N);
+        return;
+      }
+#endif
+      (void)tid;
+      int64_t i = bounds[b];
+      for (; i + 1 < bounds[b + 1]; i += 2) {  // rows in pairs
+        z += pair_rows2(x, yv, i, N, bb, bb + N);
+        const float dx = x[i] - x[i + 1], dy = yv[i] - yv[i + 1];
+        const float w = 1.f / (1.f + dx * dx + dy * dy);
+        z += w;
+        bb[i] += w * w * dx;
+        bb[N + i] += w * w * dy;
+        bb[i + 1] -= w * w * dx;
+        bb[N + i + 1] -= w * w * dy;
+      }
+      if (i < bounds[b + 1]) z += pair_row<false>(x, yv, nullptr, i, N, bb, bb + N, ax, ay);
+      float* at = attr.data() + l * 2 * N;
+      const Csr& c = csr[lp];
+      for (i = bounds[b]; i < bounds[b + 1]; ++i)
+        sparse_attraction(x, yv, c.col.data(), c.val.data(), c.rowptr[i], c.rowptr[i + 1], i,
+                          at + i, at + N + i);
+    }
+    zpart[t] = z;
+  };
+  // 2. gradient and update of points i0..i1 of problem l (buffers and Z added in a fixed order)
+  auto update = [&](int64_t l, int64_t i0, int64_t i1, float exaggeration, float momentum) {
+    double zsum = 0.0;
+    for (int64_t b = 0; b < B; ++b) zsum += zpart[l * B + b];
+    const float inv_z = static_cast<float>(1.0 / std::max(2.0 * zsum, 1e-300));
+    for (int64_t c = 0; c < 2; ++c) {
+      const int64_t off = (l * 2 + c) * N;
+      for (int64_t i = i0; i < i1; ++i) {
+        float rep = 0.f, at = 0.f;
+        for (int64_t b = 0; b < B; ++b) {
+          const float* bb = buf.data() + (l * B + b) * NA * N;
+          rep += bb[c * N + i];
+          if constexpr (kDense) at += bb[(2 + c) * N + i];
+        }
+        if constexpr (!kDense) at = attr[off + i];
+        const float grad = 4.f * (exaggeration * at - rep * inv_z);
+        float& u = upd[off + i];
+        float& g = gains[off + i];
+        g = (u * grad < 0.f) ? g + 0.2f : g * 0.8f;
+        if (g < min_gain) g = min_gain;
+        u = momentum * u - lr * (grad * g);
+        yt[off + i] += u;
+      }
+    }
+  };
+  // 3. re-centre coordinate c of problem l, lc = 2 l + c (the gradient is translation
+  // invariant, so the trajectory is unchanged in exact arithmetic): a contracting
+  // early-exaggeration phase can shrink an embedding to ~1e-7 around a centre that has drifted,
+  // and float32 then cannot resolve the points' differences (measured: a ViT-like layer
+  // collapsed to trustworthiness 0.50)
+  auto recentre = [&](int64_t lc) {
+    float* v = yt.data() + lc * N;
+    double m = 0.0;
+    for (int64_t i = 0; i < N; ++i) m += v[i];
+    const float mf = static_cast<float>(m / static_cast<double>(N));
+    for (int64_t i = 0; i < N; ++i) v[i] -= mf;
+  };
+
   int64_t done = 0;
   bool stop = false;
-  for (const auto& ph : phases) {
-    std::fill(upd.begin(), upd.end(), 0.f);
-    std::fill(gains.begin(), gains.end(), 1.f);
-    const float exaggeration = static_cast<float>(ph.exaggeration);
-    const float momentum = static_cast<float>(ph.momentum);
-    for (int64_t step = 0; step < ph.steps && !stop; ++step) {
-      // 1. forces: every (problem, row block) task owns its buffers
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-      for (int64_t t = 0; t < L * B; ++t) {
-        const int64_t l = t / B, b = t % B, lp = l % LP;
-        const float* x = yt.data() + l * 2 * N;
-        const float* yv = x + N;
-        float* bb = buf.data() + t * NA * N;
-        std::fill(bb, bb + NA * N, 0.f);
-        float* ax = kDense ? bb + 2 * N : nullptr;
-        float* ay = kDense ? bb + 3 * N : nullptr;
-        double z = 0.0;
-        if constexpr (kDense) {
-          for (int64_t i = bounds[b]; i < bounds[b + 1]; ++i)
-            z += pair_row<true>(x, yv, P + (lp * N + i) * N, i, N, bb, bb + N, ax, ay);
-        } else {
-#ifdef SLS_HAVE_AVX2_PATH
-          if (avx2) {
-            float* at = attr.data() + l * 2 * N;
-            float* xy = xy_scratch.data() + static_cast<int64_t>(omp_get_thread_num()) * 2 * N;
-            zpart[t] = sparse_block_avx2(x, yv, bounds[b], bounds[b + 1], N, bb, bb + N,
-                                         csr[lp], xy, at, at + N);
-            continue;
-          }
-#endif
-          int64_t i = bounds[b];
-          for (; i + 1 < bounds[b + 1]; i += 2) {  // rows in pairs
-            z += pair_rows2(x, yv, i, N, bb, bb + N);
-            const float dx = x[i] - x[i + 1], dy = yv[i] - yv[i + 1];
-            const float w = 1.f / (1.f + dx * dx + dy * dy);
-            z += w;
-            bb[i] += w * w * dx;
-            bb[N + i] += w * w * dy;
-            bb[i + 1] -= w * w * dx;
-            bb[N + i + 1] -= w * w * dy;
-          }
-          if (i < bounds[b + 1]) z += pair_row<false>(x, yv, nullptr, i, N, bb, bb + N, ax, ay);
-          float* at = attr.data() + l * 2 * N;
-          const Csr& c = csr[lp];
-          for (i = bounds[b]; i < bounds[b + 1]; ++i)
-            sparse_attraction(x, yv, c.col.data(), c.val.data(), c.rowptr[i], c.rowptr[i + 1], i,
-                              at + i, at + N + i);
-        }
-        zpart[t] = z;
-      }
-      // 2. gradient and update, per point (buffers and Z added in a fixed order)
-#pragma omp parallel for schedule(static) num_threads(nt)
-      for (int64_t t = 0; t < L * n_chunks; ++t) {
-        const int64_t l = t / n_chunks, i0 = (t % n_chunks) * chunk, i1 = std::min(N, i0 + chunk);
-        double zsum = 0.0;
-        for (int64_t b = 0; b < B; ++b) zsum += zpart[l * B + b];
-        const float inv_z = static_cast<float>(1.0 / std::max(2.0 * zsum, 1e-300));
-        for (int64_t c = 0; c < 2; ++c) {
-          const int64_t off = (l * 2 + c) * N;
-          for (int64_t i = i0; i < i1; ++i) {
-            float rep = 0.f, at = 0.f;
-            for (int64_t b = 0; b < B; ++b) {
-              const float* bb = buf.data() + (l * B + b) * NA * N;
-              rep += bb[c * N + i];
-              if constexpr (kDense) at += bb[(2 + c) * N + i];
+  if (B == 1) {
+    // One block per problem (L >= 16): the problems never meet, so each runs its whole schedule
+    // in one task (no barrier per step, its buffers stay in the thread's cache) with the very
+    // arithmetic of the step-major loop below. Thread 0 (the caller) reports the mean progress.
+    std::vector<int64_t> steps_of(L, 0);
+    std::atomic<int64_t> total{0};
+    std::atomic<bool> halt{false};
+    std::exception_ptr error;
+    int64_t reported = 0;
+#pragma omp parallel num_threads(nt)
+    {
+      const int tid = omp_get_thread_num();
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t l = 0; l < L; ++l) {
+        for (const auto& ph : phases) {
+          std::fill(upd.begin() + l * 2 * N, upd.begin() + (l + 1) * 2 * N, 0.f);
+          std::fill(gains.begin() + l * 2 * N, gains.begin() + (l + 1) * 2 * N, 1.f);
+          for (int64_t step = 0; step < ph.steps; ++step) {
+            if (halt.load(std::memory_order_relaxed)) break;
+            forces(l, tid);
+            update(l, 0, N, static_cast<float>(ph.exaggeration), static_cast<float>(ph.momentum));
+            recentre(2 * l);
+            recentre(2 * l + 1);
+            ++steps_of[l];
+            const int64_t mean = (total.fetch_add(1) + 1) / L;
+            if (tid == 0 && progress && mean >= reported + report_every) {
+              reported = mean;
+              try {
+                if (!progress(mean)) halt = true;
+              } catch (...) {
+                error = std::current_exception();
+                halt = true;
+              }
             }
-            if constexpr (!kDense) at = attr[off + i];
-            const float grad = 4.f * (exaggeration * at - rep * inv_z);
-            float& u = upd[off + i];
-            float& g = gains[off + i];
-            g = (u * grad < 0.f) ? g + 0.2f : g * 0.8f;
-            if (g < min_gain) g = min_gain;
-            u = momentum * u - lr * (grad * g);
-            yt[off + i] += u;
           }
         }
       }
-      // 3. re-centre every problem (the gradient is translation invariant, so the trajectory is
-      // unchanged in exact arithmetic): a contracting early-exaggeration phase can shrink an
-      // embedding to ~1e-7 around a centre that has drifted, and float32 then cannot resolve the
-      // points' differences (measured: a ViT-like layer collapsed to trustworthiness 0.50)
-#pragma omp parallel for schedule(static) num_threads(nt)
-      for (int64_t lc = 0; lc < L * 2; ++lc) {
-        float* v = yt.data() + lc * N;
-        double m = 0.0;
-        for (int64_t i = 0; i < N; ++i) m += v[i];
-        const float mf = static_cast<float>(m / static_cast<double>(N));
-        for (int64_t i = 0; i < N; ++i) v[i] -= mf;
-      }
-      ++done;
-      if (progress && (done % report_every == 0) && !progress(done)) stop = true;
     }
+    if (error) std::rethrow_exception(error);
+    stop = halt.load();
+    done = *std::min_element(steps_of.begin(), steps_of.end());
+    if (progress && !stop && done != reported) progress(done);
+  } else {
+    const int64_t chunk = 256;  // points per update task
+    const int64_t n_chunks = (N + chunk - 1) / chunk;
+    for (const auto& ph : phases) {
+      std::fill(upd.begin(), upd.end(), 0.f);
+      std::fill(gains.begin(), gains.end(), 1.f);
+      const float exaggeration = static_cast<float>(ph.exaggeration);
+      const float momentum = static_cast<float>(ph.momentum);
+      for (int64_t step = 0; step < ph.steps && !stop; ++step) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+        for (int64_t t = 0; t < L * B; ++t) forces(t, omp_get_thread_num());
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (int64_t t = 0; t < L * n_chunks; ++t) {
+          const int64_t l = t / n_chunks, i0 = (t % n_chunks) * chunk;
+          update(l, i0, std::min(N, i0 + chunk), exaggeration, momentum);
+        }
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (int64_t lc = 0; lc < L * 2; ++lc) recentre(lc);
+        ++done;
+        if (progress && (done % report_every == 0) && !progress(done)) stop = true;
+      }
+    }
+    if (progress && !stop && done % report_every != 0) progress(done);
   }
-  if (progress && !stop && done % report_every != 0) progress(done);
   for (int64_t l = 0; l < L; ++l)
     for (int64_t i = 0; i < N; ++i)
       for (int64_t c = 0; c < 2; ++c) y_out[(l * N + i) * 2 + c] = yt[(l * 2 + c) * N + i];
