@@ -161,7 +161,9 @@ void knn_conditional_p(const double* d2, int64_t R, int64_t C, int64_t k, double
   {
     std::vector<double> buf(C);
     std::vector<std::pair<double, int32_t>> sel;
+    std::vector<int32_t> ties;
     sel.reserve(k);
+    ties.reserve(k);
     std::vector<double> s(k), e(k);
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < R; ++r) {
@@ -169,15 +171,22 @@ void knn_conditional_p(const double* d2, int64_t R, int64_t C, int64_t k, double
       // the k-th smallest distance (NaN counts as +inf), then the columns below it and (ties)
       // at it, lowest first: the k smallest in (distance, column) order, a strict total order
       // (deterministic)
-      for (int64_t c = 0; c < C; ++c) buf[c] = std::isnan(row[c]) ? inf : row[c];
+      for (int64_t c = 0; c < C; ++c) {
+        const double v = row[c];
+        buf[c] = v != v ? inf : v;
+      }
       std::nth_element(buf.begin(), buf.begin() + (k - 1), buf.end());
       const double kth = buf[k - 1];
       sel.clear();
-      for (int64_t c = 0; c < C; ++c)
-        if (row[c] < kth) sel.emplace_back(row[c], static_cast<int32_t>(c));
-      for (int64_t c = 0; c < C && static_cast<int64_t>(sel.size()) < k; ++c)
-        if (row[c] == kth || (std::isnan(row[c]) && kth == inf))
-          sel.emplace_back(kth, static_cast<int32_t>(c));
+      ties.clear();
+      for (int64_t c = 0; c < C; ++c) {  // one scan: below kth, and ties in column order
+        const double v = row[c] != row[c] ? inf : row[c];
+        if (v < kth)
+          sel.emplace_back(v, static_cast<int32_t>(c));
+        else if (v == kth && static_cast<int64_t>(ties.size()) < k)
+          ties.push_back(static_cast<int32_t>(c));
+      }
+      for (size_t t = 0; static_cast<int64_t>(sel.size()) < k; ++t) sel.emplace_back(kth, ties[t]);
       std::sort(sel.begin(), sel.end());
       double dmin = sel[0].first;
       if (!std::isfinite(dmin)) dmin = 0.0;
