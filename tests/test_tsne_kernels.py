@@ -195,6 +195,48 @@ def test_native_optimizer_rejects_bad_affinities():
         K.tsne_optimize(torch.zeros(1, 10, 2), None, bad, torch.ones(1, 2, 10), forces="native")
 
 
+_PORTABLE_SCRIPT = """
+import json, sys
+import numpy as np, torch
+sys.path.insert(0, sys.argv[1])
+from test_tsne_kernels import K, _problem, _reference_schedule
+rng = np.random.default_rng(int(sys.argv[2]))
+errs = {}
+for L, N in ((2, 77), (16, 45)):  # row blocks per step / one task per problem
+    y0, aff = _problem(rng, L, N, 9, 7.0, False)
+    ref = _reference_schedule(y0, aff, max_iter=14, exploration_iter=6, lr=40.0)
+    got = K.tsne_optimize(y0.clone(), aff, max_iter=14, exploration_iter=6, learning_rate=40.0,
+                          forces="native").double()
+    errs[f"optimiser L={L}"] = float((got - ref).abs().max() / ref.abs().max())
+d2 = torch.from_numpy(rng.gamma(2.0, 3.0, size=(53, 97)))
+nbr, p = K.knn_conditional_native(d2, 31, 9.0)
+vals, ind = torch.topk(d2, 31, dim=1, largest=False, sorted=True)
+errs["knn indices differ"] = float((nbr.long() != ind).sum())
+ref = K.conditional_p_torch(vals, 9.0)
+errs["knn conditional"] = float((p.double() - ref).abs().max() / ref.abs().max())
+print(json.dumps(errs))
+"""
+
+
+def test_portable_kernels_follow_the_reference(rng):
+    """The portable loops (what a CPU without AVX2 + FMA runs), forced with
+    SLS_FAST_PORTABLE_KERNELS=1 in a fresh process, against the same references."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, SLS_FAST_PORTABLE_KERNELS="1", OMP_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", _PORTABLE_SCRIPT, str(Path(__file__).parent),
+                          str(int(rng.integers(1 << 30)))], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    errs = json.loads(out.stdout.strip().splitlines()[-1])
+    assert errs["optimiser L=2"] <= 2e-4 and errs["optimiser L=16"] <= 2e-4, errs
+    assert errs["knn indices differ"] == 0 and errs["knn conditional"] <= 1e-6, errs
+
+
 @pytest.mark.cuda
 def test_triton_cuda_graph_equals_eager_launches(rng):
     """Replaying the captured iterations gives the bits of launching them one by one."""

@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -92,7 +94,13 @@ SLS_AVX2 void row_weights_avx2(const double* s, int64_t K, double beta, double* 
   *sum_se = tse;
 }
 
-bool cpu_has_avx2_fma() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+// The AVX2 kernels run where the CPU has AVX2 and FMA, unless the environment variable
+// SLS_FAST_PORTABLE_KERNELS is set to 1 (the portable loops, e.g. to test them on such a CPU).
+bool cpu_has_avx2_fma() {
+  const char* portable = std::getenv("SLS_FAST_PORTABLE_KERNELS");
+  if (portable && std::string(portable) == "1") return false;
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
 #endif
 
 // The bisection of one row of K shifted distances s (row minimum 0; +inf: no neighbour) into

@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <exception>
+#include <string>
 #include <vector>
 
 #include "simd.h"
@@ -147,7 +149,11 @@ SLS_CLONES void sparse_attraction(const float* __restrict x, const float* __rest
 #define SLS_HAVE_AVX2_PATH 1
 #define SLS_AVX2 __attribute__((target("avx2,fma")))
 
+// The AVX2 kernels run where the CPU has AVX2 and FMA, unless the environment variable
+// SLS_FAST_PORTABLE_KERNELS is set to 1 (the portable loops, e.g. to test them on such a CPU).
 bool cpu_has_avx2_fma() {
+  const char* portable = std::getenv("SLS_FAST_PORTABLE_KERNELS");
+  if (portable && std::string(portable) == "1") return false;
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 

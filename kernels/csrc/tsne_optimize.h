@@ -19,7 +19,8 @@
 // Kernels: on x86-64 CPUs with AVX2 + FMA (detected at run time) the neighbour-list forces use
 // intrinsics (rows in pairs sharing the loads of y_j, masked tails; the attraction over
 // neighbour rows padded to whole vectors, y read as interleaved (x, y) pairs instead of gathers);
-// elsewhere the portable auto-vectorised loops.
+// elsewhere (or with SLS_FAST_PORTABLE_KERNELS=1 in the environment) the portable auto-vectorised
+// loops.
 #pragma once
 #include <cstdint>
 #include <functional>
