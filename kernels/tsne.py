@@ -35,6 +35,10 @@ copied), and the runs differ by their start (:func:`repeat_starts`).
 
    The bisection runs in C++/OpenMP on the CPU (:func:`conditional_p_native`), as one Triton
    launch on CUDA (:func:`conditional_p_triton`), with :func:`conditional_p_torch` as reference.
+   On the CPU the neighbour lists take two C++ calls after the distances: the k nearest of every
+   row and its bisection in one pass (:func:`knn_conditional_native`, = ``torch.topk`` + the
+   bisection), then the symmetrisation (:func:`symmetrize_native`, float64 sums, the same bits as
+   the reference :func:`symmetrize_torch` on the default run's data).
 3. **Forces** (:mod:`.tsne_forces`; exact repulsion, no Barnes-Hut): with w_ij = 1 / (1 + |y_i - y_j|^2),
    Z = sum_{i != j} w_ij, the gradient is
    ``grad_i = 4 * (exaggeration * sum_j p_ij w_ij (y_i - y_j) - sum_j w_ij^2 (y_i - y_j) / Z)``.
@@ -51,7 +55,9 @@ copied), and the runs differ by their start (:func:`repeat_starts`).
    iterations are captured once in a CUDA graph and replayed. On the CPU (``forces="native"``)
    the whole schedule is one C++/OpenMP call (``kernels/csrc/tsne_optimize.cpp``): no Python
    per iteration, each pair's repulsion computed once for both points, rows in pairs sharing
-   the loads, the result independent of the thread count.
+   the loads (AVX2 intrinsics where the CPU has them, chosen at run time), the attraction over
+   neighbour rows padded to whole vectors, the result independent of the thread count; with
+   16 or more problems each problem runs its whole schedule in one task (no barrier per step).
 
 Stages live in their own modules, as openTSNE splits them: :mod:`.tsne_init` (PCA, starts,
 repeats), :mod:`.tsne_affinities`, :mod:`.tsne_forces`, :mod:`.tsne_optimize`; this module
@@ -63,7 +69,8 @@ from __future__ import annotations
 
 from .tsne_affinities import (DENSE_P_MAX_N, affinities_by_width, conditional_p_native, densify,
                               conditional_p_torch, conditional_p_triton, joint_probabilities,
-                              neighbour_count)
+                              knn_conditional_native, neighbour_count, symmetrize_native,
+                              symmetrize_torch)
 from .tsne_forces import (MIN_GAIN, gradient_from_forces, repeats_of,
                           tsne_forces_torch, tsne_forces_triton, tsne_step_torch,
                           tsne_step_triton)
@@ -78,7 +85,8 @@ __all__ = [
     "REPEAT_JITTER", "HAS_TRITON",
     "pca_project", "initial_embedding", "repeat_starts", "reduce_layers",
     "joint_probabilities", "affinities_by_width", "densify", "neighbour_count", "conditional_p_torch",
-    "conditional_p_native", "conditional_p_triton",
+    "conditional_p_native", "conditional_p_triton", "knn_conditional_native", "symmetrize_native",
+    "symmetrize_torch",
     "tsne_forces_torch", "tsne_forces_triton", "gradient_from_forces",
     "repeats_of", "tsne_step_torch", "tsne_step_triton", "auto_learning_rate", "tsne_optimize",
     "tsne_batched",

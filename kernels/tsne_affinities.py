@@ -11,7 +11,8 @@ import torch
 from ._triton import HAS_TRITON, check_triton_tensors, tl, triton
 
 __all__ = ["DENSE_P_MAX_N", "densify", "joint_probabilities", "affinities_by_width", "conditional_p_torch",
-           "conditional_p_native", "conditional_p_triton", "neighbour_count"]
+           "conditional_p_native", "conditional_p_triton", "neighbour_count",
+           "knn_conditional_native", "symmetrize_native", "symmetrize_torch"]
 
 DENSE_P_MAX_N = 2048
 _PERPLEXITY_TOL = 1e-5
@@ -224,13 +225,64 @@ def joint_probabilities(reduced: torch.Tensor, perplexity: float, *, dense: Opti
     if k < 1:
         raise ValueError(f"sparse affinities need at least one neighbour; N = {N}, "
                          f"perplexity = {perplexity}")
+    if dev.type == "cpu":  # selection, bisection and symmetrisation in C++
+        nbr = torch.empty((L, N, k), dtype=torch.int32)
+        cond = torch.empty((L, N, k), dtype=torch.float32)
+        for i0, i1, d2 in _distance_rows(src, sq):
+            nbr[:, i0:i1], cond[:, i0:i1] = knn_conditional_native(d2, k, perplexity)
+        return symmetrize_native(nbr, cond)
     nbr = torch.empty((L, N, k), dtype=torch.int64, device=dev)
     cond = torch.empty((L, N, k), dtype=torch.float64, device=dev)
     for i0, i1, d2 in _distance_rows(src, sq):
         vals, ind = torch.topk(d2, k, dim=2, largest=False, sorted=True)
         nbr[:, i0:i1] = ind
         cond[:, i0:i1] = _conditional(vals, perplexity)
-    # symmetrise: edge i->j with weight c contributes c to p_ij and to p_ji; coalesce per layer
+    return symmetrize_torch(nbr, cond)
+
+
+def knn_conditional_native(d2: torch.Tensor, k: int, perplexity: float, *, num_threads: int = 0):
+    """The k nearest candidates of every row of ``d2`` (float64 ``[..., C]`` squared distances,
+    +inf: never a neighbour) and their conditional distribution, in one C++/OpenMP pass: what
+    ``torch.topk(d2, k, largest=False)`` followed by :func:`conditional_p_torch` on the k
+    distances computes (equal distances: the lower column first). Returns int32 and float32
+    ``[..., k]``."""
+    from .native import native_module
+
+    if d2.device.type != "cpu":
+        raise ValueError(f"the native neighbour search runs on the CPU; d2 is on {d2.device}")
+    shape = d2.shape
+    flat = d2.detach().to(torch.float64).reshape(-1, shape[-1]).contiguous()
+    nbr = torch.empty((flat.shape[0], k), dtype=torch.int32)
+    p = torch.empty((flat.shape[0], k), dtype=torch.float32)
+    native_module().knn_conditional_p_f64(flat.numpy(), int(k), float(perplexity), _PERPLEXITY_TOL,
+                                          _PERPLEXITY_STEPS, nbr.numpy(), p.numpy(),
+                                          int(num_threads))
+    return nbr.view(*shape[:-1], k), p.view(*shape[:-1], k)
+
+
+def symmetrize_native(nbr: torch.Tensor, cond: torch.Tensor, *, num_threads: int = 0
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`symmetrize_torch` in C++/OpenMP (one task per layer; float64 sums)."""
+    from .native import native_module
+
+    if nbr.device.type != "cpu" or cond.device.type != "cpu":
+        raise ValueError("the native symmetrisation runs on the CPU")
+    nb = nbr.to(torch.int32).contiguous()
+    cd = cond.to(torch.float32).contiguous()
+    nbr_out, pval = native_module().joint_lists(nb.numpy(), cd.numpy(), int(num_threads))
+    return torch.from_numpy(nbr_out), torch.from_numpy(pval)
+
+
+def symmetrize_torch(nbr: torch.Tensor, cond: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Symmetrised, normalised joint P of the directed kNN conditionals ``nbr`` / ``cond``
+    ``[L, N, k]`` (any device; the reference): p_ij = (c_ij + c_ji) / sum over the layer, in
+    float64, as padded neighbour lists ``[L, M, N]`` (M = the largest row; each point's entries
+    in increasing neighbour order; padding has p = 0 and nbr = i)."""
+    L, N, k = nbr.shape
+    dev = nbr.device
+    nbr = nbr.to(torch.int64)
+    cond = cond.to(torch.float64)
+    # edge i->j with weight c contributes c to p_ij and to p_ji; coalesce per layer
     rows_i = torch.arange(N, device=dev).view(1, N, 1).expand(L, N, k)
     lay = torch.arange(L, device=dev).view(L, 1, 1).expand(L, N, k)
     src = torch.cat([rows_i.reshape(-1), nbr.reshape(-1)])

@@ -77,6 +77,44 @@ def test_conditional_p_errors():
         K.conditional_p_native(torch.ones(2, 3, dtype=torch.float64), 0.0)
 
 
+@pytest.mark.parametrize("R,C,k,perp", [(41, 57, 13, 4.0), (113, 301, 91, 30.0)])
+def test_knn_conditional_native_matches_topk_and_reference(R, C, k, perp, rng):
+    """The fused C++ neighbour search + bisection equals torch.topk + the torch bisection."""
+    d2 = torch.from_numpy(rng.gamma(2.0, 3.0, size=(R, C)))
+    d2[torch.arange(R), torch.arange(R) % C] = float("inf")  # "the point itself"
+    nbr, p = K.knn_conditional_native(d2, k, perp)
+    vals, ind = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+    assert nbr.dtype == torch.int32 and p.dtype == torch.float32 and nbr.shape == (R, k)
+    assert torch.equal(nbr.long(), ind)
+    assert_close(p, K.conditional_p_torch(vals, perp), 1e-6, "knn conditional vs reference")
+
+
+def test_knn_conditional_native_ties_take_the_lower_column(rng):
+    d2 = torch.from_numpy(rng.integers(0, 4, size=(23, 37)).astype(np.float64))
+    d2[:, 5] = float("nan")  # counts as +inf: never chosen before a finite distance
+    nbr, _ = K.knn_conditional_native(d2, 9, 3.0)
+    key = torch.nan_to_num(d2, nan=float("inf"))
+    order = torch.sort(key, dim=1, stable=True).indices[:, :9]  # stable: lower column first
+    assert torch.equal(nbr.long(), order)
+
+
+@pytest.mark.parametrize("L,N,k", [(1, 29, 5), (3, 131, 17)])
+def test_symmetrize_native_equals_torch_reference(L, N, k, rng):
+    nbr = torch.stack([torch.stack([torch.from_numpy(rng.choice(np.delete(np.arange(N), i), k,
+                                                                 replace=False))
+                                    for i in range(N)]) for _ in range(L)])
+    cond = torch.from_numpy(rng.random(size=(L, N, k)).astype(np.float32))
+    cond /= cond.sum(-1, keepdim=True)
+    ref_nbr, ref_p = K.symmetrize_torch(nbr, cond)
+    got_nbr, got_p = K.symmetrize_native(nbr, cond)
+    assert got_nbr.dtype == torch.int32 and got_p.dtype == torch.float32
+    assert torch.equal(got_nbr, ref_nbr)
+    assert_close(got_p, ref_p, 1e-7, "native symmetrisation")
+    assert torch.allclose(got_p.double().sum(dim=(1, 2)), torch.ones(L, dtype=torch.float64))
+    with pytest.raises(ValueError, match="outside"):
+        K.symmetrize_native(torch.full((1, 4, 2), 4), torch.ones(1, 4, 2))
+
+
 def _reference_schedule(y, aff, *, max_iter, exploration_iter, lr):
     """scikit-learn's schedule restated in float64 with the torch reference forces, each problem
     re-centred after every step (a translation: the dynamics are translation invariant)."""
@@ -121,17 +159,20 @@ def test_native_optimizer_follows_float64_reference(S, L, N, dense, rng):
     assert_close(got, ref, 2e-4, f"native optimiser (dense={dense}) after 14 steps")
 
 
-def test_native_optimizer_thread_count_does_not_change_bits(rng):
-    y0, aff = _problem(rng, 2, 301, 6, 10.0, False)
+@pytest.mark.parametrize("L,N", [(2, 301), (17, 67)])  # row blocks per step / one task per problem
+def test_native_optimizer_thread_count_does_not_change_bits(L, N, rng):
+    y0, aff = _problem(rng, L, N, 6, 10.0, False)
     outs = [K.tsne_optimize(y0.clone(), aff, max_iter=60, exploration_iter=30, forces="native",
                             num_threads=n) for n in (1, 2, 3)]
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
-def test_native_optimizer_progress_and_stop(rng):
-    y0, aff = _problem(rng, 1, 64, 5, 5.0, False)
+@pytest.mark.parametrize("L", [1, 16])  # 16: one block, each problem's schedule in one task
+def test_native_optimizer_progress_and_stop(L, rng):
+    y0, aff = _problem(rng, L, 64, 5, 5.0, False)  # L = 1: two row blocks per step
     seen = []
-    K.tsne_optimize(y0.clone(), aff, max_iter=300, forces="native", progress=seen.append)
+    K.tsne_optimize(y0.clone(), aff, max_iter=300, forces="native", progress=seen.append,
+                    num_threads=2)
     assert sum(seen) == 300 - 1 and all(s > 0 for s in seen)  # sklearn's count: 250 + 49
 
     class Stop(Exception):
@@ -141,7 +182,8 @@ def test_native_optimizer_progress_and_stop(rng):
         raise Stop()
 
     with pytest.raises(Stop):  # an exception in the callback (or Ctrl-C) ends the call
-        K.tsne_optimize(y0.clone(), aff, max_iter=300, forces="native", progress=stop)
+        K.tsne_optimize(y0.clone(), aff, max_iter=300, forces="native", progress=stop,
+                        num_threads=2)
 
 
 def test_native_optimizer_rejects_bad_affinities():
@@ -151,6 +193,48 @@ def test_native_optimizer_rejects_bad_affinities():
     bad = torch.full((1, 2, 10), 10, dtype=torch.int32)
     with pytest.raises(ValueError, match="outside"):
         K.tsne_optimize(torch.zeros(1, 10, 2), None, bad, torch.ones(1, 2, 10), forces="native")
+
+
+_PORTABLE_SCRIPT = """
+import json, sys
+import numpy as np, torch
+sys.path.insert(0, sys.argv[1])
+from test_tsne_kernels import K, _problem, _reference_schedule
+rng = np.random.default_rng(int(sys.argv[2]))
+errs = {}
+for L, N in ((2, 77), (16, 45)):  # row blocks per step / one task per problem
+    y0, aff = _problem(rng, L, N, 9, 7.0, False)
+    ref = _reference_schedule(y0, aff, max_iter=14, exploration_iter=6, lr=40.0)
+    got = K.tsne_optimize(y0.clone(), aff, max_iter=14, exploration_iter=6, learning_rate=40.0,
+                          forces="native").double()
+    errs[f"optimiser L={L}"] = float((got - ref).abs().max() / ref.abs().max())
+d2 = torch.from_numpy(rng.gamma(2.0, 3.0, size=(53, 97)))
+nbr, p = K.knn_conditional_native(d2, 31, 9.0)
+vals, ind = torch.topk(d2, 31, dim=1, largest=False, sorted=True)
+errs["knn indices differ"] = float((nbr.long() != ind).sum())
+ref = K.conditional_p_torch(vals, 9.0)
+errs["knn conditional"] = float((p.double() - ref).abs().max() / ref.abs().max())
+print(json.dumps(errs))
+"""
+
+
+def test_portable_kernels_follow_the_reference(rng):
+    """The portable loops (what a CPU without AVX2 + FMA runs), forced with
+    SLS_FAST_PORTABLE_KERNELS=1 in a fresh process, against the same references."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, SLS_FAST_PORTABLE_KERNELS="1", OMP_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", _PORTABLE_SCRIPT, str(Path(__file__).parent),
+                          str(int(rng.integers(1 << 30)))], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    errs = json.loads(out.stdout.strip().splitlines()[-1])
+    assert errs["optimiser L=2"] <= 2e-4 and errs["optimiser L=16"] <= 2e-4, errs
+    assert errs["knn indices differ"] == 0 and errs["knn conditional"] <= 1e-6, errs
 
 
 @pytest.mark.cuda

@@ -186,6 +186,53 @@ void conditional_p_py(const CArray<double>& d2, double perplexity, double tol, i
   sls_fast::conditional_p(pd, R, K, perplexity, tol, max_steps, pp, ps, nt);
 }
 
+void knn_conditional_p_py(const CArray<double>& d2, int64_t k, double perplexity, double tol,
+                          int max_steps, CArray<int32_t>& nbr, CArray<float>& p, int num_threads) {
+  if (d2.ndim() != 2) throw std::invalid_argument("d2 must be float64 [R, C]");
+  const int64_t R = d2.shape(0), C = d2.shape(1);
+  if (k < 1 || k > C) throw std::invalid_argument("k must be in 1..C = " + std::to_string(C));
+  check_shape(nbr, {R, k}, "nbr");
+  check_shape(p, {R, k}, "p");
+  if (!(perplexity > 0.0)) throw std::invalid_argument("perplexity must be > 0");
+  if (max_steps < 1) throw std::invalid_argument("max_steps must be >= 1");
+  const double* pd = d2.data();
+  int32_t* pn = nbr.mutable_data();
+  float* pp = p.mutable_data();
+  const int nt = resolve_threads(num_threads);
+  py::gil_scoped_release release;
+  sls_fast::knn_conditional_p(pd, R, C, k, perplexity, tol, max_steps, pn, pp, nt);
+}
+
+void check_knn_lists(const CArray<int32_t>& nbr) {
+  if (nbr.ndim() != 3) throw std::invalid_argument("nbr must be int32 [L, N, k]");
+  const int64_t N = nbr.shape(1), n = nbr.size();
+  const int32_t* pn = nbr.data();
+  for (int64_t s = 0; s < n; ++s)
+    if (pn[s] < 0 || pn[s] >= N) throw std::invalid_argument("nbr holds an index outside 0..N-1");
+}
+
+py::tuple joint_lists_py(const CArray<int32_t>& nbr, const CArray<float>& cond, int num_threads) {
+  check_knn_lists(nbr);
+  const int64_t L = nbr.shape(0), N = nbr.shape(1), k = nbr.shape(2);
+  check_shape(cond, {L, N, k}, "cond");
+  const int32_t* pn = nbr.data();
+  const float* pc = cond.data();
+  CArray<int32_t> nbr_out;
+  CArray<float> pval;
+  const int nt = resolve_threads(num_threads);
+  {
+    py::gil_scoped_release release;
+    sls_fast::joint_lists(pn, pc, L, N, k, [&](int64_t M, int32_t** no, float** pv) {
+      py::gil_scoped_acquire gil;
+      nbr_out = CArray<int32_t>({L, M, N});
+      pval = CArray<float>({L, M, N});
+      *no = nbr_out.mutable_data();
+      *pv = pval.mutable_data();
+    }, nt);
+  }
+  return py::make_tuple(nbr_out, pval);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -216,6 +263,16 @@ PYBIND11_MODULE(_C, m) {
         py::arg("num_threads") = 0,
         "Per-row perplexity bisection: float64 squared distances d2 [R, K] (+inf: no neighbour) "
         "-> float32 conditional p [R, K] (rows sum to 1), steps taken [R] int32 (optional).");
+  m.def("knn_conditional_p_f64", &knn_conditional_p_py, py::arg("d2").noconvert(), py::arg("k"),
+        py::arg("perplexity"), py::arg("tol"), py::arg("max_steps"), py::arg("nbr").noconvert(),
+        py::arg("p").noconvert(), py::arg("num_threads") = 0,
+        "The k nearest columns of every row of float64 d2 [R, C] (+inf: never) into int32 nbr "
+        "[R, k] (increasing distance, ties by column) and their perplexity-calibrated "
+        "conditionals into float32 p [R, k].");
+  m.def("joint_lists", &joint_lists_py, py::arg("nbr").noconvert(), py::arg("cond").noconvert(),
+        py::arg("num_threads") = 0,
+        "Symmetrised, normalised joint P of directed kNN conditionals (nbr int32, cond float32 "
+        "[L, N, k]) as padded neighbour lists (nbr_out int32, pval float32 [L, M, N]).");
   m.def("max_threads", []() { return omp_get_max_threads(); },
         "OpenMP threads used when num_threads is 0.");
 }

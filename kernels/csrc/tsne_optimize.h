@@ -13,7 +13,14 @@
 // both points (w_ij = 1 / (1 + |y_i - y_j|^2) is symmetric), and the attraction over P.
 // Determinism: each problem's pairs are cut into a number of row blocks that depends on L and N
 // only, every block accumulates into its own buffer, and the buffers are added in a fixed order:
-// the result does not depend on the thread count.
+// the result does not depend on the thread count. With one block per problem (L >= 16) each
+// problem runs its whole schedule in one task (no barrier per step), with the same arithmetic.
+//
+// Kernels: on x86-64 CPUs with AVX2 + FMA (detected at run time) the neighbour-list forces use
+// intrinsics (rows in pairs sharing the loads of y_j, masked tails; the attraction over
+// neighbour rows padded to whole vectors, y read as interleaved (x, y) pairs instead of gathers);
+// elsewhere (or with SLS_FAST_PORTABLE_KERNELS=1 in the environment) the portable auto-vectorised
+// loops.
 #pragma once
 #include <cstdint>
 #include <functional>
