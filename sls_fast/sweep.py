@@ -402,6 +402,9 @@ def _drive(ray, todo, out, db, ran, gpus_per_cell, cpus_per_cell, max_retries, p
     num_gpus = (gpus_per_cell if gpus_per_cell is not None else 1) if use_gpu else 0
     num_cpus = cpus_per_cell if cpus_per_cell is not None else (1 if use_gpu else
                                                                 min(2, max(1, total_cpus)))
+    if gpus_per_cell and not use_gpu:
+        raise ValueError(f"--gpus-per-cell {gpus_per_cell:g}: Ray sees no GPU" if not total_gpus
+                         else f"--gpus-per-cell {gpus_per_cell:g} with device 'cpu'")
     if local and (num_cpus > total_cpus or num_gpus > total_gpus):
         raise ValueError(f"a cell asks for {num_cpus} CPUs and {num_gpus} GPUs, but this Ray "
                          f"instance has {total_cpus:g} CPUs and {total_gpus:g} GPUs")

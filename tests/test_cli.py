@@ -10,7 +10,7 @@ import pytest
 
 from sls_fast.cli import main
 
-SUBCOMMANDS = ["run", "score", "prune", "bench"]
+SUBCOMMANDS = ["run", "score", "prune", "bench", "sweep"]
 
 
 def test_help(capsys):
