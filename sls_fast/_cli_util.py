@@ -9,10 +9,10 @@ import warnings
 from typing import Optional
 
 from ._utils import text_table as _table  # noqa: F401 - the commands' one table format
-from .pipeline import device_name as _device_name  # noqa: F401
-from .pipeline import num_classes_of as _num_classes  # noqa: F401
-from .pipeline import seed_everything as _seed  # noqa: F401
-from .pipeline import versions as _versions  # noqa: F401
+from ._utils import device_name as _device_name  # noqa: F401
+from ._utils import num_classes_of as _num_classes  # noqa: F401
+from ._utils import seed_everything as _seed  # noqa: F401
+from ._utils import versions as _versions  # noqa: F401
 
 
 def _device(args):

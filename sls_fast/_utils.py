@@ -1,5 +1,6 @@
 """Small helpers shared by the pipeline modules: where a model lives, progress bars, the one AMP
-vocabulary, the one data-loader adapter, and atomic file writes."""
+vocabulary, the one data-loader adapter, atomic file writes, and what a run records (seeds,
+versions, device name, class count)."""
 from __future__ import annotations
 
 import contextlib
@@ -142,3 +143,56 @@ def text_table(rows, headers) -> str:
     out = [line, "  ".join("-" * w for w in widths)]
     out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- runs
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def versions() -> dict:
+    """The versions of the libraries a result depends on."""
+    import platform
+
+    import numpy
+    import sklearn
+    import timm
+
+    from . import __version__
+
+    v = dict(sls_fast=__version__, torch=torch.__version__, timm=timm.__version__,
+             numpy=numpy.__version__, sklearn=sklearn.__version__, python=platform.python_version())
+    for name in ("triton", "openTSNE"):
+        try:
+            v[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001 - optional
+            pass
+    return v
+
+
+def device_name(dev: torch.device) -> str:
+    import platform
+
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def num_classes_of(ds) -> int:
+    """The number of classes of a dataset (its ``num_classes``, else max label + 1)."""
+    n = getattr(ds, "num_classes", None)
+    if n:
+        return int(n)
+    import numpy as np
+
+    labels = getattr(ds, "labels", None)
+    if labels is None:
+        labels = [ds[i][1] for i in range(len(ds))]
+    return int(np.max(np.asarray(labels))) + 1

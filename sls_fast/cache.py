@@ -33,7 +33,8 @@ import torch
 
 from ._utils import atomic_path, write_text
 
-__all__ = ["StageCache", "cache_key", "weights_checksum", "data_fingerprint"]
+__all__ = ["StageCache", "cache_key", "weights_checksum", "data_fingerprint",
+           "features_to_tensors", "features_from_tensors"]
 
 
 def cache_key(stage: str, **parts) -> str:
@@ -146,3 +147,24 @@ class StageCache:
                 save_file(tensors, tmp, metadata={"record": text})
         else:
             write_text(self._path(key, stage, ".json"), text)
+
+
+def features_to_tensors(feats) -> tuple:
+    """A :class:`sls_fast.LayerFeatures` as ``(tensors, record)`` for :meth:`StageCache.put`."""
+    f = feats.to_numpy()
+    tensors = {"labels": torch.from_numpy(f.labels)}
+    layers = [f.features] if f.stacked else list(f.features)
+    for i, x in enumerate(layers):
+        tensors[f"features.{i}"] = torch.from_numpy(x).contiguous()
+    record = dict(layer_names=f.layer_names, widths=f.widths, pool=f.pool, stacked=f.stacked)
+    return tensors, record
+
+
+def features_from_tensors(tensors, record, device):
+    """Inverse of :func:`features_to_tensors`, on ``device``."""
+    from .extract import LayerFeatures
+
+    feats = [tensors[f"features.{i}"].to(device) for i in range(len(tensors) - 1)]
+    return LayerFeatures(feats[0] if record["stacked"] else feats,
+                         tensors["labels"].to(device), record["layer_names"], record["widths"],
+                         record["pool"])

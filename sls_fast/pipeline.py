@@ -189,58 +189,6 @@ class TaskResult:
         return rep.summary() + "\n\n" + _table(rows, ("", title))
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's generators."""
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def versions() -> dict:
-    """The versions of the libraries a result depends on."""
-    import platform
-
-    import numpy
-    import sklearn
-    import timm
-
-    from . import __version__
-
-    v = dict(sls_fast=__version__, torch=torch.__version__, timm=timm.__version__,
-             numpy=numpy.__version__, sklearn=sklearn.__version__, python=platform.python_version())
-    for name in ("triton", "openTSNE"):
-        try:
-            v[name] = __import__(name).__version__
-        except Exception:  # noqa: BLE001 - optional
-            pass
-    return v
-
-
-def device_name(dev: torch.device) -> str:
-    import platform
-
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def num_classes_of(ds) -> int:
-    """The number of classes of a dataset (its ``num_classes``, else max label + 1)."""
-    n = getattr(ds, "num_classes", None)
-    if n:
-        return int(n)
-    import numpy as np
-
-    labels = getattr(ds, "labels", None)
-    if labels is None:
-        labels = [ds[i][1] for i in range(len(ds))]
-    return int(np.max(np.asarray(labels))) + 1
-
-
 def _trainable_state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     """What training changed: the trainable parameters and every buffer."""
     sd = model.state_dict()
@@ -262,25 +210,6 @@ def _image_size(s: TaskSettings) -> Optional[int]:
         return s.image_size
     kind = s.data.partition(":")[0].lower()
     return 64 if kind in ("digits", "lfw") else None  # None: the model's own input size
-
-
-def _features_to_tensors(feats) -> tuple:
-    f = feats.to_numpy()
-    tensors = {"labels": torch.from_numpy(f.labels)}
-    layers = [f.features] if f.stacked else list(f.features)
-    for i, x in enumerate(layers):
-        tensors[f"features.{i}"] = torch.from_numpy(x).contiguous()
-    record = dict(layer_names=f.layer_names, widths=f.widths, pool=f.pool, stacked=f.stacked)
-    return tensors, record
-
-
-def _features_from_tensors(tensors, record, device):
-    from .extract import LayerFeatures
-
-    feats = [tensors[f"features.{i}"].to(device) for i in range(len(tensors) - 1)]
-    return LayerFeatures(feats[0] if record["stacked"] else feats,
-                         tensors["labels"].to(device), record["layer_names"], record["widths"],
-                         record["pool"])
 
 
 def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
@@ -305,7 +234,9 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     from . import (add_adapters, compare_throughput, evaluate, finetune, save_pruned,
                    truncate)
     from ._utils import write_text
-    from .cache import cache_key, data_fingerprint, weights_checksum
+    from ._utils import device_name, num_classes_of, seed_everything, versions
+    from .cache import (cache_key, data_fingerprint, features_from_tensors, features_to_tensors,
+                        weights_checksum)
     from .checkpoints import size_kwargs
     from .data import from_spec
     from .extract import extract_features
@@ -384,12 +315,12 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     else:
         entry = cached("features", feat_key)
         if entry is not None:
-            feats = _features_from_tensors(*entry, device=dev)
+            feats = features_from_tensors(*entry, device=dev)
         else:
             feats = extract_features(model, score_data, device=dev, batch_size=s.batch_size,
                                      progress=progress)
             if cache is not None:
-                cache.put(feat_key, "features", *_features_to_tensors(feats))
+                cache.put(feat_key, "features", *features_to_tensors(feats))
         timings["score_extract"] = time.perf_counter() - t0
         report = score_features(feats, alpha=s.alpha, seed=s.seed, max_iter=s.tsne_iter,
                                 perplexity=PERPLEXITY, tsne_backend=s.tsne_backend,
