@@ -196,3 +196,14 @@ def num_classes_of(ds) -> int:
     if labels is None:
         labels = [ds[i][1] for i in range(len(ds))]
     return int(np.max(np.asarray(labels))) + 1
+
+
+def dataclass_from_dict(cls, d: dict, what: str):
+    """``cls(**d)`` for a dataclass, with a ValueError naming any key ``cls`` does not have."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {what}(s) {unknown}; known: {sorted(names)}")
+    return cls(**d)

@@ -126,11 +126,9 @@ class TaskSettings:
     @classmethod
     def from_dict(cls, d: dict) -> "TaskSettings":
         """The settings in ``d``; an unknown key is a ValueError naming it."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown task setting(s) {unknown}; known: {sorted(names)}")
-        return cls(**d)
+        from ._utils import dataclass_from_dict
+
+        return dataclass_from_dict(cls, d, "task setting")
 
 
 @dataclass

@@ -5,7 +5,6 @@ VTAB-1k task expansion with the SLS authors' per-task settings, and TOML spec fi
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import json
 import os
@@ -81,11 +80,10 @@ class SweepSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SweepSpec":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"sweep: unknown setting(s) {unknown}; known: {sorted(names)}")
-        return cls(**d)
+        """The spec in ``d``; an unknown key is a ValueError naming it."""
+        from ._utils import dataclass_from_dict
+
+        return dataclass_from_dict(cls, d, "sweep setting")
 
     def cells(self) -> List[Cell]:
         """Every cell, in a fixed order (data, model, method, alpha)."""
