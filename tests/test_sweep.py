@@ -24,6 +24,16 @@ TINY = ["--quick", "--models", "test_vit", "--image-size", "32", "--tsne-iter", 
         "--score-points", "200", "--no-progress", "--num-cpus", "2"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def outside_the_checkout(tmp_path_factory):
+    """Ray's workers import sls_fast with the driver's working directory first on their path:
+    from the checkout of a plain (non-editable) install they would find the unbuilt sources."""
+    before = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(before)
+
+
 def _sweep(out, *extra):
     return main(["sweep", "--out", str(out), *TINY, *extra])
 
@@ -129,7 +139,8 @@ def test_sigint_stops_the_driver_and_the_sweep_resumes(tmp_path):
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "sls_fast.cli", "sweep", "--out", str(out), *TINY,
            "--data", "digits", "lfw", "--cpus-per-cell", "2"]
-    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=tmp_path)
     db_path = out / "results.sqlite"
     deadline = time.time() + 240
     while time.time() < deadline and driver.poll() is None:

@@ -218,7 +218,7 @@ print(json.dumps(errs))
 """
 
 
-def test_portable_kernels_follow_the_reference(rng):
+def test_portable_kernels_follow_the_reference(rng, tmp_path):
     """The portable loops (what a CPU without AVX2 + FMA runs), forced with
     SLS_FAST_PORTABLE_KERNELS=1 in a fresh process, against the same references."""
     import json
@@ -230,7 +230,8 @@ def test_portable_kernels_follow_the_reference(rng):
     env = dict(os.environ, SLS_FAST_PORTABLE_KERNELS="1", OMP_NUM_THREADS="2")
     out = subprocess.run([sys.executable, "-c", _PORTABLE_SCRIPT, str(Path(__file__).parent),
                           str(int(rng.integers(1 << 30)))], env=env, capture_output=True,
-                         text=True, timeout=300)
+                         text=True, timeout=300,
+                         cwd=tmp_path)  # outside the checkout: it would import the unbuilt sources
     assert out.returncode == 0, out.stderr[-3000:]
     errs = json.loads(out.stdout.strip().splitlines()[-1])
     assert errs["optimiser L=2"] <= 2e-4 and errs["optimiser L=16"] <= 2e-4, errs
