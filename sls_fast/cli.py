@@ -47,7 +47,7 @@ data specs: digits | lfw | vtab:PATH/TO/TASK (train800.txt, val200.txt, test.txt
 def cmd_run(args) -> dict:
     """The main job: adapt -> score -> select -> truncate -> retrain -> measure -> store, by
     :func:`sls_fast.pipeline.run_task`; this only parses and prints."""
-    from .pipeline import TaskSettings, run_task
+    from .pipeline import QUICK, TaskSettings, run_task
 
     settings = dict(model=args.model, data=args.data, method=args.method, alpha=args.alpha,
                     repeats=args.repeats, tsne_backend=args.tsne_backend, tsne_iter=args.tsne_iter,
@@ -55,9 +55,8 @@ def cmd_run(args) -> dict:
                     image_size=args.image_size, batch_size=args.batch_size,
                     checkpoint=args.checkpoint, compile=not args.no_compile,
                     throughput_iters=args.iters, seed=args.seed, device=args.device)
-    settings = TaskSettings.quick(**{k: v for k, v in settings.items() if k in (
-        "model", "data", "method", "alpha", "repeats", "tsne_backend", "strategy",
-        "batch_size", "checkpoint", "seed", "device")}) if args.quick else TaskSettings(**settings)
+    settings = (TaskSettings.quick(**{k: v for k, v in settings.items() if k not in QUICK})
+                if args.quick else TaskSettings(**settings))
     _say(args, "sls-fast run: " + ", ".join(f"{k}={v}" for k, v in settings.to_dict().items()
                                             if v is not None))
     result = run_task(settings, args.out, progress=args.progress, log=lambda m: _say(args, m))

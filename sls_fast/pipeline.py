@@ -273,6 +273,21 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     data_key = {sp: data_fingerprint(d) for sp, d in split.items()}
     timings["load"] = time.perf_counter() - t0
 
+    def trained(stage, key, net, strategy, epochs, lr=None):
+        """Train ``net``'s adapters and head and test it, or read both back from the cache."""
+        entry = cached(stage, key)
+        if entry is not None:
+            _load_trainable_state(net, entry[0])
+            return entry[1]["fit"], entry[1]["accuracy"]
+        seed_everything(s.seed)
+        fit = finetune(net, train, val, strategy=strategy, epochs=epochs, lr=lr,
+                       batch_size=s.batch_size, progress=progress, seed=s.seed)
+        fit = dict(best_val_acc=fit["best_val_acc"], best_epoch=fit["best_epoch"])
+        acc = evaluate(net, test)
+        if cache is not None:
+            cache.put(key, stage, _trainable_state(net), dict(fit=fit, accuracy=acc))
+        return fit, acc
+
     say(f"[1/6] adapting {s.model} ({s.method} on every block + new head), {s.epochs} epochs on "
         f"{len(train)} images, selected on {len(val)} val")
     t0 = time.perf_counter()
@@ -280,19 +295,7 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
                           method=s.method, dim=s.adapter_dim, scale=s.adapter_scale,
                           num_classes=num_classes, epochs=s.epochs, lr=s.lr,
                           batch_size=s.batch_size, seed=s.seed, image_size=size)
-    entry = cached("adapt", adapt_key)
-    if entry is not None:
-        _load_trainable_state(model, entry[0])
-        fit_full, acc_full = entry[1]["fit"], entry[1]["accuracy"]
-    else:
-        seed_everything(s.seed)
-        fit_full = finetune(model, train, val, strategy="CLR", epochs=s.epochs, lr=s.lr,
-                            batch_size=s.batch_size, progress=progress, seed=s.seed)
-        fit_full = dict(best_val_acc=fit_full["best_val_acc"], best_epoch=fit_full["best_epoch"])
-        acc_full = evaluate(model, test)
-        if cache is not None:
-            cache.put(adapt_key, "adapt", _trainable_state(model),
-                      dict(fit=fit_full, accuracy=acc_full))
+    fit_full, acc_full = trained("adapt", adapt_key, model, "CLR", s.epochs, s.lr)
     timings["adapt"] = time.perf_counter() - t0
 
     say("[2/6] scoring every block (one pass, t-SNE of all layers, silhouette)")
@@ -301,8 +304,8 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
         score_data = torch.utils.data.Subset(train, list(range(min(s.score_points, len(train)))))
     t0 = time.perf_counter()
     weights = weights_checksum(model)
-    feat_key = cache_key("features", weights=weights, data=data_fingerprint(score_data),
-                         image_size=size, pool="auto")
+    feat_key = cache_key("features", weights=weights, data=data_key["train"],
+                         points=len(score_data), image_size=size, pool="auto")
     score_key = cache_key("scores", features=feat_key, tsne_backend=s.tsne_backend,
                           repeats=s.repeats, seed=s.seed, max_iter=s.tsne_iter,
                           perplexity=PERPLEXITY)
@@ -337,20 +340,7 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     retrain_key = cache_key("retrain", adapted=weights, depth=depth, strategy=s.strategy,
                             epochs=s.prune_epochs, batch_size=s.batch_size, seed=s.seed,
                             data=data_key)
-    entry = cached("retrain", retrain_key)
-    if entry is not None:
-        _load_trainable_state(pruned, entry[0])
-        fit_pruned, acc_pruned = entry[1]["fit"], entry[1]["accuracy"]
-    else:
-        seed_everything(s.seed)
-        fit_pruned = finetune(pruned, train, val, strategy=s.strategy, epochs=s.prune_epochs,
-                              batch_size=s.batch_size, progress=progress, seed=s.seed)
-        fit_pruned = dict(best_val_acc=fit_pruned["best_val_acc"],
-                          best_epoch=fit_pruned["best_epoch"])
-        acc_pruned = evaluate(pruned, test)
-        if cache is not None:
-            cache.put(retrain_key, "retrain", _trainable_state(pruned),
-                      dict(fit=fit_pruned, accuracy=acc_pruned))
+    fit_pruned, acc_pruned = trained("retrain", retrain_key, pruned, s.strategy, s.prune_epochs)
     timings["retrain"] = time.perf_counter() - t0
 
     say(f"[4/6] throughput, full vs pruned (batch {s.batch_size}, "

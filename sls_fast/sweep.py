@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import glob
 import json
 import os
@@ -76,8 +75,6 @@ def run_cell(settings: dict, key: str, task: str, out: str, threads: Optional[in
                settings=settings, host=socket.gethostname(), started=started, cell_dir=final)
     if threads:
         torch.set_num_threads(int(threads))
-    if s.device is None and not _has_gpu():
-        s = dataclasses.replace(s, device="cpu")
     with open(os.path.join(tmp, "log.txt"), "w") as log, warnings.catch_warnings(record=True) as ws:
         warnings.simplefilter("always")
         try:
@@ -102,12 +99,6 @@ def run_cell(settings: dict, key: str, task: str, out: str, threads: Optional[in
     _replace_dir(tmp, final)
     os.remove(marker)
     return row
-
-
-def _has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _replace_dir(src: str, dst: str) -> None:
@@ -200,9 +191,11 @@ def run_sweep(spec: SweepSpec, out: str, *, address: Optional[str] = None,
         finally:
             ray.shutdown()
             _remove_partial(out)
-    rows = [r for r in db.rows() if r["key"] in {c.key for c in cells}]
+    every_row = db.rows()
+    keys = {c.key for c in cells}
+    rows = [r for r in every_row if r["key"] in keys]
     files = dict(database=db.path, csv=os.path.join(out, "results.csv"))
-    write_csv(db.rows(), files["csv"])
+    write_csv(every_row, files["csv"])
     for path in plot_results(rows, out):
         files[os.path.basename(path).split(".")[0]] = path
     db.close()
