@@ -165,6 +165,30 @@ SLS_AVX2 inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// The R rows against 8 j: each pair's repulsion w^2 (dx, dy) is added to the rows' sums
+// (sx, sy) and returned as the j side's (fx, fy); z gathers w. With Masked, lanes where mf is 0
+// get w = 0 (the tail past N).
+template <int R, bool Masked>
+SLS_AVX2 __attribute__((always_inline)) inline void rep_block8(
+    const __m256* xa, const __m256* ya, __m256 xj, __m256 yj, __m256 mf, __m256* sx, __m256* sy,
+    __m256& z, __m256& fx, __m256& fy) {
+  const __m256 one = _mm256_set1_ps(1.f);
+  fx = _mm256_setzero_ps();
+  fy = _mm256_setzero_ps();
+  for (int r = 0; r < R; ++r) {
+    const __m256 dx = _mm256_sub_ps(xa[r], xj), dy = _mm256_sub_ps(ya[r], yj);
+    __m256 w = _mm256_div_ps(one, _mm256_fmadd_ps(dx, dx, _mm256_fmadd_ps(dy, dy, one)));
+    if constexpr (Masked) w = _mm256_and_ps(mf, w);
+    z = _mm256_add_ps(z, w);
+    const __m256 w2 = _mm256_mul_ps(w, w);
+    const __m256 ex = _mm256_mul_ps(w2, dx), ey = _mm256_mul_ps(w2, dy);
+    sx[r] = _mm256_add_ps(sx[r], ex);
+    sy[r] = _mm256_add_ps(sy[r], ey);
+    fx = _mm256_add_ps(fx, ex);
+    fy = _mm256_add_ps(fy, ey);
+  }
+}
+
 // Rows i .. i + R - 1 against every j >= i + R (repulsion only), 8 j at a time: the R rows share
 // each load of y_j and one update of j's buffers. The pairs inside the group are added by the
 // caller. Returns sum_r sum_{j >= i + R} w_{i + r, j}.
@@ -178,44 +202,19 @@ SLS_AVX2 float rep_rows_avx2(const float* __restrict x, const float* __restrict 
     sx[r] = _mm256_setzero_ps();
     sy[r] = _mm256_setzero_ps();
   }
-  const __m256 one = _mm256_set1_ps(1.f);
-  __m256 z = _mm256_setzero_ps();
+  __m256 z = _mm256_setzero_ps(), fx, fy;
   int64_t j = i + R;
   for (; j + 8 <= N; j += 8) {
-    const __m256 xj = _mm256_loadu_ps(x + j), yj = _mm256_loadu_ps(y + j);
-    __m256 fx = _mm256_setzero_ps(), fy = _mm256_setzero_ps();
-    for (int r = 0; r < R; ++r) {
-      const __m256 dx = _mm256_sub_ps(xa[r], xj), dy = _mm256_sub_ps(ya[r], yj);
-      const __m256 w = _mm256_div_ps(one, _mm256_fmadd_ps(dx, dx, _mm256_fmadd_ps(dy, dy, one)));
-      z = _mm256_add_ps(z, w);
-      const __m256 w2 = _mm256_mul_ps(w, w);
-      const __m256 ex = _mm256_mul_ps(w2, dx), ey = _mm256_mul_ps(w2, dy);
-      sx[r] = _mm256_add_ps(sx[r], ex);
-      sy[r] = _mm256_add_ps(sy[r], ey);
-      fx = _mm256_add_ps(fx, ex);
-      fy = _mm256_add_ps(fy, ey);
-    }
+    rep_block8<R, false>(xa, ya, _mm256_loadu_ps(x + j), _mm256_loadu_ps(y + j),
+                         _mm256_setzero_ps(), sx, sy, z, fx, fy);
     _mm256_storeu_ps(rx + j, _mm256_sub_ps(_mm256_loadu_ps(rx + j), fx));
     _mm256_storeu_ps(ry + j, _mm256_sub_ps(_mm256_loadu_ps(ry + j), fy));
   }
   if (j < N) {  // the last 1..7 j: masked lanes load 0 and get w = 0
     const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(N - j)),
                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    const __m256 mf = _mm256_castsi256_ps(mask);
-    const __m256 xj = _mm256_maskload_ps(x + j, mask), yj = _mm256_maskload_ps(y + j, mask);
-    __m256 fx = _mm256_setzero_ps(), fy = _mm256_setzero_ps();
-    for (int r = 0; r < R; ++r) {
-      const __m256 dx = _mm256_sub_ps(xa[r], xj), dy = _mm256_sub_ps(ya[r], yj);
-      const __m256 w = _mm256_and_ps(
-          mf, _mm256_div_ps(one, _mm256_fmadd_ps(dx, dx, _mm256_fmadd_ps(dy, dy, one))));
-      z = _mm256_add_ps(z, w);
-      const __m256 w2 = _mm256_mul_ps(w, w);
-      const __m256 ex = _mm256_mul_ps(w2, dx), ey = _mm256_mul_ps(w2, dy);
-      sx[r] = _mm256_add_ps(sx[r], ex);
-      sy[r] = _mm256_add_ps(sy[r], ey);
-      fx = _mm256_add_ps(fx, ex);
-      fy = _mm256_add_ps(fy, ey);
-    }
+    rep_block8<R, true>(xa, ya, _mm256_maskload_ps(x + j, mask), _mm256_maskload_ps(y + j, mask),
+                        _mm256_castsi256_ps(mask), sx, sy, z, fx, fy);
     _mm256_maskstore_ps(rx + j, mask, _mm256_sub_ps(_mm256_maskload_ps(rx + j, mask), fx));
     _mm256_maskstore_ps(ry + j, mask, _mm256_sub_ps(_mm256_maskload_ps(ry + j, mask), fy));
   }
