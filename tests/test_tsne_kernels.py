@@ -115,6 +115,24 @@ def test_symmetrize_native_equals_torch_reference(L, N, k, rng):
         K.symmetrize_native(torch.full((1, 4, 2), 4), torch.ones(1, 4, 2))
 
 
+@pytest.mark.parametrize("L,N,d,perp", [(2, 157, 7, 10.0), (1, 211, 33, 30.0)])
+def test_neighbour_list_affinities_equal_sklearns(L, N, d, perp, rng):
+    """The whole CPU affinity path (C++ neighbour search, bisection, symmetrisation) against
+    scikit-learn's own P for its default method, in float64, per layer."""
+    from sklearn.manifold._t_sne import _joint_probabilities_nn
+    from sklearn.neighbors import NearestNeighbors
+
+    x = torch.from_numpy(rng.standard_normal((L, N, d)))
+    P = K.densify(*K.joint_probabilities(x, perp)).double()
+    k = K.neighbour_count(N, perp)
+    for layer in range(L):
+        graph = NearestNeighbors(n_neighbors=k).fit(x[layer].numpy()).kneighbors_graph(
+            mode="distance")
+        graph.data **= 2
+        sk = torch.from_numpy(_joint_probabilities_nn(graph, perp, 0).toarray())
+        assert_close(P[layer], sk, 2e-4, f"P of layer {layer} vs scikit-learn")
+
+
 def _reference_schedule(y, aff, *, max_iter, exploration_iter, lr):
     """scikit-learn's schedule restated in float64 with the torch reference forces, each problem
     re-centred after every step (a translation: the dynamics are translation invariant)."""
