@@ -185,9 +185,13 @@ def test_native_optimizer_thread_count_does_not_change_bits(L, N, rng):
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
-@pytest.mark.parametrize("L", [1, 16])  # 16: one block, each problem's schedule in one task
-def test_native_optimizer_progress_and_stop(L, rng):
-    y0, aff = _problem(rng, L, 64, 5, 5.0, False)  # L = 1: two row blocks per step
+# (1, 1): two row blocks per step; (16, 1): each problem's schedule in one task; (2, 8): eight
+# runs of each layer stepped together in one task
+@pytest.mark.parametrize("L,S", [(1, 1), (16, 1), (2, 8)])
+def test_native_optimizer_progress_and_stop(L, S, rng):
+    y0, aff = _problem(rng, L, 64, 5, 5.0, False)
+    if S > 1:
+        y0 = K.repeat_starts(y0, S, 1)
     seen = []
     K.tsne_optimize(y0.clone(), aff, max_iter=300, forces="native", progress=seen.append,
                     num_threads=2)
@@ -267,12 +271,20 @@ def test_triton_cuda_graph_equals_eager_launches(rng):
     assert torch.equal(eager, graph)
 
 
-@pytest.mark.parametrize("dense", [False, True])
-def test_native_optimizer_shared_affinities_equal_copied(dense, rng):
-    """Problem s * L + l reads layer l's affinities: the same bits as an explicit S-fold copy."""
-    y0, aff = _problem(rng, 2, 61, 7, 6.0, dense)
-    y = K.repeat_starts(y0, 3, int(rng.integers(1000)))
-    copied = aff.repeat(3, 1, 1) if dense else tuple(a.repeat(3, 1, 1) for a in aff)
-    shared = K.tsne_optimize(y.clone(), aff, max_iter=40, exploration_iter=20, forces="native")
-    copy = K.tsne_optimize(y.clone(), copied, max_iter=40, exploration_iter=20, forces="native")
-    assert torch.equal(shared, copy)
+@pytest.mark.parametrize("dense,LP,S,N", [(False, 2, 3, 61), (True, 2, 3, 61),
+                                          # L = S x LP >= 16 and S >= 4: runs stepped together
+                                          (False, 2, 8, 61), (False, 3, 9, 77), (False, 1, 16, 40)])
+def test_native_optimizer_shared_affinities_equal_copied(dense, LP, S, N, rng):
+    """Problem s * LP + l reads layer l's affinities: the same bits as an explicit S-fold copy,
+    for any thread count. With S >= 4 runs per layer (and enough layers or runs for the
+    threads) the AVX2 path steps up to 8 runs of a layer together and reads their attraction
+    from the shared lists in the lanes of one vector; the copy runs each problem alone."""
+    y0, aff = _problem(rng, LP, N, 7, 6.0, dense)
+    y = K.repeat_starts(y0, S, int(rng.integers(1000)))
+    copied = aff.repeat(S, 1, 1) if dense else tuple(a.repeat(S, 1, 1) for a in aff)
+    for threads in (1, 2, 3):
+        shared = K.tsne_optimize(y.clone(), aff, max_iter=40, exploration_iter=20,
+                                 forces="native", num_threads=threads)
+        copy = K.tsne_optimize(y.clone(), copied, max_iter=40, exploration_iter=20,
+                               forces="native", num_threads=threads)
+        assert torch.equal(shared, copy), threads

@@ -261,18 +261,17 @@ SLS_AVX2 void attraction_avx2(const float* __restrict xy, const int32_t* __restr
   *ay = hsum(sy);
 }
 
-// One row block [i0, i1) of a problem on the AVX2 path: the repulsion of its rows against every
-// later row in groups of kRepRows rows, then the attraction of its rows. Returns the block's
-// share of Z / 2 (sum over its pairs i < j of w_ij).
+// The repulsion of a row block [i0, i1) of a problem on the AVX2 path: its rows against every
+// later row in groups of kRepRows rows. Returns the block's share of Z / 2 (sum over its pairs
+// i < j of w_ij).
 #ifndef SLS_REP_ROWS
 #define SLS_REP_ROWS 2
 #endif
 constexpr int kRepRows = SLS_REP_ROWS;
 
-SLS_AVX2 double sparse_block_avx2(const float* __restrict x, const float* __restrict y,
-                                  int64_t i0, int64_t i1, int64_t N, float* __restrict rx,
-                                  float* __restrict ry, const Csr& c, float* __restrict xy,
-                                  float* __restrict ax, float* __restrict ay) {
+SLS_AVX2 double repulsion_block_avx2(const float* __restrict x, const float* __restrict y,
+                                     int64_t i0, int64_t i1, int64_t N, float* __restrict rx,
+                                     float* __restrict ry) {
   double z = 0.0;
   int64_t i = i0;
   for (; i + kRepRows <= i1; i += kRepRows) {
@@ -290,14 +289,71 @@ SLS_AVX2 double sparse_block_avx2(const float* __restrict x, const float* __rest
     z += zg;
   }
   for (; i < i1; ++i) z += rep_rows_avx2<1>(x, y, i, N, rx, ry);
+  return z;
+}
+
+// One row block of a problem on the AVX2 path: the repulsion, then the attraction of its rows
+// (y copied to interleaved (x, y) pairs in the thread's scratch xy first).
+SLS_AVX2 double sparse_block_avx2(const float* __restrict x, const float* __restrict y,
+                                  int64_t i0, int64_t i1, int64_t N, float* __restrict rx,
+                                  float* __restrict ry, const Csr& c, float* __restrict xy,
+                                  float* __restrict ax, float* __restrict ay) {
+  const double z = repulsion_block_avx2(x, y, i0, i1, N, rx, ry);
   for (int64_t k = 0; k < N; ++k) {
     xy[2 * k] = x[k];
     xy[2 * k + 1] = y[k];
   }
-  for (i = i0; i < i1; ++i)
+  for (int64_t i = i0; i < i1; ++i)
     attraction_avx2(xy, c.col.data(), c.val.data(), c.rowptr[i], c.rowptr[i + 1], i, ax + i,
                     ay + i);
   return z;
+}
+
+// Lane-wise sum of v[0..7] in hsum's order of lanes 0..7: ((0 + 4) + (2 + 6)) + ((1 + 5) + (3 + 7)).
+SLS_AVX2 inline __m256 hsum_order8(const __m256* v) {
+  return _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(v[0], v[4]), _mm256_add_ps(v[2], v[6])),
+                       _mm256_add_ps(_mm256_add_ps(v[1], v[5]), _mm256_add_ps(v[3], v[7])));
+}
+
+// The attraction of every row of one layer for a group of runs sharing its affinities, eight
+// runs per AVX2 vector (lane = run): each neighbour entry's index and value are read once for
+// all runs and its y_j is two contiguous loads, where attraction_avx2 spends a gather of eight
+// neighbours per vector. ys is the group's positions as [N][2][W] (x of the W lanes, then y),
+// W a multiple of 8; out receives the forces in the same layout.
+// Per lane, the arithmetic is attraction_avx2's exactly: lane k of its vector sums the entries
+// s0 + k, s0 + k + 8, ... in order (class k here), and hsum adds the classes as
+// ((c0 + c4) + (c2 + c6)) + ((c1 + c5) + (c3 + c7)): a run gives the same bits either way.
+SLS_AVX2 void attraction_lanes_avx2(const float* __restrict ys, int64_t W, const Csr& c,
+                                    int64_t N, float* __restrict out) {
+  const __m256 one = _mm256_set1_ps(1.f);
+  const int32_t* col = c.col.data();
+  const float* val = c.val.data();
+  for (int64_t q = 0; q < W; q += 8)
+    for (int64_t i = 0; i < N; ++i) {
+      const __m256 xi = _mm256_loadu_ps(ys + 2 * i * W + q);
+      const __m256 yi = _mm256_loadu_ps(ys + (2 * i + 1) * W + q);
+      __m256 cx[8], cy[8];
+      for (int half = 0; half < 2; ++half) {  // classes 4 half .. 4 half + 3, interleaved
+        __m256 sx[4], sy[4];
+        for (int k = 0; k < 4; ++k) sx[k] = sy[k] = _mm256_setzero_ps();
+        for (int64_t s = c.rowptr[i] + 4 * half; s < c.rowptr[i + 1]; s += 8)
+          for (int k = 0; k < 4; ++k) {
+            const float* yj = ys + 2 * static_cast<int64_t>(col[s + k]) * W + q;
+            const __m256 dx = _mm256_sub_ps(xi, _mm256_loadu_ps(yj));
+            const __m256 dy = _mm256_sub_ps(yi, _mm256_loadu_ps(yj + W));
+            const __m256 pw = _mm256_div_ps(
+                _mm256_set1_ps(val[s + k]), _mm256_fmadd_ps(dx, dx, _mm256_fmadd_ps(dy, dy, one)));
+            sx[k] = _mm256_fmadd_ps(pw, dx, sx[k]);
+            sy[k] = _mm256_fmadd_ps(pw, dy, sy[k]);
+          }
+        for (int k = 0; k < 4; ++k) {
+          cx[4 * half + k] = sx[k];
+          cy[4 * half + k] = sy[k];
+        }
+      }
+      _mm256_storeu_ps(out + 2 * i * W + q, hsum_order8(cx));
+      _mm256_storeu_ps(out + (2 * i + 1) * W + q, hsum_order8(cy));
+    }
 }
 #endif
 
@@ -376,6 +432,33 @@ int64_t optimize_impl(float* y_out, const float* P, const int32_t* nbr, const fl
     }
     zpart[t] = z;
   };
+#ifdef SLS_HAVE_AVX2_PATH
+  // 1'. forces of nm <= 8 runs of layer lp stepped together (one block each, AVX2 path): the
+  // repulsion run by run, then the attraction of all of them in the lanes of one vector
+  // (lanes_in / lanes_out: [N][2][8] scratch of the calling thread; unused lanes stay 0)
+  auto lockstep_forces = [&](const int64_t* members, int64_t nm, int64_t lp, float* lanes_in,
+                             float* lanes_out) {
+    for (int64_t r = 0; r < nm; ++r) {
+      const int64_t l = members[r];
+      const float* x = yt.data() + l * 2 * N;
+      float* bb = buf.data() + l * NA * N;
+      std::fill(bb, bb + NA * N, 0.f);
+      zpart[l] = repulsion_block_avx2(x, x + N, 0, N, N, bb, bb + N);
+      for (int64_t i = 0; i < N; ++i) {
+        lanes_in[2 * i * 8 + r] = x[i];
+        lanes_in[(2 * i + 1) * 8 + r] = x[N + i];
+      }
+    }
+    attraction_lanes_avx2(lanes_in, 8, csr[lp], N, lanes_out);
+    for (int64_t r = 0; r < nm; ++r) {
+      float* at = attr.data() + members[r] * 2 * N;
+      for (int64_t i = 0; i < N; ++i) {
+        at[i] = lanes_out[2 * i * 8 + r];
+        at[N + i] = lanes_out[(2 * i + 1) * 8 + r];
+      }
+    }
+  };
+#endif
   // 2. gradient and update of points i0..i1 of problem l (buffers and Z added in a fixed order)
   auto update = [&](int64_t l, int64_t i0, int64_t i1, float exaggeration, float momentum) {
     double zsum = 0.0;
@@ -417,9 +500,21 @@ int64_t optimize_impl(float* y_out, const float* P, const int32_t* nbr, const fl
   int64_t done = 0;
   bool stop = false;
   if (B == 1) {
-    // One block per problem (L >= 16): the problems never meet, so each runs its whole schedule
-    // in one task (no barrier per step, its buffers stay in the thread's cache) with the very
-    // arithmetic of the step-major loop below. Thread 0 (the caller) reports the mean progress.
+    // One block per problem (L >= 16): the problems never meet, so each task runs the whole
+    // schedule of its problems (no barrier per step, their buffers stay in the thread's cache)
+    // with the very arithmetic of the step-major loop below. A task is one problem or, on the
+    // AVX2 path with S >= 4 runs per layer, up to 8 runs of one layer stepped together so that
+    // their attraction reads the layer's neighbour lists once (attraction_lanes_avx2: the same
+    // bits). Thread 0 (the caller) reports the mean progress.
+    const int64_t S = L / LP;
+    int64_t chunks = 0;  // tasks per layer when runs step together; 0: one task per problem
+#ifdef SLS_HAVE_AVX2_PATH
+    if constexpr (!kDense) {
+      const int64_t c = (S + 7) / 8;
+      if (avx2 && S >= 4 && LP * c >= nt) chunks = c;
+    }
+#endif
+    const int64_t n_tasks = chunks ? LP * chunks : L;
     std::vector<int64_t> steps_of(L, 0);
     std::atomic<int64_t> total{0};
     std::atomic<bool> halt{false};
@@ -428,19 +523,41 @@ int64_t optimize_impl(float* y_out, const float* P, const int32_t* nbr, const fl
 #pragma omp parallel num_threads(nt)
     {
       const int tid = omp_get_thread_num();
+      std::vector<float> lanes_in(chunks ? N * 2 * 8 : 0, 0.f), lanes_out(lanes_in.size());
+      int64_t members[8];
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t l = 0; l < L; ++l) {
+      for (int64_t task = 0; task < n_tasks; ++task) {
+        int64_t nm = 1;
+        if (chunks) {  // runs r0 .. r1 - 1 of layer lp: problems lp + r LP
+          const int64_t lp = task / chunks, c = task % chunks;
+          const int64_t r0 = c * S / chunks, r1 = (c + 1) * S / chunks;
+          nm = r1 - r0;
+          for (int64_t r = 0; r < nm; ++r) members[r] = lp + (r0 + r) * LP;
+        } else {
+          members[0] = task;
+        }
         for (const auto& ph : phases) {
-          std::fill(upd.begin() + l * 2 * N, upd.begin() + (l + 1) * 2 * N, 0.f);
-          std::fill(gains.begin() + l * 2 * N, gains.begin() + (l + 1) * 2 * N, 1.f);
+          for (int64_t m = 0; m < nm; ++m) {
+            const int64_t l = members[m];
+            std::fill(upd.begin() + l * 2 * N, upd.begin() + (l + 1) * 2 * N, 0.f);
+            std::fill(gains.begin() + l * 2 * N, gains.begin() + (l + 1) * 2 * N, 1.f);
+          }
           for (int64_t step = 0; step < ph.steps; ++step) {
             if (halt.load(std::memory_order_relaxed)) break;
-            forces(l, tid);
-            update(l, 0, N, static_cast<float>(ph.exaggeration), static_cast<float>(ph.momentum));
-            recentre(2 * l);
-            recentre(2 * l + 1);
-            ++steps_of[l];
-            const int64_t mean = (total.fetch_add(1) + 1) / L;
+#ifdef SLS_HAVE_AVX2_PATH
+            if (chunks)
+              lockstep_forces(members, nm, task / chunks, lanes_in.data(), lanes_out.data());
+            else
+#endif
+              forces(members[0], tid);
+            for (int64_t m = 0; m < nm; ++m) {
+              const int64_t l = members[m];
+              update(l, 0, N, static_cast<float>(ph.exaggeration), static_cast<float>(ph.momentum));
+              recentre(2 * l);
+              recentre(2 * l + 1);
+              ++steps_of[l];
+            }
+            const int64_t mean = (total.fetch_add(nm) + nm) / L;
             if (tid == 0 && progress && mean >= reported + report_every) {
               reported = mean;
               try {

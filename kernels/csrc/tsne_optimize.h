@@ -20,7 +20,11 @@
 // intrinsics (rows in pairs sharing the loads of y_j, masked tails; the attraction over
 // neighbour rows padded to whole vectors, y read as interleaved (x, y) pairs instead of gathers);
 // elsewhere (or with SLS_FAST_PORTABLE_KERNELS=1 in the environment) the portable auto-vectorised
-// loops.
+// loops. On the AVX2 path with one block per problem and S = L / LP >= 4 runs per layer, a task
+// steps up to 8 runs of one layer together and computes their attraction with one run per vector
+// lane: each neighbour entry is read once for the 8 runs and y_j is two contiguous loads instead
+// of a gather. The lane arithmetic and summation order are those of the one-run kernel, so every
+// run keeps its bits (run 0 of a repeated t-SNE equals the single run).
 #pragma once
 #include <cstdint>
 #include <functional>
