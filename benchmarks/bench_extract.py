@@ -101,3 +101,25 @@ def test_extract(benchmark, case, kind, capsys):
                   f"plain {plain * 1e3:.1f} ms, extract {ext * 1e3:.1f} ms, per-layer {per * 1e3:.1f} ms; "
                   f"extract/plain = {r1:.3f} (target <= 1.15), per-layer/extract = {r2:.2f}x "
                   f"(target >= {0.8 * L:.1f}x)")
+
+
+@pytest.mark.parametrize("layout", ["own", "channels_last"])
+def test_conv_weight_layout(benchmark, layout, monkeypatch, capsys):
+    """EfficientNet-Lite0 at 64 px on the CPU: extraction as shipped (4-D weights channels-last
+    while it runs) against the model's own NCHW layout, same data, same run."""
+    import sls_fast.extract as E
+
+    case = "efficientnet_lite0@64"
+    model, ds = _setup(case)
+    if layout == "own":
+        monkeypatch.setattr(E, "_channels_last_weights", lambda model, device: [])
+    benchmark.group = f"extract {case}: weight layout"
+    benchmark.pedantic(lambda: extract_features(model, ds, batch_size=BATCH, progress=False),
+                       rounds=7, warmup_rounds=1)
+    _record(benchmark, case, f"layout {layout}")
+    own, cl = _TIMES.get((case, "layout own")), _TIMES.get((case, "layout channels_last"))
+    if own and cl:
+        benchmark.extra_info.update(own_over_channels_last=own / cl)
+        with capsys.disabled():
+            print(f"\n[bench_extract] {case}, N={N_IMAGES}: own layout {own * 1e3:.1f} ms, "
+                  f"channels-last {cl * 1e3:.1f} ms: {own / cl:.2f}x")
