@@ -318,42 +318,40 @@ SLS_AVX2 inline __m256 hsum_order8(const __m256* v) {
 // The attraction of every row of one layer for a group of runs sharing its affinities, eight
 // runs per AVX2 vector (lane = run): each neighbour entry's index and value are read once for
 // all runs and its y_j is two contiguous loads, where attraction_avx2 spends a gather of eight
-// neighbours per vector. ys is the group's positions as [N][2][W] (x of the W lanes, then y),
-// W a multiple of 8; out receives the forces in the same layout.
+// neighbours per vector. ys is the group's positions as [N][2][8] (x of the 8 lanes, then y);
+// out receives the forces in the same layout.
 // Per lane, the arithmetic is attraction_avx2's exactly: lane k of its vector sums the entries
 // s0 + k, s0 + k + 8, ... in order (class k here), and hsum adds the classes as
 // ((c0 + c4) + (c2 + c6)) + ((c1 + c5) + (c3 + c7)): a run gives the same bits either way.
-SLS_AVX2 void attraction_lanes_avx2(const float* __restrict ys, int64_t W, const Csr& c,
-                                    int64_t N, float* __restrict out) {
+SLS_AVX2 void attraction_lanes_avx2(const float* __restrict ys, const Csr& c, int64_t N,
+                                    float* __restrict out) {
   const __m256 one = _mm256_set1_ps(1.f);
   const int32_t* col = c.col.data();
   const float* val = c.val.data();
-  for (int64_t q = 0; q < W; q += 8)
-    for (int64_t i = 0; i < N; ++i) {
-      const __m256 xi = _mm256_loadu_ps(ys + 2 * i * W + q);
-      const __m256 yi = _mm256_loadu_ps(ys + (2 * i + 1) * W + q);
-      __m256 cx[8], cy[8];
-      for (int half = 0; half < 2; ++half) {  // classes 4 half .. 4 half + 3, interleaved
-        __m256 sx[4], sy[4];
-        for (int k = 0; k < 4; ++k) sx[k] = sy[k] = _mm256_setzero_ps();
-        for (int64_t s = c.rowptr[i] + 4 * half; s < c.rowptr[i + 1]; s += 8)
-          for (int k = 0; k < 4; ++k) {
-            const float* yj = ys + 2 * static_cast<int64_t>(col[s + k]) * W + q;
-            const __m256 dx = _mm256_sub_ps(xi, _mm256_loadu_ps(yj));
-            const __m256 dy = _mm256_sub_ps(yi, _mm256_loadu_ps(yj + W));
-            const __m256 pw = _mm256_div_ps(
-                _mm256_set1_ps(val[s + k]), _mm256_fmadd_ps(dx, dx, _mm256_fmadd_ps(dy, dy, one)));
-            sx[k] = _mm256_fmadd_ps(pw, dx, sx[k]);
-            sy[k] = _mm256_fmadd_ps(pw, dy, sy[k]);
-          }
+  for (int64_t i = 0; i < N; ++i) {
+    const __m256 xi = _mm256_loadu_ps(ys + 16 * i), yi = _mm256_loadu_ps(ys + 16 * i + 8);
+    __m256 cx[8], cy[8];
+    for (int half = 0; half < 2; ++half) {  // classes 4 half .. 4 half + 3, interleaved
+      __m256 sx[4], sy[4];
+      for (int k = 0; k < 4; ++k) sx[k] = sy[k] = _mm256_setzero_ps();
+      for (int64_t s = c.rowptr[i] + 4 * half; s < c.rowptr[i + 1]; s += 8)
         for (int k = 0; k < 4; ++k) {
-          cx[4 * half + k] = sx[k];
-          cy[4 * half + k] = sy[k];
+          const float* yj = ys + 16 * static_cast<int64_t>(col[s + k]);
+          const __m256 dx = _mm256_sub_ps(xi, _mm256_loadu_ps(yj));
+          const __m256 dy = _mm256_sub_ps(yi, _mm256_loadu_ps(yj + 8));
+          const __m256 pw = _mm256_div_ps(
+              _mm256_set1_ps(val[s + k]), _mm256_fmadd_ps(dx, dx, _mm256_fmadd_ps(dy, dy, one)));
+          sx[k] = _mm256_fmadd_ps(pw, dx, sx[k]);
+          sy[k] = _mm256_fmadd_ps(pw, dy, sy[k]);
         }
+      for (int k = 0; k < 4; ++k) {
+        cx[4 * half + k] = sx[k];
+        cy[4 * half + k] = sy[k];
       }
-      _mm256_storeu_ps(out + 2 * i * W + q, hsum_order8(cx));
-      _mm256_storeu_ps(out + (2 * i + 1) * W + q, hsum_order8(cy));
     }
+    _mm256_storeu_ps(out + 16 * i, hsum_order8(cx));
+    _mm256_storeu_ps(out + 16 * i + 8, hsum_order8(cy));
+  }
 }
 #endif
 
@@ -445,16 +443,16 @@ int64_t optimize_impl(float* y_out, const float* P, const int32_t* nbr, const fl
       std::fill(bb, bb + NA * N, 0.f);
       zpart[l] = repulsion_block_avx2(x, x + N, 0, N, N, bb, bb + N);
       for (int64_t i = 0; i < N; ++i) {
-        lanes_in[2 * i * 8 + r] = x[i];
-        lanes_in[(2 * i + 1) * 8 + r] = x[N + i];
+        lanes_in[16 * i + r] = x[i];
+        lanes_in[16 * i + 8 + r] = x[N + i];
       }
     }
-    attraction_lanes_avx2(lanes_in, 8, csr[lp], N, lanes_out);
+    attraction_lanes_avx2(lanes_in, csr[lp], N, lanes_out);
     for (int64_t r = 0; r < nm; ++r) {
       float* at = attr.data() + members[r] * 2 * N;
       for (int64_t i = 0; i < N; ++i) {
-        at[i] = lanes_out[2 * i * 8 + r];
-        at[N + i] = lanes_out[(2 * i + 1) * 8 + r];
+        at[i] = lanes_out[16 * i + r];
+        at[N + i] = lanes_out[16 * i + 8 + r];
       }
     }
   };
