@@ -239,6 +239,18 @@ SLS_AVX2 inline void load_pairs8(const float* __restrict xy, const int32_t* c, _
   *ys = _mm256_shuffle_ps(a, b, 0xDD);
 }
 
+// One vector of attraction terms, added to (sx, sy): p w (y_i - y_j) with w = 1 / (1 + |y_i - y_j|^2),
+// lane by lane. Both attraction kernels call it, so a run's lanes do the same arithmetic in either.
+SLS_AVX2 __attribute__((always_inline)) inline void attract8(__m256 xi, __m256 yi, __m256 xj,
+                                                              __m256 yj, __m256 p, __m256& sx,
+                                                              __m256& sy) {
+  const __m256 dx = _mm256_sub_ps(xi, xj), dy = _mm256_sub_ps(yi, yj);
+  const __m256 pw =
+      _mm256_div_ps(p, _mm256_fmadd_ps(dx, dx, _mm256_fmadd_ps(dy, dy, _mm256_set1_ps(1.f))));
+  sx = _mm256_fmadd_ps(pw, dx, sx);
+  sy = _mm256_fmadd_ps(pw, dy, sy);
+}
+
 // sum_s p_{i, col_s} w (y_i - y_col_s) of point i over its compressed row (padded to a multiple
 // of 8 entries), 8 entries at a time, reading y as interleaved (x, y) pairs: one 8-byte load
 // per neighbour instead of two gathers (gathers are slow on AMD Zen).
@@ -246,16 +258,11 @@ SLS_AVX2 void attraction_avx2(const float* __restrict xy, const int32_t* __restr
                               const float* __restrict val, int64_t s0, int64_t s1, int64_t i,
                               float* ax, float* ay) {
   const __m256 xi = _mm256_set1_ps(xy[2 * i]), yi = _mm256_set1_ps(xy[2 * i + 1]);
-  const __m256 one = _mm256_set1_ps(1.f);
   __m256 sx = _mm256_setzero_ps(), sy = _mm256_setzero_ps();
   for (int64_t s = s0; s < s1; s += 8) {
     __m256 xs, ys;
     load_pairs8(xy, col + s, &xs, &ys);
-    const __m256 dx = _mm256_sub_ps(xi, xs), dy = _mm256_sub_ps(yi, ys);
-    const __m256 pw = _mm256_div_ps(_mm256_loadu_ps(val + s),
-                                    _mm256_fmadd_ps(dx, dx, _mm256_fmadd_ps(dy, dy, one)));
-    sx = _mm256_fmadd_ps(pw, dx, sx);
-    sy = _mm256_fmadd_ps(pw, dy, sy);
+    attract8(xi, yi, xs, ys, _mm256_loadu_ps(val + s), sx, sy);
   }
   *ax = hsum(sx);
   *ay = hsum(sy);
@@ -325,7 +332,6 @@ SLS_AVX2 inline __m256 hsum_order8(const __m256* v) {
 // ((c0 + c4) + (c2 + c6)) + ((c1 + c5) + (c3 + c7)): a run gives the same bits either way.
 SLS_AVX2 void attraction_lanes_avx2(const float* __restrict ys, const Csr& c, int64_t N,
                                     float* __restrict out) {
-  const __m256 one = _mm256_set1_ps(1.f);
   const int32_t* col = c.col.data();
   const float* val = c.val.data();
   for (int64_t i = 0; i < N; ++i) {
@@ -337,12 +343,8 @@ SLS_AVX2 void attraction_lanes_avx2(const float* __restrict ys, const Csr& c, in
       for (int64_t s = c.rowptr[i] + 4 * half; s < c.rowptr[i + 1]; s += 8)
         for (int k = 0; k < 4; ++k) {
           const float* yj = ys + 16 * static_cast<int64_t>(col[s + k]);
-          const __m256 dx = _mm256_sub_ps(xi, _mm256_loadu_ps(yj));
-          const __m256 dy = _mm256_sub_ps(yi, _mm256_loadu_ps(yj + 8));
-          const __m256 pw = _mm256_div_ps(
-              _mm256_set1_ps(val[s + k]), _mm256_fmadd_ps(dx, dx, _mm256_fmadd_ps(dy, dy, one)));
-          sx[k] = _mm256_fmadd_ps(pw, dx, sx[k]);
-          sy[k] = _mm256_fmadd_ps(pw, dy, sy[k]);
+          attract8(xi, yi, _mm256_loadu_ps(yj), _mm256_loadu_ps(yj + 8),
+                   _mm256_set1_ps(val[s + k]), sx[k], sy[k]);
         }
       for (int k = 0; k < 4; ++k) {
         cx[4 * half + k] = sx[k];
