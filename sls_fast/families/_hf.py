@@ -174,6 +174,7 @@ class HFFamily(Family):
                              targets=targets)
             return
         from ..petl import Convpass, RepAdapter
+        from ._transformer import attach_block_adapters
 
         base, adapted = self._adapted_classes()
         blocks = self.blocks(model)
@@ -192,33 +193,25 @@ class HFFamily(Family):
         cfg = backbone.config
         grid = (cfg.image_size // cfg.patch_size,) * 2  # other sizes: a square grid is inferred
         p = next(iter(model.parameters()))
+        if kind == "convpass":
+            def make():
+                return Convpass(cfg.hidden_size, dim, num_prefix_tokens=1, grid_size=grid,
+                                dropout=dropout, scale=scale)
+        else:
+            def make():
+                return RepAdapter(cfg.hidden_size, dim, groups=groups, scale=scale, dropout=dropout)
         for i in layers:
-            blk = blocks[i].module
-            for slot in ("adapter_attn", "adapter_mlp"):
-                if kind == "convpass":
-                    a = Convpass(cfg.hidden_size, dim, num_prefix_tokens=1, grid_size=grid,
-                                 dropout=dropout, scale=scale)
-                else:
-                    a = RepAdapter(cfg.hidden_size, dim, groups=groups, scale=scale, dropout=dropout)
-                setattr(blk, slot, a.to(device=p.device, dtype=p.dtype))
-            blk.__class__ = adapted[kind]
+            attach_block_adapters(blocks[i].module, make, adapted[kind], p)
 
     def merge_adapters(self, model):
         from ..petl import RepAdapter
-        from ._transformer import _fold_into_linear
+        from ._transformer import fold_block_adapters
 
         for b in self.blocks(model):
             blk = b.module
             if not isinstance(getattr(blk, "adapter_attn", None), RepAdapter):
                 continue
-            attn, mlp = self._merge_linears(blk)
-            for lin in attn:
-                _fold_into_linear(blk.adapter_attn, lin)
-            for lin in mlp:
-                _fold_into_linear(blk.adapter_mlp, lin)
-            del blk.adapter_attn
-            del blk.adapter_mlp
-            blk.__class__ = type(blk).sls_base_class
+            fold_block_adapters(blk, *self._merge_linears(blk))
 
     # ------------------------------------------------------------------ loading
     def model_class(self, transformers, cfg, num_classes: Optional[int]):

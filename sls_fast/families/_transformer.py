@@ -37,6 +37,26 @@ def _fold_into_linear(adapter: RepAdapter, lin: nn.Linear) -> None:
         lin.bias.copy_(new_b.to(lin.bias.dtype))
 
 
+def attach_block_adapters(blk: nn.Module, make, adapted_class: type, like: torch.Tensor) -> None:
+    """``adapter_attn`` and ``adapter_mlp`` made by ``make()`` (on ``like``'s device and dtype)
+    into a block, which becomes ``adapted_class``."""
+    for slot in ("adapter_attn", "adapter_mlp"):
+        setattr(blk, slot, make().to(device=like.device, dtype=like.dtype))
+    blk.__class__ = adapted_class
+
+
+def fold_block_adapters(blk: nn.Module, attn_linears, mlp_linears) -> None:
+    """Merge a block's RepAdapters into the linears that read them, remove them, and give the
+    block its base class back."""
+    for lin in attn_linears:
+        _fold_into_linear(blk.adapter_attn, lin)
+    for lin in mlp_linears:
+        _fold_into_linear(blk.adapter_mlp, lin)
+    del blk.adapter_attn
+    del blk.adapter_mlp
+    blk.__class__ = type(blk).sls_base_class
+
+
 class TransformerFamily(Family):
     """Blocks with ``norm1 / attn / norm2 / mlp``: Convpass beside attention and MLP, RepAdapter
     before them (both as ``adapter_attn`` / ``adapter_mlp`` inside the block)."""
@@ -70,13 +90,13 @@ class TransformerFamily(Family):
             blk = blocks[i].module
             width = blk.norm1.weight.shape[0] if getattr(blk.norm1, "weight", None) is not None \
                 else blk.mlp.fc1.in_features
-            for slot in ("adapter_attn", "adapter_mlp"):
-                if kind == "convpass":
-                    a = self._convpass(model, width, dim, scale, dropout)
-                else:
-                    a = RepAdapter(width, dim, groups=groups, scale=scale, dropout=dropout)
-                setattr(blk, slot, a.to(device=p.device, dtype=p.dtype))
-            blk.__class__ = adapted[kind]
+            if kind == "convpass":
+                def make(width=width):
+                    return self._convpass(model, width, dim, scale, dropout)
+            else:
+                def make(width=width):
+                    return RepAdapter(width, dim, groups=groups, scale=scale, dropout=dropout)
+            attach_block_adapters(blk, make, adapted[kind], p)
 
     def merge_adapters(self, model):
         for b in self.blocks(model):
@@ -87,8 +107,4 @@ class TransformerFamily(Family):
             fc1 = getattr(blk.mlp, "fc1", None)
             if not isinstance(qkv, nn.Linear) or not isinstance(fc1, nn.Linear):
                 raise TypeError(f"{b.name}: merge needs attn.qkv and mlp.fc1 to be nn.Linear")
-            _fold_into_linear(blk.adapter_attn, qkv)
-            _fold_into_linear(blk.adapter_mlp, fc1)
-            del blk.adapter_attn
-            del blk.adapter_mlp
-            blk.__class__ = type(blk).sls_base_class
+            fold_block_adapters(blk, [qkv], [fc1])
