@@ -163,16 +163,17 @@ def _problem(rng, L, N, D, perplexity, dense):
 
 
 @pytest.mark.parametrize("dense", [False, True])
-@pytest.mark.parametrize("S,L,N", [(1, 3, 53), (2, 2, 77), (3, 1, 130)])
+# (5, 4, 41): 20 problems, one task per layer's 5 runs stepped together (attraction in lanes)
+@pytest.mark.parametrize("S,L,N", [(1, 3, 53), (2, 2, 77), (3, 1, 130), (5, 4, 41)])
 def test_native_optimizer_follows_float64_reference(S, L, N, dense, rng):
     """The whole schedule in one C++ call (exaggeration phase, reset, final phase) follows the
     float64 restatement over a short run (t-SNE is chaotic: long runs are compared by quality,
-    in test_tsne.py), for S runs sharing each layer's affinities."""
+    in test_tsne.py), for S runs sharing each layer's affinities (2 threads)."""
     y0, aff = _problem(rng, L, N, 9, 7.0, dense)
     y = K.repeat_starts(y0, S, int(rng.integers(1000))) if S > 1 else y0
     ref = _reference_schedule(y, aff, max_iter=14, exploration_iter=6, lr=40.0)
     got = K.tsne_optimize(y.clone(), aff, max_iter=14, exploration_iter=6, learning_rate=40.0,
-                          forces="native")
+                          forces="native", num_threads=2)
     assert got.dtype == torch.float32 and got.shape == y.shape
     assert_close(got, ref, 2e-4, f"native optimiser (dense={dense}) after 14 steps")
 
