@@ -7,6 +7,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from sls_fast.blocks import find_blocks
+import sls_fast.extract as extract_module
 from sls_fast.extract import LayerFeatures, estimate_bytes, extract_features
 
 N_IMAGES = 10
@@ -45,16 +46,23 @@ def _data(size, n=N_IMAGES, seed=0):
 
 
 def reference(model, x, *, pool="auto"):
-    """Hook on every block, run the whole model on every image, pool by hand: [L] x [N, D_i]."""
+    """Hook on every block, run the whole model on every image, pool by hand: [L] x [N, D_i].
+    The model runs in the weight layout extraction gives it on the CPU (a conv net's weights and
+    inputs channels-last), so the comparison sees hooks, pooling and buffers, not the rounding of
+    another convolution kernel (the two layouts are compared in
+    test_conv_weights_channels_last_during_extraction_then_restored)."""
     blocks = find_blocks(model)
     outs = {i: [] for i in range(len(blocks))}
     hooks = [b.module.register_forward_hook(lambda m, inp, o, i=i: outs[i].append(o))
              for i, b in enumerate(blocks)]
+    converted = extract_module._channels_last_weights(model, torch.device("cpu"))
     try:
         with torch.no_grad():
             for s in range(0, x.shape[0], BATCH):
-                model(x[s:s + BATCH])
+                xb = x[s:s + BATCH]
+                model(xb.contiguous(memory_format=torch.channels_last) if converted else xb)
     finally:
+        extract_module._restore_weights(converted)
         for h in hooks:
             h.remove()
     cls = getattr(model, "cls_token", None) is not None
@@ -72,18 +80,13 @@ def reference(model, x, *, pool="auto"):
 
 
 def _assert_close(lf, ref, tol=1e-5):
-    """Max abs error <= tol x max(1, the layer's largest |value|): float32 rounding of two
-    forward passes (on the CPU, extraction runs convolutions on channels-last weights, the
-    reference on the model's own layout: other kernels, other rounding)."""
     assert len(lf) == len(ref)
     for i, r in enumerate(ref):
         got = torch.as_tensor(np.asarray(lf.to_numpy()[i]))
         assert got.shape == r.shape, f"layer {i}: {tuple(got.shape)} vs {tuple(r.shape)}"
         assert torch.isfinite(got).all(), f"layer {i} has non-finite values"
         err = (got - r).abs().max().item()
-        scale = max(1.0, r.abs().max().item())
-        assert err <= tol * scale, \
-            f"layer {i} ({lf.layer_names[i]}): max abs error {err:.2e} (scale {scale:.2e})"
+        assert err <= tol, f"layer {i} ({lf.layer_names[i]}): max abs error {err:.2e}"
 
 
 @pytest.mark.parametrize("family,method", [("vit", "auto"), ("vit", "hooks"), ("swin", "auto"),
@@ -307,7 +310,7 @@ def test_merged_pool_needs_swin(models):
         extract_features(model, TensorDataset(x, y), pool="merged", progress=False)
 
 
-def test_conv_weights_channels_last_during_extraction_then_restored(models):
+def test_conv_weights_channels_last_during_extraction_then_restored(models, monkeypatch):
     """On the CPU a conv net's 4-D weights are channels-last while it extracts (faster oneDNN
     convolutions), and the model gets its own layout back afterwards, also when extraction
     fails midway."""
@@ -318,9 +321,16 @@ def test_conv_weights_channels_last_during_extraction_then_restored(models):
         lambda m, inp: seen.append((m.weight.is_contiguous(memory_format=torch.channels_last),
                                     inp[0].is_contiguous(memory_format=torch.channels_last))))
     try:
-        extract_features(model, TensorDataset(x, y), batch_size=4, progress=False)
+        lf = extract_features(model, TensorDataset(x, y), batch_size=4, progress=False)
         assert seen == [(True, True), (True, True)]
         assert all(p.is_contiguous() for p in model.parameters())
+        # the same features as the model's own layout, up to float32 rounding of other
+        # convolution kernels (measured: <= 1.3e-6 of a layer's largest |value|, Lite0, 16 blocks)
+        monkeypatch.setattr(extract_module, "_channels_last_weights", lambda model, device: [])
+        own = extract_features(model, TensorDataset(x, y), batch_size=4, progress=False)
+        monkeypatch.undo()
+        for i, (a, b) in enumerate(zip(lf.features, own.features)):
+            assert (a - b).abs().max() <= 1e-5 * b.abs().max(), f"layer {i}"
 
         def fail(m, inp, out):
             raise RuntimeError("stop")
