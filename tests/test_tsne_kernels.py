@@ -163,19 +163,23 @@ def _problem(rng, L, N, D, perplexity, dense):
 
 
 @pytest.mark.parametrize("dense", [False, True])
-# (5, 4, 41): 20 problems, one task per layer's 5 runs stepped together (attraction in lanes)
-@pytest.mark.parametrize("S,L,N", [(1, 3, 53), (2, 2, 77), (3, 1, 130), (5, 4, 41)])
+# (8, 2, 77): 16 problems, one task per layer's 8 runs stepped together (attraction in lanes)
+@pytest.mark.parametrize("S,L,N", [(1, 3, 53), (2, 2, 77), (3, 1, 130), (8, 2, 77)])
 def test_native_optimizer_follows_float64_reference(S, L, N, dense, rng):
-    """The whole schedule in one C++ call (exaggeration phase, reset, final phase) follows the
-    float64 restatement over a short run (t-SNE is chaotic: long runs are compared by quality,
-    in test_tsne.py), for S runs sharing each layer's affinities (2 threads)."""
+    """The whole schedule in one C++ call (4 exaggerated steps, reset, 3 final steps) follows
+    the float64 restatement over a short run, for S runs sharing each layer's affinities
+    (2 threads). The run stays short because t-SNE is chaotic: the gains' +0.2 / x0.8 choice
+    follows the sign of update x gradient, and once float32 and float64 disagree on a sign
+    near zero the runs part. Measured over 300 fresh draws per case: 8 steps, largest
+    error 5.6e-6 (every case); 14 steps, 0.3-3.7% of draws above 2e-4. Long runs are
+    compared by quality, in test_tsne.py."""
     y0, aff = _problem(rng, L, N, 9, 7.0, dense)
     y = K.repeat_starts(y0, S, int(rng.integers(1000))) if S > 1 else y0
-    ref = _reference_schedule(y, aff, max_iter=14, exploration_iter=6, lr=40.0)
-    got = K.tsne_optimize(y.clone(), aff, max_iter=14, exploration_iter=6, learning_rate=40.0,
+    ref = _reference_schedule(y, aff, max_iter=8, exploration_iter=4, lr=40.0)
+    got = K.tsne_optimize(y.clone(), aff, max_iter=8, exploration_iter=4, learning_rate=40.0,
                           forces="native", num_threads=2)
     assert got.dtype == torch.float32 and got.shape == y.shape
-    assert_close(got, ref, 2e-4, f"native optimiser (dense={dense}) after 14 steps")
+    assert_close(got, ref, 2e-4, f"native optimiser (dense={dense}) after 8 steps")
 
 
 @pytest.mark.parametrize("L,N", [(2, 301), (17, 67)])  # row blocks per step / one task per problem
@@ -227,8 +231,8 @@ rng = np.random.default_rng(int(sys.argv[2]))
 errs = {}
 for L, N in ((2, 77), (16, 45)):  # row blocks per step / one task per problem
     y0, aff = _problem(rng, L, N, 9, 7.0, False)
-    ref = _reference_schedule(y0, aff, max_iter=14, exploration_iter=6, lr=40.0)
-    got = K.tsne_optimize(y0.clone(), aff, max_iter=14, exploration_iter=6, learning_rate=40.0,
+    ref = _reference_schedule(y0, aff, max_iter=8, exploration_iter=4, lr=40.0)
+    got = K.tsne_optimize(y0.clone(), aff, max_iter=8, exploration_iter=4, learning_rate=40.0,
                           forces="native").double()
     errs[f"optimiser L={L}"] = float((got - ref).abs().max() / ref.abs().max())
 d2 = torch.from_numpy(rng.gamma(2.0, 3.0, size=(53, 97)))
