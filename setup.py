@@ -99,6 +99,6 @@ setup(
         "gpu": ["cupy-cuda12x>=13"],
         "cuml": ["cuml-cu12>=24.2"],
     },
-    entry_points={"console_scripts": ["sls-fast = sls_fast.cli:main"]},
+    entry_points={"console_scripts": ["sls-fast = sls_fast.__main__:main"]},
     zip_safe=False,
 )

@@ -6,19 +6,47 @@ delete the rest, and store only a pruning index plus adapters and head.
 
 Data flow, one module each: extract -> embed -> metrics -> select -> prune -> bench
 (with adapters, storage and train beside them; data and models for offline material).
+
+The names below load their module on first use (PEP 562), so that ``import sls_fast`` and the
+command line's first moments do not import torch: a Ctrl-C then is caught by the command line,
+and ``sls-fast --help`` answers at once. ``from sls_fast import X`` works as usual.
 """
+import importlib
+from typing import Any, List
+
 from ._version import __version__
-from . import data, models
-from .adapters import add_adapters, merge_adapters, trainable_parameters
-from .bench import compare_throughput, measure_throughput, sweep_batch_sizes
-from .embed import tsne
-from .extract import LayerFeatures, extract_features
-from .metrics import calinski_harabasz_score, cluster_scores, davies_bouldin_score, silhouette_score
-from .prune import truncate
-from .score import LayerReport, score_features, score_layers
-from .select import select_depth
-from .storage import load_pruned, save_pruned, storage_report
-from .train import evaluate, finetune
+
+# public name -> the module that defines it
+_WHERE = {
+    "silhouette_score": ".metrics", "calinski_harabasz_score": ".metrics",
+    "davies_bouldin_score": ".metrics", "cluster_scores": ".metrics",
+    "extract_features": ".extract", "LayerFeatures": ".extract",
+    "tsne": ".embed", "select_depth": ".select",
+    "score_layers": ".score", "score_features": ".score", "LayerReport": ".score",
+    "add_adapters": ".adapters", "merge_adapters": ".adapters",
+    "trainable_parameters": ".adapters", "truncate": ".prune",
+    "save_pruned": ".storage", "load_pruned": ".storage", "storage_report": ".storage",
+    "finetune": ".train", "evaluate": ".train",
+    "measure_throughput": ".bench", "compare_throughput": ".bench",
+    "sweep_batch_sizes": ".bench",
+}
+_SUBMODULES = ("data", "models")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    elif name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    else:
+        raise AttributeError(f"module 'sls_fast' has no attribute {name!r}")
+    globals()[name] = value  # the next access is a plain lookup
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "__version__",

@@ -347,7 +347,11 @@ def main(argv: Optional[list] = None) -> int:
 
     Errors print one line on stderr (``--debug``: the traceback instead); warnings print one line.
     """
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("sls-fast: interrupted", file=sys.stderr)
+        return 130
     old_format = warnings.formatwarning
     warnings.formatwarning = _one_line_warning
     try:
