@@ -1,14 +1,20 @@
 """``python -m sls_fast`` and the ``sls-fast`` command: the command line of :mod:`sls_fast.cli`.
 
-This module imports nothing heavy itself, so a Ctrl-C while torch and the rest load (the first
-second or two of every command) ends as any other interrupt does: one line, exit code 130."""
+The command line and torch are imported with Ctrl-C held back (about 1.5 s): a library's import
+may swallow a KeyboardInterrupt (measured: exit 0 after a Ctrl-C) or, caught or not, make
+CPython end the process by SIGINT (exit -2). Held, the interrupt arrives here, whole, when the
+imports are done, and ends as any other: one line on stderr, exit code 130."""
 import sys
 from typing import List, Optional
+
+from ._signals import sigint_held
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     try:
-        from .cli import main as cli_main
+        with sigint_held():
+            import torch  # noqa: F401 - the long import, whole
+            from .cli import main as cli_main
     except KeyboardInterrupt:
         print("sls-fast: interrupted", file=sys.stderr)
         return 130

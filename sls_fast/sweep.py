@@ -29,15 +29,14 @@ import glob
 import json
 import os
 import shutil
-import signal
 import socket
-import threading
 import time
 import traceback
 import warnings
 from datetime import datetime, timezone
 from typing import Callable, Dict, List, Optional
 
+from ._signals import sigint_held
 from .pipeline import TaskSettings
 from .sweep_spec import Cell, SweepSpec, adapt_group, read_spec_file, vtab_task_facts
 
@@ -137,27 +136,12 @@ def _start_ray(ray, address: Optional[str], num_cpus: Optional[int], say) -> Non
     Ctrl-C reaches the driver alone, which stops them."""
     kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=True,
                   logging_level="ERROR")
-    with _sigint_held():
+    with sigint_held():
         if address:
             say(f"joining the Ray cluster at {address}")
             ray.init(address=address, **kwargs)
         else:  # "local": always a new instance, never a cluster the user did not name
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **kwargs)
-
-
-@contextlib.contextmanager
-def _sigint_held():
-    """Block SIGINT in this thread for the duration (it stays pending and is delivered at the
-    end). Only where it can work: POSIX, the main thread."""
-    if not hasattr(signal, "pthread_sigmask") or \
-            threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _stop_ray(ray) -> None:

@@ -252,13 +252,13 @@ def test_spec_expansion_and_bad_input(tmp_path, capsys):
 def test_sigint_is_held_while_ray_starts():
     """A Ctrl-C during ``ray.init`` is delivered when it returns, not half-way (which crashed
     Ray's shutdown or left its agents running); processes started meanwhile inherit the block."""
-    from sls_fast.sweep import _sigint_held
+    from sls_fast._signals import sigint_held
 
     if not hasattr(signal, "pthread_sigmask"):
         pytest.skip("no POSIX signal masks here")
     reached = []
     with pytest.raises(KeyboardInterrupt):
-        with _sigint_held():
+        with sigint_held():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)  # a KeyboardInterrupt here would skip the next line
             child = subprocess.run(["grep", "SigBlk", "/proc/self/status"], capture_output=True,
