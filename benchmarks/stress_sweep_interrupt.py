@@ -44,6 +44,7 @@ import tempfile
 import time
 
 CELLS = 6
+PHASES = ("startup", "running", "finishing")
 SWEEP = ["--quick", "--models", "test_vit", "--image-size", "32", "--tsne-iter", "250",
          "--score-points", "200", "--no-progress", "--num-cpus", "2", "--cpus-per-cell", "2",
          "--data", "digits", "lfw", "--alphas", "0.3", "0.5", "0.9"]
@@ -190,6 +191,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=50, help="interrupted runs to make (default 50)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the moments and targets")
     ap.add_argument("--json", default=None, help="write every run's record here")
+    ap.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES,
+                    help="the phases to draw from (default: all three)")
     args = ap.parse_args(argv)
     if ray_processes():
         print("Ray processes are running on this machine; stop them first:\n  "
@@ -201,7 +204,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="sls-stress-") as root:
         out = os.path.join(root, f"sweep{folders}")
         while sum(r["signalled"] for r in records) < args.runs:
-            phase = rng.choice(["startup", "running", "finishing"])
+            phase = rng.choice(args.phases)
             target = rng.choice(["driver", "group"])
             rec = one_run(out, phase, target, rng)
             rec["folder"] = folders
@@ -227,7 +230,7 @@ def main(argv=None) -> int:
     passed = sum(r["ok"] for r in interrupted)
     by_phase = {p: f"{sum(r['ok'] for r in interrupted if r['phase'] == p)}/"
                    f"{sum(r['phase'] == p for r in interrupted)}"
-                for p in ("startup", "running", "finishing")}
+                for p in PHASES}
     final_ok = final["exit"] == 0 and final["rows"] == CELLS and final["all_ok"] \
         and not final["leftovers"]
     summary = dict(runs=len(interrupted), passed=passed, by_phase=by_phase,
