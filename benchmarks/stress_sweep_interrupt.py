@@ -14,7 +14,8 @@ three phases of a cell's life:
 The signal goes either to the driver alone or to its whole process group (as a terminal's
 Ctrl-C does, reaching Ray's processes too), drawn at random.
 
-Every interrupted run must: exit 130; print the CLI's one-line "interrupted" message and no
+Every interrupted run must: exit 130; end with the CLI's one-line "interrupted" message (or,
+during the first imports, the entry's "sls-fast: interrupted") and print no
 traceback, no Ray check failure and no crash; leave no temporary folder, running marker or
 cell folder without a database row; keep every row recorded before, unchanged; and leave no
 Ray process behind (checked for up to 10 s after the exit; the time is reported). The next
@@ -174,7 +175,7 @@ def one_run(out: str, phase: str, target: str, rng: random.Random) -> dict:
         if driver.returncode != 130:
             problems.append(f"exit {driver.returncode}, not 130")
         last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
-        if not last.startswith("sls-fast sweep: interrupted"):
+        if not last.startswith(("sls-fast sweep: interrupted", "sls-fast: interrupted")):
             problems.append(f"last stderr line: {last!r}")
     elif driver.returncode != 0:
         problems.append(f"finished without the signal but exit {driver.returncode}")
