@@ -71,9 +71,11 @@ setup(
     long_description=(ROOT / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["sls_fast", "sls_fast.families", "sls_fast.kernels"],
+    packages=["sls_fast", "sls_fast.common", "sls_fast.models", "sls_fast.models.families",
+              "sls_fast.models.petl", "sls_fast.method", "sls_fast.io", "sls_fast.harness",
+              "sls_fast.harness.sweep", "sls_fast.cli", "sls_fast.kernels"],
     package_dir={"sls_fast": "sls_fast", "sls_fast.kernels": "kernels"},
-    package_data={"sls_fast": ["vtab1k_tasks.csv"]},
+    package_data={"sls_fast.harness.sweep": ["vtab1k_tasks.csv"]},
     ext_modules=[CMakeExtension("sls_fast._C", ROOT)],
     cmdclass={"build_ext": CMakeBuild},
     install_requires=[

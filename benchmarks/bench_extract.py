@@ -17,8 +17,8 @@ import timm
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from sls_fast.blocks import find_blocks
-from sls_fast.extract import extract_features, pool_output
+from sls_fast.models.families import find_blocks
+from sls_fast.method.extract import extract_features, pool_output
 
 N_IMAGES = int(os.environ.get("SLS_BENCH_N", "128"))
 if os.environ.get("SLS_BENCH_THREADS"):  # e.g. 1 on a shared machine, for steadier timings
@@ -107,7 +107,7 @@ def test_extract(benchmark, case, kind, capsys):
 def test_conv_weight_layout(benchmark, layout, monkeypatch, capsys):
     """EfficientNet-Lite0 at 64 px on the CPU: extraction as shipped (4-D weights channels-last
     while it runs) against the model's own NCHW layout, same data, same run."""
-    import sls_fast.extract as E
+    import sls_fast.method.extract as E
 
     case = "efficientnet_lite0@64"
     model, ds = _setup(case)

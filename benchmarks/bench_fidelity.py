@@ -58,7 +58,7 @@ ALPHA = 0.3
 def profile_features(name: str):
     """Per-layer features ``[N, D_i]`` (float32) and labels of a profile, from real weights."""
     import sls_fast
-    from sls_fast.extract import extract_features
+    from sls_fast.method.extract import extract_features
 
     kind, dataset, n, size = PROFILES[name]
     model = sls_fast.models.load("efficientnet_lite0")  # real ImageNet weights, offline

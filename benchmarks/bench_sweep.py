@@ -21,8 +21,8 @@ import time
 
 import pytest
 
-from sls_fast.pipeline import TaskSettings, run_task
-from sls_fast.sweep import SweepSpec, run_sweep
+from sls_fast.harness.pipeline import TaskSettings, run_task
+from sls_fast.harness.sweep import SweepSpec, run_sweep
 
 ALPHAS = [0.2, 0.3, 0.5]
 FULL = os.environ.get("SLS_BENCH_SWEEP_FULL") == "1"

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-import sls_fast.embed as embed
-from sls_fast.embed import tsne
+import sls_fast.method.embed as embed
+from sls_fast.method.embed import tsne
 
 L, N, D, CLASSES = 12, 1000, 768, 10
 ROUNDS = int(os.environ.get("SLS_BENCH_ROUNDS", "3"))

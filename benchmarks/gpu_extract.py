@@ -49,8 +49,8 @@ def _first(batch):
 
 def _reference(model, x, batch):
     """CPU, float32: hook every block, full forward, pool by hand."""
-    from sls_fast.blocks import find_blocks
-    from sls_fast.extract import pool_output
+    from sls_fast.models.families import find_blocks
+    from sls_fast.method.extract import pool_output
 
     nhwc = getattr(model, "output_fmt", "NCHW") == "NHWC"
     pool = "cls" if getattr(model, "cls_token", None) is not None else "mean"
@@ -78,7 +78,7 @@ def _as_torch_list(lf):
 def check_correctness(report, mode):
     import timm
 
-    from sls_fast.extract import extract_features
+    from sls_fast.method.extract import extract_features
 
     cases = [("vit_tiny_patch16_224", dict(img_size=32), 32),
              ("swin_tiny_patch4_window7_224", dict(img_size=32, window_size=2), 32),
@@ -132,8 +132,8 @@ def check_correctness(report, mode):
 def time_vit_b16(report, mode):
     import timm
 
-    from sls_fast.blocks import find_blocks
-    from sls_fast.extract import extract_features, pool_output
+    from sls_fast.models.families import find_blocks
+    from sls_fast.method.extract import extract_features, pool_output
 
     n = mode.pick(1000, 200, 10)
     batch = mode.pick(128, 128, 4)

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 import sls_fast
-from sls_fast.metrics import _prepare
+from sls_fast.method.metrics import _prepare
 from sls_fast.kernels.silhouette import silhouette_samples_torch, silhouette_samples_triton
 
 SECTION = "metrics"

@@ -23,7 +23,7 @@ def _time_ms(fn, warmup=2, iters=5):
 def _randomize_adapters(model, std=0.02):
     import torch
 
-    from sls_fast.adapters import adapter_modules
+    from sls_fast.models.adapters import adapter_modules
 
     with torch.no_grad():
         for a in adapter_modules(model).values():
@@ -39,8 +39,8 @@ def run(report, mode):
     import timm
     import torch
 
-    from sls_fast.adapters import add_adapters, merge_adapters
-    from sls_fast.prune import truncate
+    from sls_fast.models.adapters import add_adapters, merge_adapters
+    from sls_fast.models.prune import truncate
 
     dev = torch.device(mode.device)
     # a dry run skips torch.compile (minutes on a 2-core CPU); eager stands in for it

@@ -99,7 +99,7 @@ def run(report, mode):
     import torch
 
     from gpu_check import cuda_time_ms, synchronize
-    from sls_fast.embed import tsne
+    from sls_fast.method.embed import tsne
     from sls_fast.kernels import tsne as K
 
     global DEVICE

@@ -1,6 +1,6 @@
 """Per-cluster statistics of every layer: centroids, and the sums of squared and plain
 distances of the cluster's points to its centroid. Calinski-Harabasz and Davies-Bouldin are
-finished from these in O(L * K^2) (see :mod:`sls_fast.metrics`).
+finished from these in O(L * K^2) (see :mod:`sls_fast.method.metrics`).
 
 Layout: ``x_sorted`` is ``[L, N, d]`` with points sorted by cluster (segment ``c`` is
 ``offsets[c]:offsets[c+1]``). Outputs: ``centroid`` float64 ``[L, K, d]``, ``sq`` and ``dist``

@@ -1,6 +1,6 @@
 """Silhouette coefficient of every point of every layer, exact, without an N x N matrix.
 
-Shared layout (prepared once for all layers by :mod:`sls_fast.metrics`): points are sorted by
+Shared layout (prepared once for all layers by :mod:`sls_fast.method.metrics`): points are sorted by
 cluster, so cluster ``c`` is the contiguous segment ``offsets[c]:offsets[c+1]``; ``own[i]`` is
 the cluster of sorted point ``i``. For a point i in cluster A (scikit-learn's definition):
 

@@ -4,8 +4,11 @@ Score every layer of an adapted vision model by how well its features separate t
 classes (t-SNE to 2-D, then silhouette), keep the layers up to where that score collapses,
 delete the rest, and store only a pruning index plus adapters and head.
 
-Data flow, one module each: extract -> embed -> metrics -> select -> prune -> bench
-(with adapters, storage and train beside them; data and models for offline material).
+The package is layered (docs/design.md): ``common`` (helpers) and ``kernels`` <- ``models``
+(families, adapters, truncation, training, throughput) <- ``method`` (extract -> embed ->
+metrics -> select -> score) <- ``io`` (data sets, checkpoints, artifacts) <- ``harness``
+(settings, pipeline, cache, sweep) <- ``cli``. A module imports only from its own layer or
+below; ``tests/test_layers.py`` enforces it.
 
 The names below load their module on first use (PEP 562), so that ``import sls_fast`` and the
 command line's first moments do not import torch: a Ctrl-C then is caught by the command line,
@@ -14,28 +17,29 @@ and ``sls-fast --help`` answers at once. ``from sls_fast import X`` works as usu
 import importlib
 from typing import Any, List
 
-from ._version import __version__
+from sls_fast._version import __version__
 
 # public name -> the module that defines it
 _WHERE = {
-    "silhouette_score": ".metrics", "calinski_harabasz_score": ".metrics",
-    "davies_bouldin_score": ".metrics", "cluster_scores": ".metrics",
-    "extract_features": ".extract", "LayerFeatures": ".extract",
-    "tsne": ".embed", "select_depth": ".select",
-    "score_layers": ".score", "score_features": ".score", "LayerReport": ".score",
-    "add_adapters": ".adapters", "merge_adapters": ".adapters",
-    "trainable_parameters": ".adapters", "truncate": ".prune",
-    "save_pruned": ".storage", "load_pruned": ".storage", "storage_report": ".storage",
-    "finetune": ".train", "evaluate": ".train",
-    "measure_throughput": ".bench", "compare_throughput": ".bench",
-    "sweep_batch_sizes": ".bench",
+    "silhouette_score": ".method.metrics", "calinski_harabasz_score": ".method.metrics",
+    "davies_bouldin_score": ".method.metrics", "cluster_scores": ".method.metrics",
+    "extract_features": ".method.extract", "LayerFeatures": ".method.extract",
+    "tsne": ".method.embed", "select_depth": ".method.select",
+    "score_layers": ".method.score", "score_features": ".method.score", "LayerReport": ".method.score",
+    "add_adapters": ".models.adapters", "merge_adapters": ".models.adapters",
+    "trainable_parameters": ".models.adapters", "truncate": ".models.prune",
+    "save_pruned": ".io.artifacts", "load_pruned": ".io.artifacts", "storage_report": ".io.artifacts",
+    "finetune": ".models.train", "evaluate": ".models.train",
+    "measure_throughput": ".models.throughput", "compare_throughput": ".models.throughput",
+    "sweep_batch_sizes": ".models.throughput",
 }
-_SUBMODULES = ("data", "models")
+# the documented namespaces: sls_fast.data (offline data sets), sls_fast.models (model loading)
+_NAMESPACES = {"data": ".io.datasets", "models": ".models"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
-        value = importlib.import_module(f".{name}", __name__)
+    if name in _NAMESPACES:
+        value = importlib.import_module(_NAMESPACES[name], __name__)
     elif name in _WHERE:
         value = getattr(importlib.import_module(_WHERE[name], __name__), name)
     else:

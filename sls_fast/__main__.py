@@ -7,14 +7,14 @@ imports are done, and ends as any other: one line on stderr, exit code 130."""
 import sys
 from typing import List, Optional
 
-from ._signals import sigint_held
+from sls_fast.common.signals import sigint_held
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     try:
         with sigint_held():
             import torch  # noqa: F401 - the long import, whole
-            from .cli import main as cli_main
+            from sls_fast.cli import main as cli_main
     except KeyboardInterrupt:
         print("sls-fast: interrupted", file=sys.stderr)
         return 130

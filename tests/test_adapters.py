@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from sls_fast.adapters import (
+from sls_fast.models.adapters import (
     Convpass,
     ConvpassConv,
     RepAdapter,
@@ -15,7 +15,7 @@ from sls_fast.adapters import (
     merge_adapters,
     trainable_parameters,
 )
-from sls_fast.blocks import find_blocks
+from sls_fast.models.families import find_blocks
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

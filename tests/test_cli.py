@@ -34,7 +34,7 @@ def test_subcommand_help(sub, capsys):
 
 def test_console_script_installed():
     exe = os.path.join(os.path.dirname(sys.executable), "sls-fast")
-    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "sls_fast.cli"]
+    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "sls_fast"]
     out = subprocess.run(cmd + ["--help"], capture_output=True, text=True, check=True)
     assert "usage: sls-fast" in out.stdout
 

@@ -45,7 +45,7 @@ def _chain(tmp_path, capsys, score_args, prune_args=(), bench_args=()):
     assert bench["num_layers"] == scored["num_layers"]
     assert (out / "pruned.safetensors").exists() and (out / "scores.png").exists()
     assert not list(out.glob(".*tmp*")), "a temporary file was left behind"
-    meta = sls_fast.storage.read_pruned_metadata(out / "pruned.safetensors")
+    meta = sls_fast.io.artifacts.read_pruned_metadata(out / "pruned.safetensors")
     assert meta["depth"] == scored["depth"]
     return scored, pruned, bench, meta
 
@@ -108,7 +108,7 @@ def _their_checkpoint(tmp_path):
 
 
 def test_authors_checkpoint_layout_loads_with_weights_only(tmp_path):
-    from sls_fast.checkpoints import load_adapted
+    from sls_fast.io.checkpoints import load_adapted
 
     ours = _their_checkpoint(tmp_path)
     m = load_adapted("vit_tiny_patch16_224", "convpass", checkpoint=tmp_path / "eurosat.pt",
@@ -131,7 +131,7 @@ def test_score_the_authors_adapted_model(tmp_path, capsys):
             "--split", "val", "--adapter", "convpass", "--checkpoint", str(tmp_path / "eurosat.pt"),
             "--base-checkpoint", str(tmp_path / "base.pth"), "--adapter-scale", "0.5",
             "--out", str(tmp_path / "s"), "--tsne-backend", "native", *QUICK]
-    from sls_fast.models import RandomWeightsWarning
+    from sls_fast.models.zoo import RandomWeightsWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -212,7 +212,7 @@ def test_artifact_for_another_base_and_truncated_artifact(tmp_path, capsys):
         _fails(capsys, [*VIT, "--adapter", "convpass", "--checkpoint", str(cut)], "cut.safetensors")
     (tmp_path / "head.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{")
     with pytest.raises(ValueError, match="head.safetensors"):
-        sls_fast.storage.read_pruned_metadata(tmp_path / "head.safetensors")
+        sls_fast.io.artifacts.read_pruned_metadata(tmp_path / "head.safetensors")
 
 
 @pytest.mark.filterwarnings("ignore::sls_fast.models.RandomWeightsWarning")

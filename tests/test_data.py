@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from sls_fast import data
-from sls_fast.data import IMAGENET_MEAN, IMAGENET_STD
+from sls_fast.io.datasets import IMAGENET_MEAN, IMAGENET_STD
 
 
 def test_digits_splits_are_fixed_stratified_and_disjoint():

@@ -1,4 +1,4 @@
-"""sls_fast.extract: one forward per batch, features equal to a hook-per-block reference."""
+"""sls_fast.method.extract: one forward per batch, features equal to a hook-per-block reference."""
 import numpy as np
 import pytest
 import timm
@@ -6,9 +6,9 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from sls_fast.blocks import find_blocks
-import sls_fast.extract as extract_module
-from sls_fast.extract import LayerFeatures, estimate_bytes, extract_features
+from sls_fast.models.families import find_blocks
+import sls_fast.method.extract as extract_module
+from sls_fast.method.extract import LayerFeatures, estimate_bytes, extract_features
 
 N_IMAGES = 10
 BATCH = 4  # 3 batches, the last one short

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 import sls_fast
-from sls_fast.families import FAMILIES, Family, family_of, find_blocks, register, support_table
-from sls_fast.state import SLSState
+from sls_fast.models.families import FAMILIES, Family, family_of, find_blocks, register, support_table
+from sls_fast.models.state import SLSState
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -136,7 +136,7 @@ def test_readme_support_table_is_generated_from_the_registry():
     m = re.search(r"<!-- support-table:start -->\n(.*?)\n<!-- support-table:end -->", readme, re.S)
     assert m, "README.md lacks the support-table markers"
     assert m.group(1).strip() == support_table().strip(), (
-        "README support table is out of date; paste sls_fast.families.support_table()")
+        "README support table is out of date; paste sls_fast.models.families.support_table()")
 
 
 def test_no_family_branches_outside_families():

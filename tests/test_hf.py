@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sls_fast
-from sls_fast.families import family_of, find_blocks
+from sls_fast.models.families import family_of, find_blocks
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -165,8 +165,8 @@ def _lora_cut_round_trip(m, build, x, tmp_path):
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 def test_hf_lora_artifact_and_peft_format(tmp_path, x):
     m = sls_fast.add_adapters(_hf(), "lora", rank=2, alpha=4, num_classes=3)
-    assert "vit.layers.0.attention.q_proj.lora_A" in sls_fast.adapters.adapter_modules(m) or \
-        "vit.encoder.layer.0.attention.attention.query.lora_A" in sls_fast.adapters.adapter_modules(m)
+    assert "vit.layers.0.attention.q_proj.lora_A" in sls_fast.models.adapters.adapter_modules(m) or \
+        "vit.encoder.layer.0.attention.attention.query.lora_A" in sls_fast.models.adapters.adapter_modules(m)
     p, ref = _lora_cut_round_trip(m, _hf, x, tmp_path)
     sls_fast.save_pruned(tmp_path / "peft", p, 2, format="peft")
     r = peft.PeftModel.from_pretrained(sls_fast.truncate(_hf(), 2, num_classes=3),
@@ -221,7 +221,7 @@ def test_convpass_and_repadapter(tmp_path, x, fam, kind):
         assert torch.equal(q(x).logits, ref)
     if kind == "repadapter":
         merged = sls_fast.merge_adapters(p)
-        assert not sls_fast.adapters.adapter_modules(merged)
+        assert not sls_fast.models.adapters.adapter_modules(merged)
         with torch.no_grad():
             assert (merged(x).logits - ref).abs().max().item() <= 1e-5
 
@@ -234,7 +234,7 @@ def test_lora_artifact_and_merge(tmp_path, x, fam):
     want = set(family_of(m).lora_candidates[0])
     assert set(m.sls_state.adapters.targets) == want
     blk = find_blocks(m)[0].name
-    assert {k for k in sls_fast.adapters.adapter_modules(m) if k.startswith(blk + ".")} == \
+    assert {k for k in sls_fast.models.adapters.adapter_modules(m) if k.startswith(blk + ".")} == \
         {f"{blk}.{t}.{ab}" for t in want for ab in ("lora_A", "lora_B")}
     p, ref = _lora_cut_round_trip(m, build, x, tmp_path)
     with torch.no_grad():
@@ -261,9 +261,9 @@ def test_adapters_refuse_other_layer_layouts(x):
     blk.__class__ = type("MyLayer", (type(blk),), {})
     with pytest.raises(TypeError, match="MyLayer"):
         sls_fast.add_adapters(m, "convpass")
-    assert not sls_fast.adapters.adapter_modules(m)  # refused before anything was added
+    assert not sls_fast.models.adapters.adapter_modules(m)  # refused before anything was added
     sls_fast.add_adapters(m, "lora", rank=2)
-    assert "dinov2.encoder.layer.1.attention.q_proj.lora_A" in sls_fast.adapters.adapter_modules(m)
+    assert "dinov2.encoder.layer.1.attention.q_proj.lora_A" in sls_fast.models.adapters.adapter_modules(m)
     with pytest.raises(ValueError, match="no.such' does not exist"):
         sls_fast.add_adapters(_clip_vision(), "lora", targets=["no.such"])
 

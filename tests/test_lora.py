@@ -10,7 +10,7 @@ import timm
 import torch
 
 import sls_fast
-from sls_fast.adapters import adapter_modules, trainable_parameters
+from sls_fast.models.adapters import adapter_modules, trainable_parameters
 
 peft = pytest.importorskip("peft")
 
@@ -48,7 +48,7 @@ def test_lora_adapts_frozen_backbone_and_starts_equal(x):
     # 4 blocks x 4 linears, each r * (in + out): qkv 192->576, proj 192->192, fc1 192->768, fc2 768->192
     assert counts["adapters"] == 4 * 4 * ((192 + 576) + (192 + 192) + (192 + 768) + (768 + 192))
     assert counts["trainable"] == counts["adapters"] + counts["head"]
-    assert sls_fast.state.base_checksum(m) == sls_fast.state.base_checksum(base)
+    assert sls_fast.models.state.base_checksum(m) == sls_fast.models.state.base_checksum(base)
 
 
 def test_lora_targets_layers_and_errors():
@@ -108,7 +108,7 @@ def test_lora_truncate_artifact_merge_and_peft_format(tmp_path, x):
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["lora_alpha"] == 8
     assert all(t.startswith(("blocks.0.", "blocks.1.")) for t in cfg["target_modules"])
-    assert sls_fast.storage.read_pruned_metadata(folder / "adapter_model.safetensors")["depth"] == 2
+    assert sls_fast.io.artifacts.read_pruned_metadata(folder / "adapter_model.safetensors")["depth"] == 2
     assert any(f.endswith("adapter_model.safetensors") for f in info["files"])
     loaded = peft.PeftModel.from_pretrained(sls_fast.truncate(_vit(classes=10), 2), str(folder)).eval()
     with torch.no_grad():
@@ -124,8 +124,8 @@ def test_user_wrapped_peft_model_taken_as_is(tmp_path, x):
     _perturb(u)
     with torch.no_grad():
         ref_full = u(x)
-    assert sls_fast.families.family_of(u).name == "vit"
-    assert len(sls_fast.families.find_blocks(u)) == 4
+    assert sls_fast.models.families.family_of(u).name == "vit"
+    assert len(sls_fast.models.families.find_blocks(u)) == 4
     data = torch.utils.data.TensorDataset(x, torch.arange(len(x)))
     through = sls_fast.extract_features(u, data, progress=False)
     inside = sls_fast.extract_features(u.get_base_model(), data, progress=False)

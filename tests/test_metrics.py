@@ -5,7 +5,7 @@ import torch
 from sklearn import metrics as skm
 
 import sls_fast
-from sls_fast.metrics import _prepare
+from sls_fast.method.metrics import _prepare
 from sls_fast.kernels.cluster_stats import cluster_stats_torch, cluster_stats_triton
 from sls_fast.kernels.native import cluster_stats_native, silhouette_samples_native
 from sls_fast.kernels.silhouette import silhouette_samples_torch, silhouette_samples_triton

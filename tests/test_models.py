@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from sls_fast import models
-from sls_fast.models import (DEFAULT_MODEL, RandomWeightsWarning, _map_in_order,
+from sls_fast.models.zoo import (DEFAULT_MODEL, RandomWeightsWarning, _map_in_order,
                              efficientnet_lite0_state_dict, efficientnet_lite0_weights_path)
 
 # ImageNet-1k class indices
@@ -25,7 +25,7 @@ def default_model():
 
 def _photo(img, model):
     """HWC uint8 -> [1, 3, 224, 224], resized bicubically, normalised with the model's config."""
-    from sls_fast.data import data_config
+    from sls_fast.io.datasets import data_config
 
     cfg = data_config(model)
     x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()[None] / 255.0

@@ -1,4 +1,4 @@
-"""sls_fast.pipeline.run_task and its stage cache (no Ray: the function every sweep cell runs)."""
+"""sls_fast.harness.pipeline.run_task and its stage cache (no Ray: the function every sweep cell runs)."""
 import json
 import os
 import shutil
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from sls_fast.cache import StageCache, cache_key, data_fingerprint, weights_checksum
-from sls_fast.data import digits
-from sls_fast.pipeline import TaskResult, TaskSettings, run_task
+from sls_fast.harness.cache import StageCache, cache_key, data_fingerprint, weights_checksum
+from sls_fast.io.datasets import digits
+from sls_fast.harness.pipeline import TaskResult, TaskSettings, run_task
 
 TINY = dict(model="test_vit", image_size=32, tsne_iter=250, score_points=150, device="cpu")
 

@@ -4,9 +4,9 @@ import pytest
 import timm
 import torch
 
-from sls_fast.adapters import add_adapters, trainable_parameters
-from sls_fast.blocks import find_blocks
-from sls_fast.prune import truncate
+from sls_fast.models.adapters import add_adapters, trainable_parameters
+from sls_fast.models.families import find_blocks
+from sls_fast.models.prune import truncate
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

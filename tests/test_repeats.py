@@ -5,7 +5,7 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from sls_fast.embed import row_order, tsne
+from sls_fast.method.embed import row_order, tsne
 from sls_fast.kernels import tsne as K
 
 from _helpers import assert_close

@@ -11,7 +11,7 @@ from sklearn.metrics import silhouette_score as sk_silhouette
 from threadpoolctl import threadpool_limits
 
 import sls_fast
-from sls_fast.extract import extract_features
+from sls_fast.method.extract import extract_features
 
 pytestmark = pytest.mark.usefixtures("one_thread", "one_openmp_thread")
 

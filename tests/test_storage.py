@@ -3,9 +3,9 @@ import timm
 import pytest
 import torch
 
-from sls_fast.adapters import add_adapters
-from sls_fast.prune import truncate
-from sls_fast.storage import load_pruned, read_pruned_metadata, save_pruned, storage_report
+from sls_fast.models.adapters import add_adapters
+from sls_fast.models.prune import truncate
+from sls_fast.io.artifacts import load_pruned, read_pruned_metadata, save_pruned, storage_report
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

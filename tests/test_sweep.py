@@ -16,8 +16,8 @@ import time
 import pytest
 
 from sls_fast.cli import main
-from sls_fast.results import COLUMNS, ResultsDB
-from sls_fast.sweep import SweepSpec, vtab_task_facts
+from sls_fast.harness.sweep.results import COLUMNS, ResultsDB
+from sls_fast.harness.sweep import SweepSpec, vtab_task_facts
 
 pytest.importorskip("ray")
 
@@ -252,7 +252,7 @@ def test_spec_expansion_and_bad_input(tmp_path, capsys):
 def test_sigint_is_held_while_ray_starts():
     """A Ctrl-C during ``ray.init`` is delivered when it returns, not half-way (which crashed
     Ray's shutdown or left its agents running); processes started meanwhile inherit the block."""
-    from sls_fast._signals import sigint_held
+    from sls_fast.common.signals import sigint_held
 
     if not hasattr(signal, "pthread_sigmask"):
         pytest.skip("no POSIX signal masks here")

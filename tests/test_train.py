@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch.utils.data import Subset, TensorDataset
 
-from sls_fast.adapters import add_adapters
-from sls_fast.prune import truncate
-from sls_fast.train import _lr_lambda, evaluate, finetune, probe_head
+from sls_fast.models.adapters import add_adapters
+from sls_fast.models.prune import truncate
+from sls_fast.models.train import _lr_lambda, evaluate, finetune, probe_head
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def digits32():
-    from sls_fast.data import digits
+    from sls_fast.io.datasets import digits
 
     return {s: digits(s, image_size=32) for s in ("train", "val")}
 
@@ -25,7 +25,7 @@ def lite0_cut():
     """EfficientNet-Lite0 (real ImageNet weights, offline), Convpass, new 10-class head, cut to 6."""
     import warnings
 
-    from sls_fast.models import load
+    from sls_fast.models.zoo import load
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -14,8 +14,8 @@ import torch
 from sklearn.manifold import TSNE, trustworthiness
 from sklearn.metrics import silhouette_score as sk_silhouette
 
-import sls_fast.embed as embed
-from sls_fast.embed import tsne
+import sls_fast.method.embed as embed
+from sls_fast.method.embed import tsne
 from sls_fast.kernels import tsne as K
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # torch on small N: no OpenMP spin-waits

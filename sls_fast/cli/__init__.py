@@ -1,0 +1,386 @@
+"""The ``sls-fast`` command line: the SLS method end to end, offline.
+
+    sls-fast run   [--out DIR] [--quick]          the main job on the embedded default
+    sls-fast score --model NAME --data SPEC       score every block, write report + plots
+    sls-fast prune --report DIR                   truncate at the reported depth, retrain, save
+    sls-fast bench --model NAME [--depth K]       throughput of the full vs the pruned model
+
+Every subcommand takes --device, --seed, --json (print the result as JSON), --no-progress and
+--debug. Bad input ends in one line on stderr and exit code 2 (--debug shows the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from typing import Optional
+
+from sls_fast.cli.sweep import add_sweep_parser
+from sls_fast.cli.common import (NoAdaptersWarning, _build, _data, _device, _device_name,
+                        _emit, _model_spec, _num_classes, _positive_int, _read_report, _say,
+                        _seed, _table, _versions)
+
+__all__ = ["main", "build_parser", "NoAdaptersWarning"]
+
+DEFAULT_DATA = "digits"
+DEFAULT_MODEL = "efficientnet_lite0"
+EPILOG = """\
+examples:
+  sls-fast run --out runs/default                 # EfficientNet-Lite0 (ImageNet weights) on digits
+  sls-fast run --quick --out /tmp/sls             # a reduced run in about a minute
+  sls-fast score --model vit_base_patch16_224 --checkpoint ViT-B_16.npz \\
+                 --data vtab:/data/vtab-1k/eurosat --out runs/eurosat
+  sls-fast score --model vit_base_patch16_224 --base-checkpoint ViT-B_16.npz \\
+                 --adapter convpass --checkpoint eurosat.pt --adapter-scale 10 \\
+                 --data vtab:/data/vtab-1k/eurosat --out runs/eurosat   # the authors' adapters
+  sls-fast prune --report runs/eurosat --strategy CLR --epochs 20
+  sls-fast bench --report runs/eurosat --batch-size 64
+  sls-fast bench --model vit_small_patch16_224 --depth 6 --batch-size 8 --no-compile
+
+data specs: digits | lfw | vtab:PATH/TO/TASK (train800.txt, val200.txt, test.txt) | folder:PATH
+"""
+
+
+# --------------------------------------------------------------------------- run
+def cmd_run(args) -> dict:
+    """The main job: adapt -> score -> select -> truncate -> retrain -> measure -> store, by
+    :func:`sls_fast.harness.pipeline.run_task`; this only parses and prints."""
+    from sls_fast.harness.pipeline import QUICK, TaskSettings, run_task
+
+    settings = dict(model=args.model, data=args.data, method=args.method, alpha=args.alpha,
+                    repeats=args.repeats, tsne_backend=args.tsne_backend, tsne_iter=args.tsne_iter,
+                    strategy=args.strategy, epochs=args.epochs, prune_epochs=args.prune_epochs,
+                    image_size=args.image_size, batch_size=args.batch_size,
+                    checkpoint=args.checkpoint, compile=not args.no_compile,
+                    throughput_iters=args.iters, seed=args.seed, device=args.device)
+    settings = (TaskSettings.quick(**{k: v for k, v in settings.items() if k not in QUICK})
+                if args.quick else TaskSettings(**settings))
+    _say(args, "sls-fast run: " + ", ".join(f"{k}={v}" for k, v in settings.to_dict().items()
+                                            if v is not None))
+    result = run_task(settings, args.out, progress=args.progress, log=lambda m: _say(args, m))
+    _emit(args, result.to_dict(), result.summary())
+    return result.to_dict()
+
+
+# --------------------------------------------------------------------------- score
+def cmd_score(args) -> dict:
+    from sls_fast.method.score import score_layers
+    from sls_fast.common.utils import write_text
+
+    _seed(args.seed)
+    dev = _device(args)
+    spec = _model_spec(args)
+    model = _build(spec)
+    data = _data(args.data, args.split, args, model, args.image_size)
+    if spec["adapter"] is None or spec["checkpoint"] is None:
+        warnings.warn("scoring a model without trained adapters: SLS scores the adapted model "
+                      "(on the embedded default 3 of 16 blocks frozen vs 6 of 16 adapted); pass "
+                      "--adapter KIND --checkpoint FILE", NoAdaptersWarning, stacklevel=2)
+    _say(args, f"scoring {args.model} on {args.data} ({len(data)} images, split {args.split})")
+    report = score_layers(model, data, alpha=args.alpha, seed=args.seed, max_iter=args.tsne_iter,
+                          tsne_backend=args.tsne_backend, progress=args.progress, device=dev,
+                          batch_size=args.batch_size, repeats=args.repeats, pool=args.pool)
+    report.meta.update(spec, data=args.data, split=args.split, seed=args.seed,
+                       on_bad_image=args.on_bad_image, title=f"{args.model} on {args.data}")
+    os.makedirs(args.out, exist_ok=True)
+    report.to_json(os.path.join(args.out, "layers.json"))
+    plots = report.plot(args.out)
+    result = dict(model=args.model, dataset=args.data, num_layers=report.num_layers,
+                  depth=report.depth, alpha=args.alpha, layer_names=report.layer_names,
+                  scores={k: [float(x) for x in v] for k, v in report.scores.items()},
+                  **report.decision(),
+                  timings=report.timings, versions=_versions(), device=_device_name(dev),
+                  files=dict(layers=os.path.join(args.out, "layers.json"), plots=plots))
+    write_text(os.path.join(args.out, "report.json"), json.dumps(result, indent=1, default=float))
+    _emit(args, result, report.summary() + f"\nwritten: {args.out}/report.json, " + ", ".join(plots))
+    return result
+
+
+# --------------------------------------------------------------------------- prune
+def cmd_prune(args) -> dict:
+    from sls_fast.io.artifacts import save_pruned
+    from sls_fast.models.adapters import add_adapters
+    from sls_fast.models.prune import truncate
+    from sls_fast.models.train import evaluate, finetune
+    from sls_fast.models.state import get_state
+    from sls_fast.io.artifacts import storage_report
+
+    report = _read_report(args.report)
+    meta = report.meta
+    _seed(args.seed)
+    dev = _device(args)
+    spec = _model_spec(args, meta)
+    model = _build(spec)
+    size = spec["image_size"]
+    train = _data(meta["data"], "train", args, model, size)
+    val = _data(meta["data"], "val", args, model, size)
+    test = _data(meta["data"], "test", args, model, size)
+    num_classes = _num_classes(train)
+    depth = args.depth or report.depth
+    st = get_state(model)
+    if st is None or st.adapters is None:  # scored frozen: fresh adapters to retrain
+        add_adapters(model, args.adapter or "convpass", dim=spec["adapter_dim"] or 8,
+                     scale=spec["adapter_scale"])
+    pruned = truncate(model, depth, num_classes=num_classes)
+    pruned.to(dev)
+    _say(args, f"pruning {spec['model']} to {depth} of {report.num_layers} blocks; retraining "
+               f"({args.strategy}, {args.epochs} epochs)")
+    fit = finetune(pruned, train, val, strategy=args.strategy, epochs=args.epochs,
+                   batch_size=args.batch_size, progress=args.progress, seed=args.seed)
+    acc = evaluate(pruned, test)
+    artifact = os.path.join(args.report, "pruned.safetensors")
+    save_pruned(artifact, pruned, depth, dataset=meta["data"], image_size=size)
+    storage = storage_report(artifact, pruned, full_model=model)
+    result = dict(model=spec["model"], dataset=meta["data"], depth=depth,
+                  num_layers=report.num_layers, strategy=args.strategy, epochs=args.epochs,
+                  accuracy=dict(pruned=acc, pruned_val=fit["best_val_acc"]),
+                  storage=storage, artifact=artifact, device=_device_name(dev))
+    _emit(args, result, _table([("depth", f"{depth} of {report.num_layers}"),
+                                ("test accuracy", f"{acc:.4f}"),
+                                ("artifact bytes", f"{storage['artifact_bytes']:,}"),
+                                ("artifact", artifact)], ("", "pruned")))
+    return result
+
+
+# --------------------------------------------------------------------------- bench
+def cmd_bench(args) -> dict:
+    from sls_fast.models.prune import truncate
+    from sls_fast.models.throughput import compare_throughput
+    from sls_fast.models.families import find_blocks
+
+    report = _read_report(args.report) if args.report else None
+    meta = report.meta if report else {}
+    dev = _device(args)
+    spec = _model_spec(args, meta)
+    _seed(args.seed)
+    model = _build(spec, quiet_random=True)  # random weights are fine for timing
+    L = len(find_blocks(model))
+    artifact = os.path.join(args.report, "pruned.safetensors") if args.report else None
+    if artifact and args.depth is None and os.path.isfile(artifact):
+        from sls_fast.io.artifacts import load_pruned
+
+        from sls_fast.models.adapters import add_adapters
+        from sls_fast.models.state import get_state
+
+        _seed(args.seed)  # the same (random or loaded) base weights the artifact was made from
+        weights = spec["base_checkpoint"] if spec["adapter"] else spec["checkpoint"]
+        base = _build(dict(spec, adapter=None, checkpoint=weights), quiet_random=True)
+        pruned = load_pruned(artifact, base)
+        depth = len(find_blocks(pruned))
+        ad = get_state(pruned).adapters
+        st = get_state(model)
+        if ad is not None and (st is None or st.adapters is None):  # time like with like
+            add_adapters(model, ad.kind, dim=ad.dim, scale=ad.scale, groups=ad.groups,
+                         targets=ad.targets)
+    else:
+        depth = args.depth or (report.depth if report else max(1, L // 2))
+        pruned = truncate(model, depth)
+    image_size = args.image_size or spec["image_size"]
+    _say(args, f"timing {spec['model']}: {L} blocks vs {depth}, batch {args.batch_size}, "
+               f"{'compiled' if args.compile else 'eager'}, device {dev}")
+    res = compare_throughput(model, pruned, batch_size=args.batch_size, image_size=image_size,
+                             compile=args.compile, amp=args.amp, iters=args.iters, device=dev)
+    result = dict(model=spec["model"], num_layers=L, depth=depth, full=res["full"],
+                  pruned=res["pruned"], speedup=res["speedup"], device=_device_name(dev))
+    rows = [(name, f"{r['images_per_s']:.1f}", f"{r['latency_ms']:.2f}",
+             f"[{r['latency_ms_p20']:.2f}, {r['latency_ms_p80']:.2f}]")
+            for name, r in (("full", res["full"]), (f"pruned ({depth}/{L})", res["pruned"]))]
+    _emit(args, result, _table(rows, ("model", "images/s", "median ms/batch", "p20-p80 ms"))
+          + f"\nspeed-up {res['speedup']:.2f}x")
+    return result
+
+
+# --------------------------------------------------------------------------- parser
+def _common(p):
+    g = p.add_argument_group("common options")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (data split, training, t-SNE)")
+    g.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    g.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    g.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
+def _model_options(p, *, required: bool = True):
+    p.add_argument("--model", required=required, default=None, help="timm model name "
+                   "(efficientnet_lite0 has bundled ImageNet weights; other names need "
+                   "--checkpoint / --base-checkpoint for real weights), or hf:FOLDER for a "
+                   "transformers ViT / DINOv2 / CLIP (vision) model saved in a local folder")
+    p.add_argument("--image-size", type=int, default=None, help="default: the model's input size")
+    g = p.add_argument_group("weights and adapters")
+    g.add_argument("--checkpoint", default=None, help="without --adapter: the model's weights "
+                   "(.npz / .pth / .safetensors); with --adapter: the adapted weights (an "
+                   "sls-fast artifact, a full state dict, or adapter + head tensors in our or the "
+                   "authors' RuiZiHan/SLS layout; for lora also a peft adapter folder)")
+    g.add_argument("--adapter", default=None, choices=("convpass", "repadapter", "lora"),
+                   help="add adapters of this kind before loading --checkpoint")
+    g.add_argument("--base-checkpoint", default=None, help="with --adapter: the frozen "
+                   "backbone's weights when --checkpoint holds only adapters + head")
+    g.add_argument("--adapter-dim", type=int, default=None, help="adapter bottleneck width (8)")
+    g.add_argument("--adapter-scale", type=float, default=None,
+                   help="adapter output scale s (1.0; the authors' configs set it per task)")
+    g.add_argument("--lora-rank", type=int, default=None, dest="adapter_dim",
+                   help="with --adapter lora: the LoRA rank r (8)")
+    g.add_argument("--lora-alpha", type=float, default=None, dest="adapter_scale",
+                   help="with --adapter lora: peft's lora_alpha (16; the update is scaled by alpha/r)")
+
+
+def _scoring_options(p):
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--alpha", type=float, default=0.3, help="threshold = alpha x last layer's score")
+    p.add_argument("--tsne-backend", default="auto",
+                   help="auto | native | torch | opentsne | sklearn | cuml (sklearn = the paper's "
+                        "exact settings)")
+    p.add_argument("--tsne-iter", type=int, default=1000, help="t-SNE iterations")
+    p.add_argument("--repeats", type=_positive_int, default=1, metavar="S",
+                   help="t-SNE runs per layer (default 1, the paper). With S > 1 the depth is "
+                        "taken on the mean silhouette curve and the report gives every run's "
+                        "depth and the confidence (the share of runs that agree); 8 is a good "
+                        "choice: one run is one draw from a distribution")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="sls-fast", description="SLS (Straightforward Layer-wise Pruning): score every block "
+        "of an adapted vision model by how well its features separate the classes (t-SNE + "
+        "silhouette), keep the blocks up to where that score collapses, delete the rest, and "
+        "store only the pruning index, adapters and head.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    r = sub.add_parser("run", help="the main job on the embedded default (offline)",
+                       description="EfficientNet-Lite0 (real ImageNet weights) on scikit-learn's "
+                       "digits: adapt (Convpass + head) -> score every block -> select the depth -> "
+                       "truncate -> retrain -> test accuracy, compiled throughput and storage of "
+                       "full vs pruned. Writes DIR/report.json, DIR/scores.png, "
+                       "DIR/tsne_layers.png and DIR/pruned.safetensors.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r.add_argument("--out", default="sls_run", help="output folder")
+    r.add_argument("--model", default=DEFAULT_MODEL, help="timm model name or hf:FOLDER "
+                   "(models other than efficientnet_lite0 need --checkpoint for real weights)")
+    r.add_argument("--checkpoint", default=None, help="base weights of --model")
+    r.add_argument("--data", default=DEFAULT_DATA, help="digits | lfw | vtab:PATH | folder:PATH")
+    r.add_argument("--method", default="convpass", choices=("convpass", "repadapter", "lora"),
+                   help="the PETL method that adapts the model")
+    r.add_argument("--quick", action="store_true", help="reduced setting (32 px, 1 epoch, 400 "
+                   "scored images, eager timing): about a minute on 2 cores")
+    r.add_argument("--image-size", type=int, default=None, help="input size (default: 64 px for "
+                   "digits / lfw, the model's own size for image files)")
+    r.add_argument("--epochs", type=int, default=10, help="epochs to adapt the full model")
+    r.add_argument("--prune-epochs", type=int, default=4, help="epochs to retrain the pruned model")
+    r.add_argument("--strategy", default="CLR", choices=("FT", "CLR", "TFS"),
+                   help="retraining strategy of the pruned model")
+    _scoring_options(r)
+    r.add_argument("--no-compile", action="store_true", help="time the eager models only")
+    r.add_argument("--iters", type=int, default=None, help="timed batches per model")
+    _common(r)
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("score", help="score every block of a model on a data set (no pruning)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="One pass over the data, t-SNE of every block, silhouette / "
+                       "Calinski-Harabasz / Davies-Bouldin per block, the SLS depth. Writes "
+                       "OUT/report.json, OUT/layers.json and two plots.")
+    _model_options(s)
+    s.add_argument("--data", default=DEFAULT_DATA, help="digits | lfw | vtab:PATH | folder:PATH")
+    s.add_argument("--split", default="train", help="which split to score")
+    s.add_argument("--out", default="sls_score", help="output folder")
+    s.add_argument("--pool", default="auto", choices=("auto", "cls", "mean", "merged"),
+                   help="per-block feature: auto (class token, else mean over tokens), or "
+                        "merged (Swin: stages 1-3 after the next PatchMerging, the authors' way)")
+    s.add_argument("--on-bad-image", default="fail", choices=("fail", "skip"),
+                   help="an unreadable image file: stop with its name, or skip it (with a warning)")
+    _scoring_options(s)
+    _common(s)
+    s.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("prune", help="truncate at a report's depth, retrain, evaluate, save",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Reads REPORT/layers.json (from 'sls-fast score'), rebuilds "
+                       "the scored model (its size, weights and adapters; fresh Convpass adapters "
+                       "when it was scored without), truncates at the reported depth, retrains "
+                       "adapters + head (checkpoint chosen on the val split), reports test "
+                       "accuracy and writes REPORT/pruned.safetensors. Options given here override "
+                       "the report's.")
+    p.add_argument("--report", required=True, help="folder written by 'sls-fast score'")
+    p.add_argument("--depth", type=int, default=None, help="override the reported depth")
+    p.add_argument("--strategy", default="CLR", choices=("FT", "CLR", "TFS"))
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--on-bad-image", default="fail", choices=("fail", "skip"),
+                   help="an unreadable image file: stop with its name, or skip it (with a warning)")
+    _model_options(p, required=False)
+    _common(p)
+    p.set_defaults(func=cmd_prune)
+
+    b = sub.add_parser("bench", help="throughput of the full vs the pruned model",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Random inputs; warm-up and compilation excluded; both models "
+                       "timed alternately in one run. Random weights are fine for timing. With "
+                       "--report DIR: the scored model against DIR/pruned.safetensors (from "
+                       "'sls-fast prune'), or against a cut at the reported depth.")
+    b.add_argument("--report", default=None, help="folder written by 'sls-fast score' / 'prune'")
+    b.add_argument("--depth", type=int, default=None, help="blocks kept (default: the report's, "
+                   "else half)")
+    b.add_argument("--batch-size", type=int, default=64)
+    _model_options(b, required=False)
+    b.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="torch.compile both models")
+    b.add_argument("--amp", default=None, choices=("auto", "bf16", "fp16"),
+                   help="autocast (auto = bf16 on CUDA when supported)")
+    b.add_argument("--iters", type=int, default=None, help="timed batches per model")
+    _common(b)
+    b.set_defaults(func=cmd_bench)
+
+    add_sweep_parser(sub, common=_common)
+    return ap
+
+
+_USER_ERRORS = (ValueError, TypeError, OSError)  # bad input; anything else is a bug of ours
+
+
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"warning: {message}\n"
+
+
+def main(argv: Optional[list] = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 bad input, 1 internal error).
+
+    Errors print one line on stderr (``--debug``: the traceback instead); warnings print one line.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("sls-fast: interrupted", file=sys.stderr)
+        return 130
+    old_format = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
+    try:
+        args.func(args)
+    except _USER_ERRORS as exc:
+        if args.debug:
+            raise
+        print(f"sls-fast {args.command}: error: {_first_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sls-fast {args.command}: interrupted"
+              + ("; finished cells are saved: rerun the same command to resume"
+                 if args.command == "sweep" else ""), file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, --debug shows it
+        if args.debug:
+            raise
+        print(f"sls-fast {args.command}: internal error: {type(exc).__name__}: {_first_line(exc)} "
+              "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 1
+    finally:
+        warnings.formatwarning = old_format
+    return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())

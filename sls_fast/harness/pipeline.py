@@ -1,0 +1,383 @@
+"""The whole SLS job on one task as one library function: adapt -> score -> select -> truncate ->
+retrain -> measure -> store.
+
+:func:`run_task` is what ``sls-fast run`` runs, what every cell of ``sls-fast sweep`` runs, and
+what an API user calls; :class:`TaskSettings` says what to run, :class:`TaskResult` is what came
+out and serialises to the run's ``report.json``.
+
+With a :class:`sls_fast.harness.cache.StageCache`, the stages that do not depend on a setting are read
+back instead of recomputed: the adapted weights (keyed by the base weights, the data and the
+adaptation settings), the features (keyed by the adapted weights' checksum, the data, the image
+size and the pooling), the t-SNE scores (keyed by the features and the t-SNE settings; alpha only
+re-selects the depth) and the retrained pruned model (keyed by the adapted weights and the depth).
+Each stage is seeded on its own, so a cached and a computed stage give the same result.
+
+Example:
+    >>> from sls_fast.harness.pipeline import TaskSettings, run_task
+    >>> result = run_task(TaskSettings.quick(), "runs/quick")       # doctest: +SKIP
+    >>> result.depth, result.accuracy["pruned"], result.throughput["speedup"]   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+import torch
+
+from sls_fast.models.zoo import DEFAULT_MODEL
+
+__all__ = ["TaskSettings", "TaskResult", "run_task", "METHODS", "QUICK"]
+
+METHODS = ("convpass", "repadapter", "lora")
+# The reduced setting used by tests and first tries: about a minute on 2 CPU cores.
+QUICK = dict(image_size=32, epochs=1, prune_epochs=1, tsne_iter=300, score_points=400,
+             throughput_iters=3, compile=False)
+PERPLEXITY = 30.0  # the authors' (scikit-learn's default)
+
+
+@dataclass
+class TaskSettings:
+    """What :func:`run_task` runs. Every field has the embedded default's value.
+
+    Attributes:
+        model: a timm model name (``efficientnet_lite0`` has bundled ImageNet weights; others
+            need ``checkpoint``) or ``hf:FOLDER``.
+        data: a data spec: ``digits``, ``lfw``, ``vtab:PATH`` or ``folder:PATH``.
+        method: the PETL method that adapts the model: ``convpass``, ``repadapter`` or ``lora``.
+        alpha: SLS threshold fraction of the last layer's score.
+        repeats: t-SNE runs per layer (the depth is taken on the mean curve).
+        tsne_backend, tsne_iter: see :func:`sls_fast.tsne`.
+        strategy: retraining strategy of the pruned model (``FT``, ``CLR``, ``TFS``).
+        epochs, prune_epochs: epochs to adapt the full model / to retrain the pruned one.
+        image_size: input size; None = 64 px for the bundled sets, the model's size for files.
+        batch_size, lr: training and extraction batch size, peak learning rate of adaptation.
+        score_points: score on the first N training images (None: all of them).
+        adapter_dim, adapter_scale: bottleneck width and output scale (LoRA: rank and alpha).
+        num_classes: head width (None: from the training labels).
+        checkpoint: base weights for models without bundled weights.
+        compile, throughput_iters: how throughput is timed (torch.compile; timed batches).
+        seed: seeds the split, the adapters, training and t-SNE.
+        device: ``cpu``, ``cuda``, ``cuda:1`` ... (None: CUDA when available).
+    """
+
+    model: str = DEFAULT_MODEL
+    data: str = "digits"
+    method: str = "convpass"
+    alpha: float = 0.3
+    repeats: int = 1
+    tsne_backend: str = "auto"
+    tsne_iter: int = 1000
+    strategy: str = "CLR"
+    epochs: int = 10
+    prune_epochs: int = 4
+    image_size: Optional[int] = None
+    batch_size: int = 64
+    lr: float = 1e-3
+    score_points: Optional[int] = None
+    adapter_dim: int = 8
+    adapter_scale: Optional[float] = None
+    num_classes: Optional[int] = None
+    checkpoint: Optional[str] = None
+    compile: bool = True
+    throughput_iters: Optional[int] = None
+    seed: int = 0
+    device: Optional[str] = None
+
+    @classmethod
+    def quick(cls, **overrides) -> "TaskSettings":
+        """The reduced setting (32 px, 1 epoch each, 400 scored images, 300 t-SNE iterations,
+        eager timing), with ``overrides`` on top."""
+        return cls(**{**QUICK, **overrides})
+
+    def __post_init__(self):
+        from sls_fast.models.train import STRATEGIES
+
+        def need(ok, what):
+            if not ok:
+                raise ValueError(f"TaskSettings: {what}")
+
+        def count(name, value, low):
+            need(isinstance(value, int) and not isinstance(value, bool) and value >= low,
+                 f"{name} must be an integer >= {low}, got {value!r}")
+
+        need(isinstance(self.model, str) and self.model, f"model must be a name, got {self.model!r}")
+        need(isinstance(self.data, str) and self.data, f"data must be a spec, got {self.data!r}")
+        need(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
+        need(self.strategy in STRATEGIES,
+             f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        need(isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool)
+             and 0 <= self.alpha < float("inf"), f"alpha must be a number >= 0, got {self.alpha!r}")
+        need(isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be > 0, got {self.lr!r}")
+        for name, low in (("repeats", 1), ("tsne_iter", 1), ("epochs", 1), ("prune_epochs", 1),
+                          ("batch_size", 1), ("adapter_dim", 1), ("seed", 0)):
+            count(name, getattr(self, name), low)
+        for name, low in (("image_size", 8), ("score_points", 10), ("num_classes", 2),
+                          ("throughput_iters", 1)):
+            if getattr(self, name) is not None:
+                count(name, getattr(self, name), low)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TaskSettings":
+        """The settings in ``d``; an unknown key is a ValueError naming it."""
+        from sls_fast.common.utils import dataclass_from_dict
+
+        return dataclass_from_dict(cls, d, "task setting")
+
+
+@dataclass
+class TaskResult:
+    """What :func:`run_task` measured. :meth:`to_dict` is the run's ``report.json``."""
+
+    settings: TaskSettings
+    layers: object  # the LayerReport (scores, depth, runs, embeddings)
+    accuracy: Dict[str, float]
+    throughput: Dict[str, object]
+    storage: Dict[str, object]
+    timings: Dict[str, float]
+    cache: Dict[str, str]
+    files: Dict[str, object]
+    device: str
+    versions: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def depth(self) -> int:
+        return int(self.layers.depth)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.layers.num_layers)
+
+    def to_dict(self) -> dict:
+        rep, s = self.layers, self.settings
+        return dict(model=s.model, dataset=s.data, method=s.method, num_layers=self.num_layers,
+                    depth=self.depth, alpha=float(rep.alpha), layer_names=list(rep.layer_names),
+                    scores={k: [float(x) for x in v] for k, v in rep.scores.items()},
+                    **rep.decision(), accuracy=self.accuracy, throughput=self.throughput,
+                    storage=self.storage, settings=s.to_dict(), timings=self.timings,
+                    cache=self.cache, versions=self.versions, device=self.device,
+                    files=self.files)
+
+    def summary(self) -> str:
+        """A short table for people."""
+        from sls_fast.common.utils import text_table as _table
+
+        rep, acc, tp, st = self.layers, self.accuracy, self.throughput, self.storage
+        kept = f"{self.depth} of {self.num_layers}"
+        if rep.repeats > 1:
+            kept += (f" (mean of {rep.repeats} runs; runs keep "
+                     f"{' '.join(map(str, rep.run_depths))}: confidence {rep.confidence:.0%})")
+        rows = [("layers kept", kept),
+                ("silhouette (first -> last block)",
+                 f"{rep.scores['silhouette'][0]:.3f} -> {rep.scores['silhouette'][-1]:.3f}"),
+                ("test accuracy full / pruned", f"{acc['full']:.3f} / {acc['pruned']:.3f}"),
+                ("images/s full / pruned", f"{tp['full']:.0f} / {tp['pruned']:.0f} "
+                                           f"({tp['speedup']:.2f}x)"),
+                ("artifact / full model bytes", f"{st['artifact_bytes']:,} / "
+                                                f"{st.get('full_model_bytes') or 0:,}"),
+                ("wall time", f"{self.timings['total']:.0f} s"),
+                ("report", self.files["report"])]
+        title = f"SLS on {self.settings.model} / {self.settings.data} ({self.settings.method})"
+        return rep.summary() + "\n\n" + _table(rows, ("", title))
+
+
+def _trainable_state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """What training changed: the trainable parameters and every buffer."""
+    sd = model.state_dict()
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    names |= {n for n, _ in model.named_buffers()}
+    return {n: sd[n] for n in sorted(names) if n in sd}
+
+
+def _load_trainable_state(model: torch.nn.Module, tensors: Dict[str, torch.Tensor]) -> None:
+    expected = set(_trainable_state(model))
+    if set(tensors) != expected:
+        raise ValueError("a cached stage does not match this model (different trainable "
+                         f"tensors: {sorted(set(tensors) ^ expected)[:4]} ...); delete the cache")
+    model.load_state_dict(tensors, strict=False)
+
+
+def _image_size(s: TaskSettings) -> Optional[int]:
+    if s.image_size is not None:
+        return s.image_size
+    kind = s.data.partition(":")[0].lower()
+    return 64 if kind in ("digits", "lfw") else None  # None: the model's own input size
+
+
+def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
+             log: Optional[Callable[[str], None]] = None, cache=None) -> TaskResult:
+    """Run SLS on one task end to end and write its files to ``out``.
+
+    adapt (``method`` adapters + a new head, ``epochs`` on the train split, the best epoch on
+    val) -> score every block (one pass, t-SNE of all layers, silhouette) -> select the depth
+    -> truncate -> retrain (``strategy``, ``prune_epochs``) -> test accuracy of both -> throughput
+    of both -> store the pruning index + adapters + head.
+
+    Args:
+        settings: a :class:`TaskSettings`.
+        out: folder for ``report.json``, ``layers.json``, the plots and ``pruned.safetensors``.
+        progress: show progress bars.
+        log: called with one line per stage (default: nothing).
+        cache: a :class:`sls_fast.harness.cache.StageCache` to read stages from and write them to.
+
+    Returns:
+        :class:`TaskResult`; its :meth:`TaskResult.to_dict` is also written to ``out/report.json``.
+    """
+    from sls_fast.io.artifacts import save_pruned
+    from sls_fast.models.adapters import add_adapters
+    from sls_fast.models.prune import truncate
+    from sls_fast.models.throughput import compare_throughput
+    from sls_fast.models.train import evaluate, finetune
+    from sls_fast.common.utils import write_text
+    from sls_fast.common.utils import device_name, num_classes_of, seed_everything, versions
+    from sls_fast.harness.cache import (cache_key, data_fingerprint, features_from_tensors, features_to_tensors,
+                        weights_checksum)
+    from sls_fast.io.checkpoints import size_kwargs
+    from sls_fast.io.datasets import from_spec
+    from sls_fast.method.extract import extract_features
+    from sls_fast.models.zoo import load
+    from sls_fast.method.score import LayerReport, score_features
+    from sls_fast.models.state import base_checksum
+    from sls_fast.io.artifacts import storage_report
+
+    if not isinstance(settings, TaskSettings):
+        raise TypeError(f"settings must be a TaskSettings, got {type(settings).__name__}")
+    s = settings
+    say = log or (lambda msg: None)
+    dev = torch.device(s.device) if s.device else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    os.makedirs(out, exist_ok=True)
+    timings, hits = {}, {}
+
+    def cached(stage, key):
+        entry = cache.get(key, stage) if cache is not None else None
+        hits[stage] = "hit" if entry is not None else ("miss" if cache is not None else "off")
+        return entry
+
+    t0 = time.perf_counter()
+    seed_everything(s.seed)
+    size = _image_size(s)
+    model = load(s.model, checkpoint=s.checkpoint, **size_kwargs(s.model, size))
+    split = {sp: from_spec(s.data, sp, image_size=size, model=model, seed=s.seed)
+             for sp in ("train", "val", "test")}
+    train, val, test = split["train"], split["val"], split["test"]
+    size = getattr(train, "image_size", size)  # the data's (H, W) when it decided the size
+    size = int(size[0]) if isinstance(size, (tuple, list)) else size
+    num_classes = s.num_classes or num_classes_of(train)
+    add_adapters(model, s.method, dim=s.adapter_dim, scale=s.adapter_scale,
+                 num_classes=num_classes)
+    model.to(dev)
+    data_key = {sp: data_fingerprint(d) for sp, d in split.items()}
+    timings["load"] = time.perf_counter() - t0
+
+    def trained(stage, key, net, strategy, epochs, lr=None):
+        """Train ``net``'s adapters and head and test it, or read both back from the cache."""
+        entry = cached(stage, key)
+        if entry is not None:
+            _load_trainable_state(net, entry[0])
+            return entry[1]["fit"], entry[1]["accuracy"]
+        seed_everything(s.seed)
+        fit = finetune(net, train, val, strategy=strategy, epochs=epochs, lr=lr,
+                       batch_size=s.batch_size, progress=progress, seed=s.seed)
+        fit = dict(best_val_acc=fit["best_val_acc"], best_epoch=fit["best_epoch"])
+        acc = evaluate(net, test)
+        if cache is not None:
+            cache.put(key, stage, _trainable_state(net), dict(fit=fit, accuracy=acc))
+        return fit, acc
+
+    say(f"[1/6] adapting {s.model} ({s.method} on every block + new head), {s.epochs} epochs on "
+        f"{len(train)} images, selected on {len(val)} val")
+    t0 = time.perf_counter()
+    adapt_key = cache_key("adapt", model=s.model, base=base_checksum(model), data=data_key,
+                          method=s.method, dim=s.adapter_dim, scale=s.adapter_scale,
+                          num_classes=num_classes, epochs=s.epochs, lr=s.lr,
+                          batch_size=s.batch_size, seed=s.seed, image_size=size)
+    fit_full, acc_full = trained("adapt", adapt_key, model, "CLR", s.epochs, s.lr)
+    timings["adapt"] = time.perf_counter() - t0
+
+    say("[2/6] scoring every block (one pass, t-SNE of all layers, silhouette)")
+    score_data = train
+    if s.score_points:
+        score_data = torch.utils.data.Subset(train, list(range(min(s.score_points, len(train)))))
+    t0 = time.perf_counter()
+    weights = weights_checksum(model)
+    feat_key = cache_key("features", weights=weights, data=data_key["train"],
+                         points=len(score_data), image_size=size, pool="auto")
+    score_key = cache_key("scores", features=feat_key, tsne_backend=s.tsne_backend,
+                          repeats=s.repeats, seed=s.seed, max_iter=s.tsne_iter,
+                          perplexity=PERPLEXITY)
+    entry = cached("scores", score_key)
+    if entry is not None:
+        report = LayerReport.from_json(entry[1]["report"]).with_alpha(s.alpha)
+        hits["features"] = "not needed"
+    else:
+        entry = cached("features", feat_key)
+        if entry is not None:
+            feats = features_from_tensors(*entry, device=dev)
+        else:
+            feats = extract_features(model, score_data, device=dev, batch_size=s.batch_size,
+                                     progress=progress)
+            if cache is not None:
+                cache.put(feat_key, "features", *features_to_tensors(feats))
+        timings["score_extract"] = time.perf_counter() - t0
+        report = score_features(feats, alpha=s.alpha, seed=s.seed, max_iter=s.tsne_iter,
+                                perplexity=PERPLEXITY, tsne_backend=s.tsne_backend,
+                                repeats=s.repeats, progress=progress)
+        timings.update({f"score_{k}": v for k, v in report.timings.items()})
+        if cache is not None:
+            cache.put(score_key, "scores", None, dict(report=report.to_json()))
+    timings["score"] = time.perf_counter() - t0
+    depth, L = report.depth, report.num_layers
+
+    say(f"[3/6] SLS depth {depth} of {L}; truncating and retraining ({s.strategy}, "
+        f"{s.prune_epochs} epochs)")
+    t0 = time.perf_counter()
+    seed_everything(s.seed)
+    pruned = truncate(model, depth, num_classes=num_classes)
+    retrain_key = cache_key("retrain", adapted=weights, depth=depth, strategy=s.strategy,
+                            epochs=s.prune_epochs, batch_size=s.batch_size, seed=s.seed,
+                            data=data_key)
+    fit_pruned, acc_pruned = trained("retrain", retrain_key, pruned, s.strategy, s.prune_epochs)
+    timings["retrain"] = time.perf_counter() - t0
+
+    say(f"[4/6] throughput, full vs pruned (batch {s.batch_size}, "
+        f"{'compiled' if s.compile else 'eager'})")
+    t0 = time.perf_counter()
+    tp = compare_throughput(model, pruned, batch_size=s.batch_size, image_size=size,
+                            compile=s.compile, iters=s.throughput_iters, device=dev)
+    timings["throughput"] = time.perf_counter() - t0
+
+    say("[5/6] storing the pruning index + adapters + head")
+    artifact = os.path.join(out, "pruned.safetensors")
+    save_pruned(artifact, pruned, depth, dataset=s.data, image_size=size)
+    storage = storage_report(artifact, pruned, full_model=model)
+
+    say("[6/6] writing the report and plots")
+    report.meta.update(model=s.model, dataset=s.data, image_size=size, num_classes=num_classes,
+                       data=s.data, method=s.method, title=f"{s.model} on {s.data}")
+    report.to_json(os.path.join(out, "layers.json"))
+    plots = report.plot(out)
+    timings["total"] = sum(v for k, v in timings.items()
+                           if not k.startswith("score_"))  # score_* are parts of "score"
+    result = TaskResult(
+        settings=s, layers=report,
+        accuracy=dict(full=acc_full, pruned=acc_pruned, full_val=fit_full["best_val_acc"],
+                      pruned_val=fit_pruned["best_val_acc"]),
+        throughput=dict(full=tp["full"]["images_per_s"], pruned=tp["pruned"]["images_per_s"],
+                        speedup=tp["speedup"], full_details=tp["full"],
+                        pruned_details=tp["pruned"]),
+        storage=dict(artifact_bytes=storage["artifact_bytes"],
+                     full_model_bytes=storage.get("full_model_bytes"),
+                     pruned_model_bytes=storage["pruned_model_bytes"]),
+        timings=timings, cache=hits, versions=versions(), device=device_name(dev),
+        files=dict(report=os.path.join(out, "report.json"), artifact=artifact, plots=plots,
+                   layers=os.path.join(out, "layers.json")))
+    write_text(os.path.join(out, "report.json"),
+               json.dumps(result.to_dict(), indent=1, default=float))
+    return result

@@ -1,0 +1,212 @@
+"""A sweep's results: the SQLite database (``DIR/results.sqlite``, table ``runs``, one row per
+cell), its table for people, its CSV export, and the two plots (``pareto.png``, ``depths.png``).
+
+Only the sweep's driver writes the database, one transaction per finished cell, so a row is
+either complete or absent. The database runs in WAL mode: readers (``sls-fast sweep --summary``
+while a sweep runs) never block the writer.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sqlite3
+from typing import List, Optional
+
+from sls_fast.common.utils import atomic_path, text_table
+
+__all__ = ["ResultsDB", "COLUMNS", "summary_table", "write_csv", "plot_results"]
+
+# name -> SQLite type; the order is the CSV's and the summary's
+COLUMNS = {
+    "key": "TEXT PRIMARY KEY", "task": "TEXT", "model": "TEXT", "dataset": "TEXT",
+    "method": "TEXT", "alpha": "REAL", "repeats": "INTEGER", "tsne_backend": "TEXT",
+    "seed": "INTEGER", "status": "TEXT NOT NULL", "error": "TEXT", "num_layers": "INTEGER",
+    "depth": "INTEGER", "confidence": "REAL", "acc_full": "REAL", "acc_pruned": "REAL",
+    "img_s_full": "REAL", "img_s_pruned": "REAL", "speedup": "REAL", "artifact_bytes": "INTEGER",
+    "full_model_bytes": "INTEGER", "wall_s": "REAL", "attempts": "INTEGER", "timings": "TEXT",
+    "cache": "TEXT", "settings": "TEXT", "versions": "TEXT", "device": "TEXT", "host": "TEXT",
+    "cell_dir": "TEXT", "started": "TEXT", "finished": "TEXT",
+}
+_JSON_COLUMNS = ("timings", "cache", "settings", "versions")
+
+
+class ResultsDB:
+    """The ``runs`` table of a sweep in the SQLite file ``path`` (created on first use).
+
+    Example:
+        >>> import tempfile, os
+        >>> db = ResultsDB(os.path.join(tempfile.mkdtemp(), "results.sqlite"))
+        >>> db.write(dict(key="a", status="ok", depth=4, timings={"total": 1.0}))
+        >>> db.rows()[0]["depth"], db.rows()[0]["timings"]
+        (4, {'total': 1.0})
+    """
+
+    def __init__(self, path: str):
+        self.path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(folder, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=30)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            cols = ", ".join(f"{k} {t}" for k, t in COLUMNS.items())
+            with self._conn:
+                self._conn.execute(f"CREATE TABLE IF NOT EXISTS runs ({cols})")
+            have = {r[1] for r in self._conn.execute("PRAGMA table_info(runs)")}
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{self.path} is not a readable sls-fast results database "
+                             f"({exc})") from None
+        missing = [k for k in COLUMNS if k not in have]
+        if missing:
+            raise ValueError(f"{self.path}: table 'runs' lacks the columns {missing} (written by "
+                             "another version?); use a new --out folder")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def write(self, row: dict) -> None:
+        """Insert or replace one row, in one transaction. Unknown keys are a ValueError."""
+        unknown = sorted(set(row) - set(COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown result columns {unknown}")
+        row = {k: (json.dumps(v, default=float) if k in _JSON_COLUMNS and v is not None else v)
+               for k, v in row.items()}
+        names = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        with self._conn:  # one transaction: the row is complete or absent
+            self._conn.execute(f"INSERT OR REPLACE INTO runs ({names}) VALUES ({marks})",
+                               list(row.values()))
+
+    def rows(self, status: Optional[str] = None) -> List[dict]:
+        """Every row (or those with ``status``) as dicts, JSON columns decoded, in key order."""
+        cur = self._conn.execute(
+            "SELECT * FROM runs" + (" WHERE status = ?" if status else "") + " ORDER BY key",
+            (status,) if status else ())
+        names = [d[0] for d in cur.description]
+        out = []
+        for values in cur.fetchall():
+            row = dict(zip(names, values))
+            for k in _JSON_COLUMNS:
+                if row.get(k):
+                    row[k] = json.loads(row[k])
+            out.append(row)
+        return out
+
+    def keys(self, status: Optional[str] = None) -> set:
+        return {r["key"] for r in self.rows(status)}
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def summary_table(rows: List[dict]) -> str:
+    """The rows as a table for people: one line per cell."""
+    if not rows:
+        return "(no finished cells)"
+    lines = []
+    for r in rows:
+        ok = r["status"] == "ok"
+        lines.append((
+            r.get("task") or r.get("dataset") or "?", r.get("model") or "?", r.get("method") or "?",
+            _fmt(r.get("alpha"), "g"), r["status"],
+            f"{r['depth']}/{r['num_layers']}" if ok else "-",
+            _fmt(r.get("confidence"), ".0%") if ok else "-",
+            f"{r['acc_full']:.3f} -> {r['acc_pruned']:.3f}" if ok else "-",
+            f"{r['img_s_full']:.0f} -> {r['img_s_pruned']:.0f} ({r['speedup']:.2f}x)" if ok else "-",
+            _fmt(r.get("wall_s"), ".0f"),
+            "" if ok else (r.get("error") or "")[:60]))
+    return text_table(lines, ("task", "model", "method", "alpha", "status", "K/L", "conf",
+                              "accuracy full -> pruned", "images/s full -> pruned", "wall s",
+                              "error"))
+
+
+def write_csv(rows: List[dict], path: str) -> None:
+    """Every column of ``rows`` to a CSV file (JSON columns as JSON text), atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(COLUMNS))
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: (json.dumps(r[k]) if k in _JSON_COLUMNS and r.get(k) is not None
+                                else r.get(k)) for k in COLUMNS})
+
+
+def plot_results(rows: List[dict], directory: str) -> List[str]:
+    """``pareto.png`` (test accuracy vs images/s, full and pruned, one colour per task) and
+    ``depths.png`` (K / L per task x setting) from the ``ok`` rows; returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [r for r in rows if r["status"] == "ok"]
+    if not rows:
+        return []
+    written = []
+    tasks = sorted({r["task"] for r in rows})
+    settings = sorted({_setting(r) for r in rows})
+    colours = plt.get_cmap("tab20" if len(tasks) > 10 else "tab10")
+    shapes = "osD^vP*Xh<>"
+
+    fig, ax = plt.subplots(figsize=(8.5, 5.5))
+    for r in rows:
+        c = colours(tasks.index(r["task"]) % colours.N)
+        m = shapes[settings.index(_setting(r)) % len(shapes)]
+        ax.annotate("", xy=(r["img_s_pruned"], r["acc_pruned"]),
+                    xytext=(r["img_s_full"], r["acc_full"]),
+                    arrowprops=dict(arrowstyle="->", color=c, alpha=0.6, lw=1))
+        ax.scatter(r["img_s_full"], r["acc_full"], marker=m, s=60, facecolors="none",
+                   edgecolors=[c], linewidths=1.5)
+        ax.scatter(r["img_s_pruned"], r["acc_pruned"], marker=m, s=60, color=c)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker="s", color=colours(i % colours.N), label=t)
+               for i, t in enumerate(tasks)]
+    handles += [Line2D([], [], ls="", marker=shapes[i % len(shapes)], color="0.3", label=s)
+                for i, s in enumerate(settings)]
+    handles += [Line2D([], [], ls="", marker="o", mfc="none", mec="0.3", label="full model"),
+                Line2D([], [], ls="", marker="o", color="0.3", label="pruned (SLS)")]
+    ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5),
+              frameon=False)
+    ax.set_xscale("log")
+    ax.set_xlabel("throughput (images/s, log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("SLS: accuracy vs throughput, full (hollow) -> pruned (filled)")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    written.append(_save(fig, os.path.join(directory, "pareto.png")))
+    plt.close(fig)
+
+    grid = np.full((len(tasks), len(settings)), np.nan)
+    text = {}
+    for r in rows:
+        i, j = tasks.index(r["task"]), settings.index(_setting(r))
+        grid[i, j] = r["depth"] / r["num_layers"]
+        text[i, j] = f"{r['depth']}/{r['num_layers']}"
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.4 * len(settings) + 2.5),
+                                    max(2.5, 0.45 * len(tasks) + 1.5)))
+    im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for (i, j), t in text.items():
+        ax.text(j, i, t, ha="center", va="center", fontsize=9,
+                color="white" if grid[i, j] < 0.6 else "black")
+    ax.set_xticks(range(len(settings)), settings, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
+    ax.set_title("layers kept by SLS (K / L)")
+    fig.colorbar(im, ax=ax, label="K / L")
+    fig.tight_layout()
+    written.append(_save(fig, os.path.join(directory, "depths.png")))
+    plt.close(fig)
+    return written
+
+
+def _setting(r: dict) -> str:
+    return f"{r['model']} {r['method']} a={r['alpha']:g}"
+
+
+def _save(fig, path: str) -> str:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    return path
+

@@ -1,0 +1,191 @@
+"""Step 8 of SLS: throughput (images/s) of a model, eager or compiled, measured honestly.
+
+Compilation and warm-up are outside the timed region; CUDA is timed with events; inputs are
+random (never zeros); the median latency per batch and its 20th/80th percentiles are reported.
+"""
+from __future__ import annotations
+
+import contextlib
+import platform
+import resource
+import statistics
+import time
+from typing import Iterable, List, Optional
+
+import torch
+
+from sls_fast.common.utils import autocast, check_amp, model_device
+
+__all__ = ["measure_throughput", "compare_throughput", "sweep_batch_sizes", "model_image_size"]
+
+
+def model_image_size(model) -> int:
+    """Input side length: the patch embedding's image size (ViT/Swin), else the pretrained
+    config (timm), else a clear error."""
+    patch = getattr(model, "patch_embed", None)  # fixed-size models: what they were built for
+    if patch is not None and getattr(patch, "img_size", None):
+        return int(patch.img_size[-1])
+    for attr in ("pretrained_cfg", "default_cfg"):
+        cfg = getattr(model, attr, None) or {}
+        size = cfg.get("input_size") if isinstance(cfg, dict) else None
+        if size:
+            return int(size[-1])
+    raise ValueError(f"cannot tell the input size of {type(model).__name__}: pass image_size=")
+
+
+class _Runner:
+    """A model prepared for timing: on its device, eval mode, optionally compiled and warmed up."""
+
+    def __init__(self, model, *, batch_size, image_size, compile, compile_mode, amp, device,
+                 warmup, channels=3, seed=0):
+        check_amp(amp)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = model_device(model, device)
+        self.model = model.to(self.device).eval()
+        self.image_size = int(image_size or model_image_size(model))
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        self.x = torch.randn(batch_size, channels, self.image_size, self.image_size,
+                             generator=g).to(self.device)
+        self.amp = amp
+        self.compiled = bool(compile)
+        self.fn = torch.compile(self.model, mode=compile_mode) if compile else self.model
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        t0 = time.perf_counter()
+        for _ in range(max(1, warmup)):  # the first call compiles
+            self.step()
+        self._sync()
+        self.warmup_s = time.perf_counter() - t0
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def step(self):
+        with torch.inference_mode(), autocast(self.amp, self.device):
+            return self.fn(self.x)
+
+    def time(self, iters: int) -> List[float]:
+        """Seconds per batch for ``iters`` batches."""
+        out = []
+        if self.device.type == "cuda":
+            for _ in range(iters):
+                a = torch.cuda.Event(enable_timing=True)
+                b = torch.cuda.Event(enable_timing=True)
+                a.record()
+                self.step()
+                b.record()
+                torch.cuda.synchronize(self.device)
+                out.append(a.elapsed_time(b) / 1000.0)
+        else:
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                self.step()
+                out.append(time.perf_counter() - t0)
+        return out
+
+    def result(self, times: List[float]) -> dict:
+        times = sorted(times)
+        q = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else times * 9
+        med = statistics.median(times)
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device)
+            device = torch.cuda.get_device_name(self.device)
+        else:  # process-wide peak resident memory (Linux reports KiB)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            device = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        bs = self.x.shape[0]
+        return dict(images_per_s=bs / med, latency_ms=med * 1e3, latency_ms_p20=q[1] * 1e3,
+                    latency_ms_p80=q[7] * 1e3, batch_size=bs, image_size=self.image_size,
+                    compiled=self.compiled, amp=self.amp, device=device, iters=len(times),
+                    warmup_s=self.warmup_s, peak_memory_bytes=int(peak))
+
+
+@contextlib.contextmanager
+def _restored(*models):
+    """Give each model back as it came: on its device, with its training flags."""
+    saved = [(m, model_device(m), [s for s in m.modules() if s.training]) for m in models]
+    try:
+        yield
+    finally:
+        for m, dev, training in saved:
+            m.to(dev)
+            m.eval()
+            for sub in training:
+                sub.training = True
+
+
+def _defaults(device: torch.device, warmup, iters):
+    cuda = device.type == "cuda"
+    return (warmup if warmup is not None else (10 if cuda else 3),
+            iters if iters is not None else (50 if cuda else 10))
+
+
+def measure_throughput(model, *, batch_size: int = 64, image_size: Optional[int] = None,
+                       compile: bool = True, compile_mode: str = "default", amp: Optional[str] = None,
+                       warmup: Optional[int] = None, iters: Optional[int] = None, device=None) -> dict:
+    """Images per second of ``model`` on random ``[batch_size, 3, S, S]`` inputs.
+
+    Args:
+        model: any ``nn.Module`` taking images.
+        batch_size: images per forward.
+        image_size: side length S; ``None`` reads the model's pretrained config.
+        compile: wrap with ``torch.compile(mode=compile_mode)`` (compilation is not timed).
+        amp: autocast: ``None`` (off), ``"auto"``, ``"bf16"`` or ``"fp16"``.
+        warmup, iters: untimed and timed batches (defaults: 3/10 on CPU, 10/50 on CUDA).
+        device: where to run (default: the model's device). The model is given back on its
+            own device with its own training flags.
+
+    Returns:
+        dict with ``images_per_s``, ``latency_ms`` (median per batch), ``latency_ms_p20``,
+        ``latency_ms_p80``, ``batch_size``, ``image_size``, ``compiled``, ``amp``, ``device``,
+        ``peak_memory_bytes`` (CUDA: peak allocated; CPU: the process's peak RSS), ``iters``,
+        ``warmup_s``.
+
+    Example:
+        >>> import timm, sls_fast
+        >>> m = timm.create_model("resnet18", pretrained=False)
+        >>> r = sls_fast.measure_throughput(m, batch_size=8, image_size=64, compile=False,
+        ...                                 warmup=1, iters=3)
+        >>> r["images_per_s"] > 0
+        True
+    """
+    dev = model_device(model, device)
+    warmup, iters = _defaults(dev, warmup, iters)
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    with _restored(model):
+        runner = _Runner(model, batch_size=batch_size, image_size=image_size, compile=compile,
+                         compile_mode=compile_mode, amp=amp, device=dev, warmup=warmup)
+        return runner.result(runner.time(iters))
+
+
+def sweep_batch_sizes(model, batch_sizes: Iterable[int] = (1, 8, 32, 64, 128), **kwargs) -> List[dict]:
+    """:func:`measure_throughput` at each batch size (one dict per size)."""
+    return [measure_throughput(model, batch_size=b, **kwargs) for b in batch_sizes]
+
+
+def compare_throughput(full, pruned, *, rounds: int = 3, batch_size: int = 64,
+                       image_size: Optional[int] = None, compile: bool = True,
+                       compile_mode: str = "default", amp: Optional[str] = None,
+                       warmup: Optional[int] = None, iters: Optional[int] = None,
+                       device=None) -> dict:
+    """Throughput of ``full`` and ``pruned`` in one run, timed in alternating blocks so that
+    both see the same machine state. Returns ``{"full": {...}, "pruned": {...},
+    "speedup": pruned images/s / full images/s}``."""
+    dev = model_device(full, device)
+    warmup, iters = _defaults(dev, warmup, iters)
+    size = image_size or model_image_size(full)
+    kw = dict(batch_size=batch_size, image_size=size, compile=compile, compile_mode=compile_mode,
+              amp=amp, device=dev, warmup=warmup)
+    with _restored(full, pruned):
+        runners = {"full": _Runner(full, **kw), "pruned": _Runner(pruned, **kw)}
+        times = {k: [] for k in runners}
+        per_round = max(1, iters // max(1, rounds))
+        for _ in range(max(1, rounds)):
+            for k, r in runners.items():
+                times[k] += r.time(per_round)
+        out = {k: runners[k].result(times[k]) for k in runners}
+    out["speedup"] = out["pruned"]["images_per_s"] / out["full"]["images_per_s"]
+    return out
