@@ -21,7 +21,8 @@ import time
 
 import pytest
 
-from sls_fast.harness.pipeline import TaskSettings, run_task
+from sls_fast.harness.pipeline import run_task
+from sls_fast.harness.settings import TaskSettings
 from sls_fast.harness.sweep import SweepSpec, run_sweep
 
 ALPHAS = [0.2, 0.3, 0.5]

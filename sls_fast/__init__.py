@@ -32,9 +32,14 @@ _WHERE = {
     "finetune": ".models.train", "evaluate": ".models.train",
     "measure_throughput": ".models.throughput", "compare_throughput": ".models.throughput",
     "sweep_batch_sizes": ".models.throughput",
+    # the job layer: one task, a sweep of tasks; the record kept on a model; its family
+    "TaskSettings": ".harness.settings", "TaskResult": ".harness.pipeline",
+    "run_task": ".harness.pipeline", "SweepSpec": ".harness.sweep", "run_sweep": ".harness.sweep",
+    "SLSState": ".models.state", "family_of": ".models.families",
 }
-# the documented namespaces: sls_fast.data (offline data sets), sls_fast.models (model loading)
-_NAMESPACES = {"data": ".io.datasets", "models": ".models"}
+# the documented namespaces: sls_fast.data (offline data sets), sls_fast.models (model loading),
+# sls_fast.families (the family registry: register, support_table, FAMILIES)
+_NAMESPACES = {"data": ".io.datasets", "models": ".models", "families": ".models.families"}
 
 
 def __getattr__(name: str) -> Any:
@@ -81,6 +86,16 @@ __all__ = [
     "measure_throughput",
     "compare_throughput",
     "sweep_batch_sizes",
+    # one task as a job, a sweep of tasks
+    "TaskSettings",
+    "TaskResult",
+    "run_task",
+    "SweepSpec",
+    "run_sweep",
+    # what sls_fast records on a model, and the model families
+    "SLSState",
+    "family_of",
+    "families",
     # offline material
     "data",
     "models",

@@ -9,6 +9,8 @@ PUBLIC = {
     "score_layers", "score_features", "LayerReport", "add_adapters", "merge_adapters", "trainable_parameters",
     "truncate", "save_pruned", "load_pruned", "storage_report", "finetune", "evaluate",
     "measure_throughput", "compare_throughput", "sweep_batch_sizes", "data", "models",
+    "TaskSettings", "TaskResult", "run_task", "SweepSpec", "run_sweep", "SLSState", "family_of",
+    "families",
 }
 
 

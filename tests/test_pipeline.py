@@ -9,7 +9,8 @@ import torch
 
 from sls_fast.harness.cache import StageCache, cache_key, data_fingerprint, weights_checksum
 from sls_fast.io.datasets import digits
-from sls_fast.harness.pipeline import TaskResult, TaskSettings, run_task
+from sls_fast.harness.pipeline import TaskResult, run_task
+from sls_fast.harness.settings import TaskSettings
 
 TINY = dict(model="test_vit", image_size=32, tsne_iter=250, score_points=150, device="cpu")
 

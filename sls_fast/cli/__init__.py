@@ -17,6 +17,7 @@ import sys
 import warnings
 from typing import Optional
 
+from sls_fast.cli.options import add_setting_option, add_task_options
 from sls_fast.cli.sweep import add_sweep_parser
 from sls_fast.cli.common import (NoAdaptersWarning, _build, _data, _device, _device_name,
                         _emit, _model_spec, _num_classes, _positive_int, _read_report, _say,
@@ -47,16 +48,10 @@ data specs: digits | lfw | vtab:PATH/TO/TASK (train800.txt, val200.txt, test.txt
 def cmd_run(args) -> dict:
     """The main job: adapt -> score -> select -> truncate -> retrain -> measure -> store, by
     :func:`sls_fast.harness.pipeline.run_task`; this only parses and prints."""
-    from sls_fast.harness.pipeline import QUICK, TaskSettings, run_task
+    from sls_fast.cli.options import settings_from_args
+    from sls_fast.harness.pipeline import run_task
 
-    settings = dict(model=args.model, data=args.data, method=args.method, alpha=args.alpha,
-                    repeats=args.repeats, tsne_backend=args.tsne_backend, tsne_iter=args.tsne_iter,
-                    strategy=args.strategy, epochs=args.epochs, prune_epochs=args.prune_epochs,
-                    image_size=args.image_size, batch_size=args.batch_size,
-                    checkpoint=args.checkpoint, compile=not args.no_compile,
-                    throughput_iters=args.iters, seed=args.seed, device=args.device)
-    settings = (TaskSettings.quick(**{k: v for k, v in settings.items() if k not in QUICK})
-                if args.quick else TaskSettings(**settings))
+    settings = settings_from_args(args)
     _say(args, "sls-fast run: " + ", ".join(f"{k}={v}" for k, v in settings.to_dict().items()
                                             if v is not None))
     result = run_task(settings, args.out, progress=args.progress, log=lambda m: _say(args, m))
@@ -126,15 +121,15 @@ def cmd_prune(args) -> dict:
     pruned = truncate(model, depth, num_classes=num_classes)
     pruned.to(dev)
     _say(args, f"pruning {spec['model']} to {depth} of {report.num_layers} blocks; retraining "
-               f"({args.strategy}, {args.epochs} epochs)")
-    fit = finetune(pruned, train, val, strategy=args.strategy, epochs=args.epochs,
+               f"({args.strategy}, {args.prune_epochs} epochs)")
+    fit = finetune(pruned, train, val, strategy=args.strategy, epochs=args.prune_epochs,
                    batch_size=args.batch_size, progress=args.progress, seed=args.seed)
     acc = evaluate(pruned, test)
     artifact = os.path.join(args.report, "pruned.safetensors")
     save_pruned(artifact, pruned, depth, dataset=meta["data"], image_size=size)
     storage = storage_report(artifact, pruned, full_model=model)
     result = dict(model=spec["model"], dataset=meta["data"], depth=depth,
-                  num_layers=report.num_layers, strategy=args.strategy, epochs=args.epochs,
+                  num_layers=report.num_layers, strategy=args.strategy, epochs=args.prune_epochs,
                   accuracy=dict(pruned=acc, pruned_val=fit["best_val_acc"]),
                   storage=storage, artifact=artifact, device=_device_name(dev))
     _emit(args, result, _table([("depth", f"{depth} of {report.num_layers}"),
@@ -181,7 +176,7 @@ def cmd_bench(args) -> dict:
     _say(args, f"timing {spec['model']}: {L} blocks vs {depth}, batch {args.batch_size}, "
                f"{'compiled' if args.compile else 'eager'}, device {dev}")
     res = compare_throughput(model, pruned, batch_size=args.batch_size, image_size=image_size,
-                             compile=args.compile, amp=args.amp, iters=args.iters, device=dev)
+                             compile=args.compile, amp=args.amp, iters=args.throughput_iters, device=dev)
     result = dict(model=spec["model"], num_layers=L, depth=depth, full=res["full"],
                   pruned=res["pruned"], speedup=res["speedup"], device=_device_name(dev))
     rows = [(name, f"{r['images_per_s']:.1f}", f"{r['latency_ms']:.2f}",
@@ -193,10 +188,13 @@ def cmd_bench(args) -> dict:
 
 
 # --------------------------------------------------------------------------- parser
-def _common(p):
+def _common(p, *, settings: bool = True):
+    """The options every command has; ``settings``: also --device and --seed (the commands
+    whose settings are not all generated: score, prune, bench)."""
     g = p.add_argument_group("common options")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    g.add_argument("--seed", type=int, default=0, help="random seed (data split, training, t-SNE)")
+    if settings:
+        add_setting_option(g, "device")
+        add_setting_option(g, "seed")
     g.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     g.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
@@ -208,7 +206,7 @@ def _model_options(p, *, required: bool = True):
                    "(efficientnet_lite0 has bundled ImageNet weights; other names need "
                    "--checkpoint / --base-checkpoint for real weights), or hf:FOLDER for a "
                    "transformers ViT / DINOv2 / CLIP (vision) model saved in a local folder")
-    p.add_argument("--image-size", type=int, default=None, help="default: the model's input size")
+    add_setting_option(p, "image_size")
     g = p.add_argument_group("weights and adapters")
     g.add_argument("--checkpoint", default=None, help="without --adapter: the model's weights "
                    "(.npz / .pth / .safetensors); with --adapter: the adapted weights (an "
@@ -228,17 +226,13 @@ def _model_options(p, *, required: bool = True):
 
 
 def _scoring_options(p):
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--alpha", type=float, default=0.3, help="threshold = alpha x last layer's score")
-    p.add_argument("--tsne-backend", default="auto",
-                   help="auto | native | torch | opentsne | sklearn | cuml (sklearn = the paper's "
-                        "exact settings)")
-    p.add_argument("--tsne-iter", type=int, default=1000, help="t-SNE iterations")
-    p.add_argument("--repeats", type=_positive_int, default=1, metavar="S",
-                   help="t-SNE runs per layer (default 1, the paper). With S > 1 the depth is "
-                        "taken on the mean silhouette curve and the report gives every run's "
-                        "depth and the confidence (the share of runs that agree); 8 is a good "
-                        "choice: one run is one draw from a distribution")
+    for name in ("batch_size", "alpha", "tsne_backend", "tsne_iter"):
+        add_setting_option(p, name)
+    add_setting_option(p, "repeats", type=_positive_int,
+                       help="t-SNE runs per layer (default 1, the paper). With S > 1 the depth is "
+                            "taken on the mean silhouette curve and the report gives every run's "
+                            "depth and the confidence (the share of runs that agree); 8 is a good "
+                            "choice: one run is one draw from a distribution")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,24 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "DIR/tsne_layers.png and DIR/pruned.safetensors.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     r.add_argument("--out", default="sls_run", help="output folder")
-    r.add_argument("--model", default=DEFAULT_MODEL, help="timm model name or hf:FOLDER "
-                   "(models other than efficientnet_lite0 need --checkpoint for real weights)")
-    r.add_argument("--checkpoint", default=None, help="base weights of --model")
-    r.add_argument("--data", default=DEFAULT_DATA, help="digits | lfw | vtab:PATH | folder:PATH")
-    r.add_argument("--method", default="convpass", choices=("convpass", "repadapter", "lora"),
-                   help="the PETL method that adapts the model")
     r.add_argument("--quick", action="store_true", help="reduced setting (32 px, 1 epoch, 400 "
-                   "scored images, eager timing): about a minute on 2 cores")
-    r.add_argument("--image-size", type=int, default=None, help="input size (default: 64 px for "
-                   "digits / lfw, the model's own size for image files)")
-    r.add_argument("--epochs", type=int, default=10, help="epochs to adapt the full model")
-    r.add_argument("--prune-epochs", type=int, default=4, help="epochs to retrain the pruned model")
-    r.add_argument("--strategy", default="CLR", choices=("FT", "CLR", "TFS"),
-                   help="retraining strategy of the pruned model")
-    _scoring_options(r)
-    r.add_argument("--no-compile", action="store_true", help="time the eager models only")
-    r.add_argument("--iters", type=int, default=None, help="timed batches per model")
-    _common(r)
+                   "scored images, eager timing): about a minute on 2 cores; options given "
+                   "explicitly override it")
+    add_task_options(r)
+    _common(r, settings=False)
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("score", help="score every block of a model on a data set (no pruning)",
@@ -307,9 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "the report's.")
     p.add_argument("--report", required=True, help="folder written by 'sls-fast score'")
     p.add_argument("--depth", type=int, default=None, help="override the reported depth")
-    p.add_argument("--strategy", default="CLR", choices=("FT", "CLR", "TFS"))
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
+    add_setting_option(p, "strategy")
+    add_setting_option(p, "prune_epochs", flag="--epochs")
+    add_setting_option(p, "batch_size")
     p.add_argument("--on-bad-image", default="fail", choices=("fail", "skip"),
                    help="an unreadable image file: stop with its name, or skip it (with a warning)")
     _model_options(p, required=False)
@@ -325,13 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--report", default=None, help="folder written by 'sls-fast score' / 'prune'")
     b.add_argument("--depth", type=int, default=None, help="blocks kept (default: the report's, "
                    "else half)")
-    b.add_argument("--batch-size", type=int, default=64)
+    add_setting_option(b, "batch_size")
     _model_options(b, required=False)
     b.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                    help="torch.compile both models")
     b.add_argument("--amp", default=None, choices=("auto", "bf16", "fp16"),
                    help="autocast (auto = bf16 on CUDA when supported)")
-    b.add_argument("--iters", type=int, default=None, help="timed batches per model")
+    add_setting_option(b, "throughput_iters")
     _common(b)
     b.set_defaults(func=cmd_bench)
 

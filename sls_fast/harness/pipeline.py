@@ -2,8 +2,8 @@
 retrain -> measure -> store.
 
 :func:`run_task` is what ``sls-fast run`` runs, what every cell of ``sls-fast sweep`` runs, and
-what an API user calls; :class:`TaskSettings` says what to run, :class:`TaskResult` is what came
-out and serialises to the run's ``report.json``.
+what an API user calls; :class:`sls_fast.harness.settings.TaskSettings` says what to run,
+:class:`TaskResult` is what came out and serialises to the run's ``report.json``.
 
 With a :class:`sls_fast.harness.cache.StageCache`, the stages that do not depend on a setting are read
 back instead of recomputed: the adapted weights (keyed by the base weights, the data and the
@@ -13,13 +13,13 @@ re-selects the depth) and the retrained pruned model (keyed by the adapted weigh
 Each stage is seeded on its own, so a cached and a computed stage give the same result.
 
 Example:
-    >>> from sls_fast.harness.pipeline import TaskSettings, run_task
+    >>> from sls_fast.harness.pipeline import run_task
+    >>> from sls_fast.harness.settings import TaskSettings
     >>> result = run_task(TaskSettings.quick(), "runs/quick")       # doctest: +SKIP
     >>> result.depth, result.accuracy["pruned"], result.throughput["speedup"]   # doctest: +SKIP
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -28,107 +28,9 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from sls_fast.models.zoo import DEFAULT_MODEL
+from sls_fast.harness.settings import PERPLEXITY, TaskSettings
 
-__all__ = ["TaskSettings", "TaskResult", "run_task", "METHODS", "QUICK"]
-
-METHODS = ("convpass", "repadapter", "lora")
-# The reduced setting used by tests and first tries: about a minute on 2 CPU cores.
-QUICK = dict(image_size=32, epochs=1, prune_epochs=1, tsne_iter=300, score_points=400,
-             throughput_iters=3, compile=False)
-PERPLEXITY = 30.0  # the authors' (scikit-learn's default)
-
-
-@dataclass
-class TaskSettings:
-    """What :func:`run_task` runs. Every field has the embedded default's value.
-
-    Attributes:
-        model: a timm model name (``efficientnet_lite0`` has bundled ImageNet weights; others
-            need ``checkpoint``) or ``hf:FOLDER``.
-        data: a data spec: ``digits``, ``lfw``, ``vtab:PATH`` or ``folder:PATH``.
-        method: the PETL method that adapts the model: ``convpass``, ``repadapter`` or ``lora``.
-        alpha: SLS threshold fraction of the last layer's score.
-        repeats: t-SNE runs per layer (the depth is taken on the mean curve).
-        tsne_backend, tsne_iter: see :func:`sls_fast.tsne`.
-        strategy: retraining strategy of the pruned model (``FT``, ``CLR``, ``TFS``).
-        epochs, prune_epochs: epochs to adapt the full model / to retrain the pruned one.
-        image_size: input size; None = 64 px for the bundled sets, the model's size for files.
-        batch_size, lr: training and extraction batch size, peak learning rate of adaptation.
-        score_points: score on the first N training images (None: all of them).
-        adapter_dim, adapter_scale: bottleneck width and output scale (LoRA: rank and alpha).
-        num_classes: head width (None: from the training labels).
-        checkpoint: base weights for models without bundled weights.
-        compile, throughput_iters: how throughput is timed (torch.compile; timed batches).
-        seed: seeds the split, the adapters, training and t-SNE.
-        device: ``cpu``, ``cuda``, ``cuda:1`` ... (None: CUDA when available).
-    """
-
-    model: str = DEFAULT_MODEL
-    data: str = "digits"
-    method: str = "convpass"
-    alpha: float = 0.3
-    repeats: int = 1
-    tsne_backend: str = "auto"
-    tsne_iter: int = 1000
-    strategy: str = "CLR"
-    epochs: int = 10
-    prune_epochs: int = 4
-    image_size: Optional[int] = None
-    batch_size: int = 64
-    lr: float = 1e-3
-    score_points: Optional[int] = None
-    adapter_dim: int = 8
-    adapter_scale: Optional[float] = None
-    num_classes: Optional[int] = None
-    checkpoint: Optional[str] = None
-    compile: bool = True
-    throughput_iters: Optional[int] = None
-    seed: int = 0
-    device: Optional[str] = None
-
-    @classmethod
-    def quick(cls, **overrides) -> "TaskSettings":
-        """The reduced setting (32 px, 1 epoch each, 400 scored images, 300 t-SNE iterations,
-        eager timing), with ``overrides`` on top."""
-        return cls(**{**QUICK, **overrides})
-
-    def __post_init__(self):
-        from sls_fast.models.train import STRATEGIES
-
-        def need(ok, what):
-            if not ok:
-                raise ValueError(f"TaskSettings: {what}")
-
-        def count(name, value, low):
-            need(isinstance(value, int) and not isinstance(value, bool) and value >= low,
-                 f"{name} must be an integer >= {low}, got {value!r}")
-
-        need(isinstance(self.model, str) and self.model, f"model must be a name, got {self.model!r}")
-        need(isinstance(self.data, str) and self.data, f"data must be a spec, got {self.data!r}")
-        need(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
-        need(self.strategy in STRATEGIES,
-             f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        need(isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool)
-             and 0 <= self.alpha < float("inf"), f"alpha must be a number >= 0, got {self.alpha!r}")
-        need(isinstance(self.lr, (int, float)) and self.lr > 0, f"lr must be > 0, got {self.lr!r}")
-        for name, low in (("repeats", 1), ("tsne_iter", 1), ("epochs", 1), ("prune_epochs", 1),
-                          ("batch_size", 1), ("adapter_dim", 1), ("seed", 0)):
-            count(name, getattr(self, name), low)
-        for name, low in (("image_size", 8), ("score_points", 10), ("num_classes", 2),
-                          ("throughput_iters", 1)):
-            if getattr(self, name) is not None:
-                count(name, getattr(self, name), low)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TaskSettings":
-        """The settings in ``d``; an unknown key is a ValueError naming it."""
-        from sls_fast.common.utils import dataclass_from_dict
-
-        return dataclass_from_dict(cls, d, "task setting")
+__all__ = ["TaskResult", "run_task"]
 
 
 @dataclass
@@ -294,10 +196,11 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     say(f"[1/6] adapting {s.model} ({s.method} on every block + new head), {s.epochs} epochs on "
         f"{len(train)} images, selected on {len(val)} val")
     t0 = time.perf_counter()
-    adapt_key = cache_key("adapt", model=s.model, base=base_checksum(model), data=data_key,
-                          method=s.method, dim=s.adapter_dim, scale=s.adapter_scale,
-                          num_classes=num_classes, epochs=s.epochs, lr=s.lr,
-                          batch_size=s.batch_size, seed=s.seed, image_size=size)
+    # each key: the settings that affect the stage (settings.affecting), with what they resolve
+    # to put in (the data's fingerprint, the base weights' checksum, the image size, the classes)
+    adapt_key = cache_key("adapt", **{**s.values("adapt"), "data": data_key,
+                                      "checkpoint": base_checksum(model), "image_size": size,
+                                      "num_classes": num_classes})
     fit_full, acc_full = trained("adapt", adapt_key, model, "CLR", s.epochs, s.lr)
     timings["adapt"] = time.perf_counter() - t0
 
@@ -309,8 +212,8 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     weights = weights_checksum(model)
     feat_key = cache_key("features", weights=weights, data=data_key["train"],
                          points=len(score_data), image_size=size, pool="auto")
-    score_key = cache_key("scores", features=feat_key, tsne_backend=s.tsne_backend,
-                          repeats=s.repeats, seed=s.seed, max_iter=s.tsne_iter,
+    score_key = cache_key("scores", **{**s.values("score"), "data": feat_key,
+                                       "image_size": size, "score_points": len(score_data)},
                           perplexity=PERPLEXITY)
     entry = cached("scores", score_key)
     if entry is not None:
@@ -340,9 +243,8 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     t0 = time.perf_counter()
     seed_everything(s.seed)
     pruned = truncate(model, depth, num_classes=num_classes)
-    retrain_key = cache_key("retrain", adapted=weights, depth=depth, strategy=s.strategy,
-                            epochs=s.prune_epochs, batch_size=s.batch_size, seed=s.seed,
-                            data=data_key)
+    retrain_key = cache_key("retrain", **{**s.values("retrain"), "data": data_key},
+                            adapted=weights, depth=depth)
     fit_pruned, acc_pruned = trained("retrain", retrain_key, pruned, s.strategy, s.prune_epochs)
     timings["retrain"] = time.perf_counter() - t0
 

@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from typing import Callable, Dict, List, Optional
 
 from sls_fast.common.signals import sigint_held
-from sls_fast.harness.pipeline import TaskSettings
+from sls_fast.harness.settings import TaskSettings
 from sls_fast.harness.sweep.spec import Cell, SweepSpec, adapt_group, read_spec_file, vtab_task_facts
 
 __all__ = ["SweepSpec", "Cell", "run_sweep", "run_cell", "vtab_task_facts", "read_spec_file"]

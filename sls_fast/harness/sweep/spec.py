@@ -1,5 +1,5 @@
 """What a sweep runs: :class:`SweepSpec` (the cross product of data x models x methods x alphas
-with shared settings), its :class:`Cell` s (a key, a task name, :class:`sls_fast.harness.pipeline.TaskSettings`),
+with shared settings), its :class:`Cell` s (a key, a task name, :class:`sls_fast.harness.settings.TaskSettings`),
 VTAB-1k task expansion with the SLS authors' per-task settings, and TOML spec files.
 :mod:`sls_fast.harness.sweep` runs the cells."""
 from __future__ import annotations
@@ -9,18 +9,20 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+import dataclasses
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
-from sls_fast.models.zoo import DEFAULT_MODEL
-from sls_fast.harness.pipeline import METHODS, QUICK, TaskSettings
+from sls_fast.harness.settings import (AXES, METHODS, QUICK, SweepOptions, TaskSettings,
+                                      default_of, setting_fields)
 
-__all__ = ["SweepSpec", "Cell", "vtab_task_facts", "read_spec_file", "adapt_group"]
+__all__ = ["SweepSpec", "Cell", "vtab_task_facts", "read_spec_file", "adapt_group", "SHARED",
+           "spec_keys"]
 
-
-_SPEC_PASSED = ("repeats", "tsne_backend", "strategy", "epochs", "prune_epochs", "image_size",
-                "batch_size", "tsne_iter", "score_points", "throughput_iters", "compile", "seed",
-                "device")
+# The settings every cell of a sweep shares: each TaskSettings field a sweep may set, but the
+# axes (one value per cell) and what is given per model (checkpoint) or per task (num_classes).
+SHARED = tuple(f.name for f in setting_fields()
+               if f.name not in AXES and f.metadata["sweep"])
 
 
 @dataclass
@@ -32,39 +34,11 @@ class Cell:
     settings: TaskSettings
 
 
-@dataclass
-class SweepSpec:
-    """The cross product to run: ``models x data x methods x alphas``, every other setting shared.
+class _SweepSpecMethods:
+    """The behaviour of :class:`SweepSpec` (its fields are generated from TaskSettings)."""
 
-    ``data`` entries are data specs (``digits``, ``lfw``, ``vtab:PATH``, ``folder:PATH``);
-    ``vtab:DIR/*`` expands to every VTAB-1k task folder in DIR, each with its class count and
-    adapter scale from the SLS authors' per-task settings (:func:`vtab_task_facts`). Settings
-    left None take :class:`sls_fast.harness.pipeline.TaskSettings`' defaults, or with ``quick`` its
-    reduced setting. ``checkpoints`` maps a model name to its base weights file.
-    """
-
-    models: List[str] = field(default_factory=lambda: [DEFAULT_MODEL])
-    data: List[str] = field(default_factory=lambda: ["digits"])
-    methods: List[str] = field(default_factory=lambda: ["convpass"])
-    alphas: List[float] = field(default_factory=lambda: [0.3])
-    repeats: Optional[int] = None
-    tsne_backend: Optional[str] = None
-    strategy: Optional[str] = None
-    epochs: Optional[int] = None
-    prune_epochs: Optional[int] = None
-    image_size: Optional[int] = None
-    batch_size: Optional[int] = None
-    tsne_iter: Optional[int] = None
-    score_points: Optional[int] = None
-    throughput_iters: Optional[int] = None
-    compile: Optional[bool] = None
-    seed: Optional[int] = None
-    device: Optional[str] = None
-    quick: bool = False
-    checkpoints: Dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self):
-        for name in ("models", "data", "methods", "alphas"):
+    def __post_init__(self) -> None:
+        for name in AXES.values():
             value = getattr(self, name)
             if isinstance(value, (str, int, float)):
                 value = [value]
@@ -86,8 +60,9 @@ class SweepSpec:
         return dataclass_from_dict(cls, d, "sweep setting")
 
     def cells(self) -> List[Cell]:
-        """Every cell, in a fixed order (data, model, method, alpha)."""
-        shared = {k: getattr(self, k) for k in _SPEC_PASSED if getattr(self, k) is not None}
+        """Every cell, in a fixed order (data, model, method, alpha). A shared setting given
+        explicitly wins over a VTAB-1k task's own (its adapter scale)."""
+        shared = {k: getattr(self, k) for k in SHARED if getattr(self, k) is not None}
         base = {**(QUICK if self.quick else {}), **shared}
         cells, seen = [], set()
         for data in _expand_data(self.data):
@@ -99,7 +74,7 @@ class SweepSpec:
                         settings = TaskSettings(model=model, data=data, method=method,
                                                 alpha=float(alpha),
                                                 checkpoint=self.checkpoints.get(model),
-                                                **{**base, **extra})
+                                                **{**base, **extra, **shared})
                         key = _cell_key(task, settings)
                         if key not in seen:
                             seen.add(key)
@@ -107,9 +82,46 @@ class SweepSpec:
         return cells
 
 
+def _spec_fields() -> list:
+    axes = [(plural, List[Any], field(default_factory=lambda n=name: [default_of(n)],
+                                      metadata=dict(axis_of=name)))
+            for name, plural in AXES.items()]
+    shared = [(f.name, Optional[Any], field(default=None, metadata=f.metadata))
+              for f in setting_fields() if f.name in SHARED]
+    return axes + shared + [
+        ("quick", bool, field(default=False, metadata=dict(help="the reduced setting of "
+                                                           "'run --quick' for every cell"))),
+        ("checkpoints", Dict[str, str], field(default_factory=dict, metadata=dict(
+            help="base weights per model: {model name: file}")))]
+
+
+SweepSpec = make_dataclass(
+    "SweepSpec", _spec_fields(), bases=(_SweepSpecMethods,), namespace=dict(
+        __module__=__name__,
+        __doc__="""The cross product to run: ``models x data x methods x alphas``, every other
+    setting shared.
+
+    Its fields are generated from :class:`sls_fast.harness.settings.TaskSettings`: the four axes
+    in the plural (lists), then every setting a sweep shares (:data:`SHARED`; None: the
+    TaskSettings default, or with ``quick`` its reduced setting), ``quick`` and
+    ``checkpoints`` (a model name -> its base weights file). ``data`` entries are data specs
+    (``digits``, ``lfw``, ``vtab:PATH``, ``folder:PATH``); ``vtab:DIR/*`` expands to every
+    VTAB-1k task folder in DIR, each with its class count and adapter scale from the SLS
+    authors' per-task settings (:func:`vtab_task_facts`).
+    """))
+
+
+def spec_keys() -> Tuple[str, ...]:
+    """Every key a TOML sweep spec may hold: SweepSpec's fields and SweepOptions' (``out``,
+    ``address``, ...)."""
+    return tuple(f.name for f in dataclasses.fields(SweepSpec)) + \
+        tuple(f.name for f in dataclasses.fields(SweepOptions))
+
+
 def read_spec_file(path: str) -> dict:
-    """The settings of a TOML sweep file (keys as :class:`SweepSpec`'s fields, plus ``out``,
-    ``address``, ``gpus_per_cell``, ``cpus_per_cell``, ``retry_failed``)."""
+    """The settings of a TOML sweep file: keys as :class:`SweepSpec`'s and
+    :class:`sls_fast.harness.settings.SweepOptions`' fields (:func:`spec_keys`); an unknown key
+    is a ValueError naming it and the known ones."""
     try:
         import tomllib
     except ImportError:  # Python < 3.11
@@ -120,11 +132,15 @@ def read_spec_file(path: str) -> dict:
                 from None
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            given = tomllib.load(f)
     except OSError as exc:
         raise ValueError(f"cannot read the sweep spec {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(given) - set(spec_keys()))
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; known: {sorted(spec_keys())}")
+    return given
 
 
 # --------------------------------------------------------------------------- tasks
@@ -187,12 +203,7 @@ def _cell_key(task: str, settings: TaskSettings) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", key)
 
 
-_NOT_IN_ADAPTATION = ("alpha", "repeats", "tsne_backend", "tsne_iter", "score_points",
-                      "strategy", "prune_epochs", "throughput_iters", "compile")
-
-
 def adapt_group(settings: TaskSettings) -> str:
-    """Cells with the same group share their adaptation (they differ only in alpha or in the
-    scoring and retraining settings)."""
-    d = {k: v for k, v in settings.to_dict().items() if k not in _NOT_IN_ADAPTATION}
-    return json.dumps(d, sort_keys=True)
+    """Cells with the same group share their adaptation: the same values of every setting that
+    affects the adaptation (they differ only in alpha or in the scoring and retraining ones)."""
+    return json.dumps(settings.values("adapt"), sort_keys=True)
