@@ -75,7 +75,8 @@ setup(
               "sls_fast.models.petl", "sls_fast.method", "sls_fast.io", "sls_fast.harness",
               "sls_fast.harness.sweep", "sls_fast.cli", "sls_fast.kernels"],
     package_dir={"sls_fast": "sls_fast", "sls_fast.kernels": "kernels"},
-    package_data={"sls_fast.harness.sweep": ["vtab1k_tasks.csv"]},
+    package_data={"sls_fast.harness.sweep": ["vtab1k_tasks.csv"],
+                  "sls_fast.common": ["schemas/*.schema.json"]},
     ext_modules=[CMakeExtension("sls_fast._C", ROOT)],
     cmdclass={"build_ext": CMakeBuild},
     install_requires=[
@@ -94,7 +95,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4", "openTSNE>=1.0", "threadpoolctl>=3.1",
-                 "peft>=0.13", "transformers>=4.40"],
+                 "peft>=0.13", "transformers>=4.40", "jsonschema>=4.18"],
         "peft": ["peft>=0.13"],
         "hf": ["transformers>=4.40", "peft>=0.13"],
         "tsne": ["openTSNE>=1.0"],

@@ -36,6 +36,7 @@ _WHERE = {
     "TaskSettings": ".harness.settings", "TaskResult": ".harness.pipeline",
     "run_task": ".harness.pipeline", "SweepSpec": ".harness.sweep", "run_sweep": ".harness.sweep",
     "SLSState": ".models.state", "family_of": ".models.families",
+    "schema": ".common.schema",
 }
 # the documented namespaces: sls_fast.data (offline data sets), sls_fast.models (model loading),
 # sls_fast.families (the family registry: register, support_table, FAMILIES)
@@ -96,6 +97,8 @@ __all__ = [
     "SLSState",
     "family_of",
     "families",
+    # the files' JSON Schemas (report, layers, results_row, artifact)
+    "schema",
     # offline material
     "data",
     "models",

@@ -23,3 +23,19 @@ def clustered(rng, L, N, d, K, *, spread=1.0, dtype=np.float64):
     centres = rng.normal(scale=3.0, size=(L, K, d))
     X = centres[:, labels, :] + rng.normal(scale=spread, size=(L, N, d))
     return X.astype(dtype), labels
+
+
+def assert_valid(name, doc):
+    """``doc`` satisfies sls_fast's JSON Schema ``name`` (the jsonschema package, Draft
+    2020-12); the failure names the path and the violated rule."""
+    import json
+
+    import jsonschema
+
+    import sls_fast
+
+    doc = json.loads(json.dumps(doc, default=float))  # as a reader of the file sees it
+    errors = sorted(jsonschema.Draft202012Validator(sls_fast.schema(name)).iter_errors(doc),
+                    key=lambda e: list(e.path))
+    assert not errors, f"{name}: " + "; ".join(
+        f"at {'/'.join(map(str, e.path)) or '(top)'}: {e.message[:200]}" for e in errors[:5])

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from _helpers import assert_valid
 from sls_fast.cli import main
 
 SUBCOMMANDS = ["run", "score", "prune", "bench", "sweep"]
@@ -46,6 +47,7 @@ def test_run_quick_end_to_end(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     report = json.loads((out / "report.json").read_text())
     assert printed["depth"] == report["depth"]
+    assert_valid("report", report)
     for key in ("model", "dataset", "num_layers", "depth", "alpha", "layer_names", "scores",
                 "runs", "spread", "run_depths", "confidence", "repeats",
                 "accuracy", "throughput", "storage", "timings", "versions", "device"):

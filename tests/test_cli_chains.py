@@ -10,7 +10,9 @@ import timm
 import torch
 
 import sls_fast
+from _helpers import assert_valid
 from sls_fast.cli import NoAdaptersWarning, main
+from sls_fast.io.artifacts import read_pruned_metadata
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUICK = ["--tsne-iter", "250", "--json", "--no-progress", "--quiet"]
@@ -35,9 +37,12 @@ def _chain(tmp_path, capsys, score_args, prune_args=(), bench_args=()):
     out = tmp_path / "run"
     assert main(["score", *score_args, "--out", str(out), *QUICK]) == 0
     scored = json.loads(capsys.readouterr().out)
+    assert_valid("report", json.loads((out / "report.json").read_text()))
+    assert_valid("layers", json.loads((out / "layers.json").read_text()))
     assert main(["prune", "--report", str(out), "--epochs", "1", "--batch-size", "32",
                  *prune_args, *RUN]) == 0
     pruned = json.loads(capsys.readouterr().out)
+    assert_valid("artifact", read_pruned_metadata(pruned["artifact"]))
     assert main(["bench", "--report", str(out), "--batch-size", "2", "--iters", "2",
                  "--no-compile", *bench_args, *RUN]) == 0
     bench = json.loads(capsys.readouterr().out)

@@ -9,7 +9,10 @@ import torch
 
 from sls_fast.harness.cache import StageCache, cache_key, data_fingerprint, weights_checksum
 from sls_fast.io.datasets import digits
+from _helpers import assert_valid
+
 from sls_fast.harness.pipeline import TaskResult, run_task
+from sls_fast.io.artifacts import read_pruned_metadata
 from sls_fast.harness.settings import TaskSettings
 
 TINY = dict(model="test_vit", image_size=32, tsne_iter=250, score_points=150, device="cpu")
@@ -30,6 +33,9 @@ def test_lora_task_end_to_end(lora_run):
                                                          features="miss", retrain="miss")
     report = json.loads((root / "first" / "report.json").read_text())
     assert report == json.loads(json.dumps(r.to_dict(), default=float))
+    assert_valid("report", report)
+    assert_valid("layers", json.loads((root / "first" / "layers.json").read_text()))
+    assert_valid("artifact", read_pruned_metadata(str(root / "first" / "pruned.safetensors")))
     assert report["method"] == "lora" and report["settings"] == settings.to_dict()
     assert 1 <= report["depth"] <= report["num_layers"] == 6
     assert 0 < report["storage"]["artifact_bytes"] < report["storage"]["full_model_bytes"]

@@ -15,7 +15,9 @@ import time
 
 import pytest
 
+from _helpers import assert_valid
 from sls_fast.cli import main
+from sls_fast.common.schema import SCHEMA_VERSION
 from sls_fast.harness.sweep.results import COLUMNS, ResultsDB
 from sls_fast.harness.sweep import SweepSpec, vtab_task_facts
 
@@ -92,6 +94,11 @@ def test_sweep_rows_files_and_plots(swept):
     out, _ = swept
     rows = _rows(out)
     assert len(rows) == 6 and len({r["key"] for r in rows}) == 6
+    for r in rows:
+        assert_valid("results_row", r)
+    con = sqlite3.connect(os.path.join(out, "results.sqlite"))
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    con.close()
     ok = [r for r in rows if r["status"] == "ok"]
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(ok) == 4 and {r["task"] for r in ok} == {"digits", "lfw"}

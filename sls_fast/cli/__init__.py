@@ -18,6 +18,7 @@ import warnings
 from typing import Optional
 
 from sls_fast.cli.options import add_setting_option, add_task_options
+from sls_fast.common.schema import SCHEMA_VERSION
 from sls_fast.cli.sweep import add_sweep_parser
 from sls_fast.cli.common import (NoAdaptersWarning, _build, _data, _device, _device_name,
                         _emit, _model_spec, _num_classes, _positive_int, _read_report, _say,
@@ -82,8 +83,10 @@ def cmd_score(args) -> dict:
     os.makedirs(args.out, exist_ok=True)
     report.to_json(os.path.join(args.out, "layers.json"))
     plots = report.plot(args.out)
-    result = dict(model=args.model, dataset=args.data, num_layers=report.num_layers,
-                  depth=report.depth, alpha=args.alpha, layer_names=report.layer_names,
+    result = dict(schema_version=SCHEMA_VERSION, kind="score", model=args.model,
+                  dataset=args.data, num_layers=report.num_layers, depth=report.depth,
+                  alpha=args.alpha, threshold=float(report.threshold),
+                  layer_names=report.layer_names,
                   scores={k: [float(x) for x in v] for k, v in report.scores.items()},
                   **report.decision(),
                   timings=report.timings, versions=_versions(), device=_device_name(dev),

@@ -28,6 +28,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from sls_fast.common.schema import SCHEMA_VERSION
 from sls_fast.harness.settings import PERPLEXITY, TaskSettings
 
 __all__ = ["TaskResult", "run_task"]
@@ -58,8 +59,10 @@ class TaskResult:
 
     def to_dict(self) -> dict:
         rep, s = self.layers, self.settings
-        return dict(model=s.model, dataset=s.data, method=s.method, num_layers=self.num_layers,
-                    depth=self.depth, alpha=float(rep.alpha), layer_names=list(rep.layer_names),
+        return dict(schema_version=SCHEMA_VERSION, kind="run", model=s.model, dataset=s.data,
+                    method=s.method, num_layers=self.num_layers, depth=self.depth,
+                    alpha=float(rep.alpha), threshold=float(rep.threshold),
+                    layer_names=list(rep.layer_names),
                     scores={k: [float(x) for x in v] for k, v in rep.scores.items()},
                     **rep.decision(), accuracy=self.accuracy, throughput=self.throughput,
                     storage=self.storage, settings=s.to_dict(), timings=self.timings,

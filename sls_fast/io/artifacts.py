@@ -17,6 +17,7 @@ from typing import Dict, Optional, Union
 import torch
 import torch.nn as nn
 
+from sls_fast.common.schema import SCHEMA_VERSION
 from sls_fast.common.utils import atomic_path
 from sls_fast._version import __version__
 from sls_fast.models.adapters import add_adapters
@@ -105,6 +106,7 @@ def save_pruned(path: Union[str, os.PathLike], model: nn.Module, depth: int, *,
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in _stored_state(model).items()}
     prefixes = stored_prefixes(model)
     info = dict(
+        schema_version=SCHEMA_VERSION,
         format=FORMAT_VERSION,
         package_version=__version__,
         base_model=str(meta.pop("base_model", None) or (st.base_name if st else model_name(model))),

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from sls_fast.common.arrays import to_numpy
+from sls_fast.common.schema import SCHEMA_VERSION
 from sls_fast.common.utils import atomic_path, write_text
 from sls_fast.method.metrics import METRICS, cluster_scores
 from sls_fast.method.select import select_depth
@@ -107,7 +108,8 @@ class LayerReport:
                     runs={k: np.asarray(v).tolist() for k, v in self.runs.items()})
 
     def to_dict(self, *, include_embeddings: bool = True) -> dict:
-        d = dict(num_layers=self.num_layers, depth=int(self.depth), alpha=float(self.alpha),
+        d = dict(schema_version=SCHEMA_VERSION, num_layers=self.num_layers,
+                 depth=int(self.depth), alpha=float(self.alpha),
                  selection_metric=SELECTION_METRIC, layer_names=list(self.layer_names),
                  scores={k: [float(v) for v in np.asarray(s)] for k, s in self.scores.items()},
                  repeats=self.repeats, confidence=self.confidence,

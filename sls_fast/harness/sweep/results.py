@@ -13,6 +13,7 @@ import os
 import sqlite3
 from typing import List, Optional
 
+from sls_fast.common.schema import SCHEMA_VERSION
 from sls_fast.common.utils import atomic_path, text_table
 
 __all__ = ["ResultsDB", "COLUMNS", "summary_table", "write_csv", "plot_results"]
@@ -52,6 +53,9 @@ class ResultsDB:
             cols = ", ".join(f"{k} {t}" for k, t in COLUMNS.items())
             with self._conn:
                 self._conn.execute(f"CREATE TABLE IF NOT EXISTS runs ({cols})")
+                # the file's schema version (0: a database from before versions; same table)
+                if self._conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                    self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             have = {r[1] for r in self._conn.execute("PRAGMA table_info(runs)")}
         except sqlite3.DatabaseError as exc:
             raise ValueError(f"{self.path} is not a readable sls-fast results database "
