@@ -306,5 +306,23 @@ def _save(path, results):
     os.replace(tmp, path)
 
 
+def test_fidelity_one_profile(benchmark, tmp_path):
+    """The harness's entry (``pytest benchmarks/ --benchmark-only``): one profile (frozen
+    Lite0 on 200 lfw images), S = 4 runs of the native backend against the authors' pipeline,
+    the same code as the script. The full study: ``python benchmarks/bench_fidelity.py``."""
+    out = str(tmp_path / "fidelity.json")
+    argv = ["--profiles", "lite0-frozen/lfw-200", "--backends", "native", "--repeats", "4",
+            "--out", out]
+    benchmark.group = "fidelity: lite0-frozen/lfw-200, S = 4"
+    assert benchmark.pedantic(main, args=(argv,), rounds=1, iterations=1) == 0
+    with open(out) as f:
+        res = json.load(f)["profiles"]["lite0-frozen/lfw-200"]
+    benchmark.extra_info.update(authors_depths=res["authors"]["depths"],
+                                native_depths=res["native"]["depths"],
+                                tv=tv_distance(res["authors"]["distribution"],
+                                               res["native"]["distribution"]))
+    assert len(res["native"]["depths"]) == 4 == len(res["authors"]["depths"])
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,7 +8,7 @@ H100/H200 (``--quick`` shrinks every size for a smoke run).
 
 ``--dry-run`` runs every section end to end on the CPU at tiny sizes, Triton kernels under
 Triton's interpreter, so that a Python error cannot cost a lent GPU's minutes; its timings mean
-nothing. ``tests/test_gpu_check.py`` runs it in CI. One failing section is reported as a FAIL
+nothing. ``tests/integration/test_gpu_check.py`` runs it in CI. One failing section is reported as a FAIL
 row and the others still run.
 """
 from __future__ import annotations

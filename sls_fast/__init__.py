@@ -8,7 +8,7 @@ The package is layered (docs/design.md): ``common`` (helpers) and ``kernels`` <-
 (families, adapters, truncation, training, throughput) <- ``method`` (extract -> embed ->
 metrics -> select -> score) <- ``io`` (data sets, checkpoints, artifacts) <- ``harness``
 (settings, pipeline, cache, sweep) <- ``cli``. A module imports only from its own layer or
-below; ``tests/test_layers.py`` enforces it.
+below; ``tests/unit/test_layers.py`` enforces it.
 
 The names below load their module on first use (PEP 562), so that ``import sls_fast`` and the
 command line's first moments do not import torch: a Ctrl-C then is caught by the command line,

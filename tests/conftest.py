@@ -3,8 +3,12 @@
 skip only what truly needs a GPU or cuML."""
 import importlib.util
 import os
+import sys
 
 import pytest
+
+# tests/unit and tests/integration import the shared helpers of tests/_helpers.py
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 try:
     import torch

@@ -20,9 +20,9 @@ from typing import Optional
 from sls_fast.cli.options import add_setting_option, add_task_options
 from sls_fast.common.schema import SCHEMA_VERSION
 from sls_fast.cli.sweep import add_sweep_parser
-from sls_fast.cli.common import (NoAdaptersWarning, _build, _data, _device, _device_name,
-                        _emit, _model_spec, _num_classes, _positive_int, _read_report, _say,
-                        _seed, _table, _versions)
+from sls_fast.cli.common import (NoAdaptersWarning, _build, _data, _device, _emit, _model_spec,
+                                 _positive_int, _read_report, _say)
+from sls_fast.common.utils import device_name, num_classes_of, seed_everything, text_table, versions
 
 __all__ = ["main", "build_parser", "NoAdaptersWarning"]
 
@@ -65,7 +65,7 @@ def cmd_score(args) -> dict:
     from sls_fast.method.score import score_layers
     from sls_fast.common.utils import write_text
 
-    _seed(args.seed)
+    seed_everything(args.seed)
     dev = _device(args)
     spec = _model_spec(args)
     model = _build(spec)
@@ -89,7 +89,7 @@ def cmd_score(args) -> dict:
                   layer_names=report.layer_names,
                   scores={k: [float(x) for x in v] for k, v in report.scores.items()},
                   **report.decision(),
-                  timings=report.timings, versions=_versions(), device=_device_name(dev),
+                  timings=report.timings, versions=versions(), device=device_name(dev),
                   files=dict(layers=os.path.join(args.out, "layers.json"), plots=plots))
     write_text(os.path.join(args.out, "report.json"), json.dumps(result, indent=1, default=float))
     _emit(args, result, report.summary() + f"\nwritten: {args.out}/report.json, " + ", ".join(plots))
@@ -107,7 +107,7 @@ def cmd_prune(args) -> dict:
 
     report = _read_report(args.report)
     meta = report.meta
-    _seed(args.seed)
+    seed_everything(args.seed)
     dev = _device(args)
     spec = _model_spec(args, meta)
     model = _build(spec)
@@ -115,7 +115,7 @@ def cmd_prune(args) -> dict:
     train = _data(meta["data"], "train", args, model, size)
     val = _data(meta["data"], "val", args, model, size)
     test = _data(meta["data"], "test", args, model, size)
-    num_classes = _num_classes(train)
+    num_classes = num_classes_of(train)
     depth = args.depth or report.depth
     st = get_state(model)
     if st is None or st.adapters is None:  # scored frozen: fresh adapters to retrain
@@ -134,8 +134,8 @@ def cmd_prune(args) -> dict:
     result = dict(model=spec["model"], dataset=meta["data"], depth=depth,
                   num_layers=report.num_layers, strategy=args.strategy, epochs=args.prune_epochs,
                   accuracy=dict(pruned=acc, pruned_val=fit["best_val_acc"]),
-                  storage=storage, artifact=artifact, device=_device_name(dev))
-    _emit(args, result, _table([("depth", f"{depth} of {report.num_layers}"),
+                  storage=storage, artifact=artifact, device=device_name(dev))
+    _emit(args, result, text_table([("depth", f"{depth} of {report.num_layers}"),
                                 ("test accuracy", f"{acc:.4f}"),
                                 ("artifact bytes", f"{storage['artifact_bytes']:,}"),
                                 ("artifact", artifact)], ("", "pruned")))
@@ -152,7 +152,7 @@ def cmd_bench(args) -> dict:
     meta = report.meta if report else {}
     dev = _device(args)
     spec = _model_spec(args, meta)
-    _seed(args.seed)
+    seed_everything(args.seed)
     model = _build(spec, quiet_random=True)  # random weights are fine for timing
     L = len(find_blocks(model))
     artifact = os.path.join(args.report, "pruned.safetensors") if args.report else None
@@ -162,7 +162,7 @@ def cmd_bench(args) -> dict:
         from sls_fast.models.adapters import add_adapters
         from sls_fast.models.state import get_state
 
-        _seed(args.seed)  # the same (random or loaded) base weights the artifact was made from
+        seed_everything(args.seed)  # the same (random or loaded) base weights the artifact was made from
         weights = spec["base_checkpoint"] if spec["adapter"] else spec["checkpoint"]
         base = _build(dict(spec, adapter=None, checkpoint=weights), quiet_random=True)
         pruned = load_pruned(artifact, base)
@@ -181,11 +181,11 @@ def cmd_bench(args) -> dict:
     res = compare_throughput(model, pruned, batch_size=args.batch_size, image_size=image_size,
                              compile=args.compile, amp=args.amp, iters=args.throughput_iters, device=dev)
     result = dict(model=spec["model"], num_layers=L, depth=depth, full=res["full"],
-                  pruned=res["pruned"], speedup=res["speedup"], device=_device_name(dev))
+                  pruned=res["pruned"], speedup=res["speedup"], device=device_name(dev))
     rows = [(name, f"{r['images_per_s']:.1f}", f"{r['latency_ms']:.2f}",
              f"[{r['latency_ms_p20']:.2f}, {r['latency_ms_p80']:.2f}]")
             for name, r in (("full", res["full"]), (f"pruned ({depth}/{L})", res["pruned"]))]
-    _emit(args, result, _table(rows, ("model", "images/s", "median ms/batch", "p20-p80 ms"))
+    _emit(args, result, text_table(rows, ("model", "images/s", "median ms/batch", "p20-p80 ms"))
           + f"\nspeed-up {res['speedup']:.2f}x")
     return result
 

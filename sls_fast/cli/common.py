@@ -8,11 +8,6 @@ import sys
 import warnings
 from typing import Optional
 
-from sls_fast.common.utils import text_table as _table  # noqa: F401 - the commands' one table format
-from sls_fast.common.utils import device_name as _device_name  # noqa: F401
-from sls_fast.common.utils import num_classes_of as _num_classes  # noqa: F401
-from sls_fast.common.utils import seed_everything as _seed  # noqa: F401
-from sls_fast.common.utils import versions as _versions  # noqa: F401
 
 
 def _device(args):

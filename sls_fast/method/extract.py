@@ -1,5 +1,8 @@
 """Per-layer features of every block in one forward pass per batch (SLS step 1).
 
+(Over 400 lines because the two extraction paths, the buffers they share and the layout checks
+that refuse a guessed pooling axis belong together: splitting them would split one pass.)
+
 For each batch the model runs once; every block's output is pooled to one vector per image the
 moment it is produced and written straight into preallocated buffers on the model's device; the
 pass stops after the last requested block (final norm and head never run).

@@ -15,6 +15,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import aot_cases  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test here takes seconds to minutes
+
 triton = pytest.importorskip("triton")
 
 PARAMS = [(c, cc) for cc in aot_cases.TARGETS for c in aot_cases.CASES]

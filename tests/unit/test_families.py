@@ -17,7 +17,7 @@ from sls_fast.models.families import FAMILIES, Family, family_of, find_blocks, r
 from sls_fast.models.state import SLSState
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _make(name):

@@ -40,6 +40,7 @@ def _sq_distances(rng, rows, k, with_inf):
     return d2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rows,k,perp", [(37, 23, 7.0), (101, 91, 30.0), (211, 200, 45.5)])
 def test_conditional_p_native_and_triton_match_reference_and_sklearn(rows, k, perp, rng):
     d2 = _sq_distances(rng, rows, k, with_inf=False)
@@ -223,9 +224,9 @@ def test_native_optimizer_rejects_bad_affinities():
 
 
 _PORTABLE_SCRIPT = """
-import json, sys
+import json, os, sys
 import numpy as np, torch
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = [sys.argv[1], os.path.dirname(sys.argv[1])]  # the test and tests/_helpers.py
 from test_tsne_kernels import K, _problem, _reference_schedule
 rng = np.random.default_rng(int(sys.argv[2]))
 errs = {}
@@ -245,6 +246,7 @@ print(json.dumps(errs))
 """
 
 
+@pytest.mark.slow
 def test_portable_kernels_follow_the_reference(rng, tmp_path):
     """The portable loops (what a CPU without AVX2 + FMA runs), forced with
     SLS_FAST_PORTABLE_KERNELS=1 in a fresh process, against the same references."""

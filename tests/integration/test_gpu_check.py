@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 
 
@@ -39,6 +39,7 @@ def test_dry_run_every_section(tmp_path):
     assert len(data["rows"]) > 30
 
 
+@pytest.mark.slow
 def test_crashing_section_is_isolated(tmp_path):
     (tmp_path / "gpu_boom.py").write_text(
         "def run(report, mode):\n    raise RuntimeError('boom')\n")

@@ -89,6 +89,7 @@ def to_np(v):
     return v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "L{}-N{}-d{}-K{}".format(*c))
 def test_float64_matches_sklearn(rng, backend, case):

@@ -177,6 +177,7 @@ def test_lora_scoring_and_swin(x):
     assert cut(xs).shape == (2, 5)
 
 
+@pytest.mark.slow
 def test_core_import_needs_neither_peft_nor_transformers(tmp_path):
     import subprocess
     import sys

@@ -53,6 +53,7 @@ def lite0_digits():
     return model, sub
 
 
+@pytest.mark.slow
 def test_sklearn_backend_gives_the_authors_depth(lite0_digits):
     """The sklearn backend *is* the authors' pipeline: on one machine, in one process, it gives
     their scores and their depth. (A single run of any other backend is one draw from a
@@ -110,6 +111,7 @@ def margin_profile():
     return feats, labels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["native", "torch", "sklearn"])
 def test_high_margin_profile_same_depth_every_backend(backend):
     feats, labels = margin_profile()

@@ -55,6 +55,7 @@ def _chain(tmp_path, capsys, score_args, prune_args=(), bench_args=()):
     return scored, pruned, bench, meta
 
 
+@pytest.mark.slow
 def test_chain_vit_at_non_default_image_size(tmp_path, capsys):
     with pytest.warns(UserWarning):  # random weights, no adapters: both are said
         scored, pruned, bench, meta = _chain(
@@ -65,6 +66,7 @@ def test_chain_vit_at_non_default_image_size(tmp_path, capsys):
     assert meta["meta"]["image_size"] == 32 and meta["adapters"]["kind"] == "convpass"
 
 
+@pytest.mark.slow
 def test_chain_lite0(tmp_path, capsys):
     with pytest.warns(NoAdaptersWarning):
         scored, pruned, bench, meta = _chain(
@@ -74,6 +76,7 @@ def test_chain_lite0(tmp_path, capsys):
     assert meta["family"] == "efficientnet"
 
 
+@pytest.mark.slow
 def test_chain_folder_resnet(tmp_path, capsys):
     data = _write_folder(tmp_path / "images", np.random.default_rng(0))
     with pytest.warns(UserWarning):
@@ -220,6 +223,7 @@ def test_artifact_for_another_base_and_truncated_artifact(tmp_path, capsys):
         sls_fast.io.artifacts.read_pruned_metadata(tmp_path / "head.safetensors")
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::sls_fast.models.RandomWeightsWarning")
 def test_chain_lora_from_a_peft_folder(tmp_path, capsys):
     """A user's peft LoRA folder (get_peft_model + save_pretrained) through score -> prune -> bench."""
@@ -263,6 +267,7 @@ def _hf_folder(kind, folder):
 @pytest.mark.parametrize("kind,adapter,family", [("vit", "lora", "hf-vit"),
                                                  ("dinov2", "lora", "hf-dinov2"),
                                                  ("clip", "repadapter", "hf-clip")])
+@pytest.mark.slow
 def test_chain_transformers_from_a_folder(tmp_path, capsys, kind, adapter, family):
     """--model hf:FOLDER (a save_pretrained folder, nothing downloaded) with fresh adapters; a
     backbone-only folder gets a classifier of the data's width."""

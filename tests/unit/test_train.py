@@ -33,6 +33,7 @@ def lite0_cut():
     return truncate(add_adapters(m, "convpass", num_classes=10), 6)
 
 
+@pytest.mark.slow
 def test_short_finetune_raises_validation_accuracy(digits32, lite0_cut):
     model = copy.deepcopy(lite0_cut)
     before = evaluate(model, digits32["val"])

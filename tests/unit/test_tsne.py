@@ -101,6 +101,7 @@ def test_quality_torch_sparse_affinities(quality_case):
     _check_quality(emb, quality_case, "torch (kNN P)")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_OPENTSNE, reason="openTSNE not installed")
 def test_quality_opentsne(quality_case):
     _check_quality(tsne(quality_case[0], backend="opentsne", normalize=None), quality_case,

@@ -10,8 +10,8 @@ import os
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = {"sls_fast": os.path.join(HERE, "..", "sls_fast"),
-           "sls_fast.kernels": os.path.join(HERE, "..", "kernels")}
+SOURCES = {"sls_fast": os.path.join(HERE, "..", "..", "sls_fast"),
+           "sls_fast.kernels": os.path.join(HERE, "..", "..", "kernels")}
 LAYERS = ["sls_fast.kernels", "sls_fast.common", "sls_fast.models", "sls_fast.method",
           "sls_fast.io", "sls_fast.harness", "sls_fast.cli"]
 BOTTOM = {"sls_fast._C", "sls_fast._version"}  # the native extension, the version string

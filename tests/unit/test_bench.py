@@ -38,6 +38,7 @@ def test_compare_runs_both_and_gives_models_back():
     assert not pruned.training
 
 
+@pytest.mark.slow
 def test_compiled_runs():
     r = sls_fast.measure_throughput(tiny_vit(1), batch_size=2, compile=True, warmup=1, iters=2)
     assert r["compiled"] is True and r["iters"] == 2

@@ -27,6 +27,7 @@ def lora_run(tmp_path_factory):
                                            cache=cache)
 
 
+@pytest.mark.slow
 def test_lora_task_end_to_end(lora_run):
     root, _, settings, r = lora_run
     assert isinstance(r, TaskResult) and r.cache == dict(adapt="miss", scores="miss",
@@ -47,6 +48,7 @@ def test_lora_task_end_to_end(lora_run):
     assert "SLS on test_vit / digits (lora)" in r.summary()
 
 
+@pytest.mark.slow
 def test_a_cached_stage_gives_what_computing_it_gives(lora_run):
     """Only the adapted weights come from the cache: features and t-SNE are recomputed from them
     and must equal the first run's bit for bit (same process, same inputs)."""

@@ -21,6 +21,8 @@ from sls_fast.common.schema import SCHEMA_VERSION
 from sls_fast.harness.sweep.results import COLUMNS, ResultsDB
 from sls_fast.harness.sweep import SweepSpec, vtab_task_facts
 
+pytestmark = pytest.mark.slow  # every test here takes seconds to minutes
+
 pytest.importorskip("ray")
 
 TINY = ["--quick", "--models", "test_vit", "--image-size", "32", "--tsne-iter", "250",

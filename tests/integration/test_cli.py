@@ -33,6 +33,7 @@ def test_subcommand_help(sub, capsys):
     assert "--json" in out and "--device" in out and "--seed" in out and "--debug" in out
 
 
+@pytest.mark.slow
 def test_console_script_installed():
     exe = os.path.join(os.path.dirname(sys.executable), "sls-fast")
     cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "sls_fast"]
@@ -40,6 +41,7 @@ def test_console_script_installed():
     assert "usage: sls-fast" in out.stdout
 
 
+@pytest.mark.slow
 def test_run_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "--quick", "--out", str(out), "--json", "--no-progress", "--quiet",
