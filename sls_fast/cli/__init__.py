@@ -118,9 +118,9 @@ def cmd_prune(args) -> dict:
     num_classes = num_classes_of(train)
     depth = args.depth or report.depth
     st = get_state(model)
-    if st is None or st.adapters is None:  # scored frozen: fresh adapters to retrain
-        add_adapters(model, args.adapter or "convpass", dim=spec["adapter_dim"] or 8,
-                     scale=spec["adapter_scale"])
+    if st is None or st.adapters is None:  # scored frozen or a run's folder: fresh adapters
+        kind = args.adapter or meta.get("method") or "convpass"  # a run keeps its method
+        add_adapters(model, kind, dim=spec["adapter_dim"] or 8, scale=spec["adapter_scale"])
     pruned = truncate(model, depth, num_classes=num_classes)
     pruned.to(dev)
     _say(args, f"pruning {spec['model']} to {depth} of {report.num_layers} blocks; retraining "

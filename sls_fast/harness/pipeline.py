@@ -264,8 +264,11 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     storage = storage_report(artifact, pruned, full_model=model)
 
     say("[6/6] writing the report and plots")
+    # what 'sls-fast prune --report OUT' rebuilds the model from: base weights, adapter kind/size
     report.meta.update(model=s.model, dataset=s.data, image_size=size, num_classes=num_classes,
-                       data=s.data, method=s.method, title=f"{s.model} on {s.data}")
+                       data=s.data, method=s.method, checkpoint=s.checkpoint,
+                       adapter_dim=s.adapter_dim, adapter_scale=s.adapter_scale,
+                       title=f"{s.model} on {s.data}")
     report.to_json(os.path.join(out, "layers.json"))
     plots = report.plot(out)
     timings["total"] = sum(v for k, v in timings.items()

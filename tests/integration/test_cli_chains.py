@@ -50,7 +50,7 @@ def _chain(tmp_path, capsys, score_args, prune_args=(), bench_args=()):
     assert bench["num_layers"] == scored["num_layers"]
     assert (out / "pruned.safetensors").exists() and (out / "scores.png").exists()
     assert not list(out.glob(".*tmp*")), "a temporary file was left behind"
-    meta = sls_fast.io.artifacts.read_pruned_metadata(out / "pruned.safetensors")
+    meta = read_pruned_metadata(out / "pruned.safetensors")
     assert meta["depth"] == scored["depth"]
     return scored, pruned, bench, meta
 

@@ -11,6 +11,7 @@ from sls_fast.harness.cache import StageCache, cache_key, data_fingerprint, weig
 from sls_fast.io.datasets import digits
 from _helpers import assert_valid
 
+from sls_fast.cli import main
 from sls_fast.harness.pipeline import TaskResult, run_task
 from sls_fast.io.artifacts import read_pruned_metadata
 from sls_fast.harness.settings import TaskSettings
@@ -107,3 +108,18 @@ def test_cache_ignores_an_unreadable_entry(tmp_path):
     path = tmp_path / "stage" / "k.safetensors"
     path.write_bytes(path.read_bytes()[:20])  # truncated by a disk fault
     assert cache.get("k", "stage") is None and cache.misses == {"stage": 1}
+
+
+@pytest.mark.slow
+def test_prune_on_a_run_folder_keeps_the_runs_method_and_size(lora_run, capsys):
+    """'sls-fast prune --report RUN' rebuilds the run's model: its method (LoRA here, not the
+    default Convpass), its image size and adapter width, from the run's layers.json."""
+    root, _, settings, r = lora_run
+    folder = root / "first"
+    assert main(["prune", "--report", str(folder), "--epochs", "1", "--json", "--no-progress",
+                 "--quiet", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    meta = read_pruned_metadata(out["artifact"])
+    assert meta["adapters"]["kind"] == "lora" and meta["adapters"]["dim"] == settings.adapter_dim
+    assert meta["depth"] == r.depth and meta["meta"]["image_size"] == settings.image_size
+
