@@ -8,6 +8,8 @@ model's :class:`sls_fast.models.state.SLSState` (``model.sls_state.adapters``).
 """
 from __future__ import annotations
 
+import warnings
+
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch.nn as nn
@@ -82,8 +84,9 @@ def set_trainable(model: nn.Module) -> List[str]:
 def add_adapters(model: nn.Module, kind: str = "convpass", dim: int = 8, scale: Optional[float] = None,
                  layers: Optional[Sequence[Union[int, str]]] = None, *, dropout: Optional[float] = None,
                  groups: int = 2, num_classes: Optional[int] = None, freeze: bool = True,
-                 rank: Optional[int] = None, alpha: Optional[float] = None,
-                 targets: Optional[Sequence[str]] = None) -> nn.Module:
+                 rank: Optional[int] = None, lora_alpha: Optional[float] = None,
+                 targets: Optional[Sequence[str]] = None,
+                 alpha: Optional[float] = None) -> nn.Module:
     """Insert Convpass, RepAdapter or LoRA adapters into ``model``'s blocks, in place; returns
     ``model``.
 
@@ -96,7 +99,7 @@ def add_adapters(model: nn.Module, kind: str = "convpass", dim: int = 8, scale: 
             needs ``pip install "sls_fast[peft]"``).
         dim: bottleneck width (8 in the paper); for LoRA the rank (also ``rank=``).
         scale: the adapters' output scale ``s`` (default 1.0); for LoRA peft's ``lora_alpha``
-            (also ``alpha=``, default 16: the update is scaled by alpha / rank).
+            (also ``lora_alpha=``, default 16: the update is scaled by lora_alpha / rank).
         layers: blocks to adapt (0-based indices into :func:`sls_fast.models.families.find_blocks` or
             block names); all blocks by default.
         dropout: adapter dropout (default: 0.1 for transformer adapters as in the references, 0 for
@@ -105,7 +108,9 @@ def add_adapters(model: nn.Module, kind: str = "convpass", dim: int = 8, scale: 
         num_classes: if given, the classifier is replaced by a new one with that many classes
             (trained from its random init together with the adapters; :func:`sls_fast.finetune`
             probe-initialises only heads that :func:`sls_fast.truncate` creates).
-        rank, alpha: LoRA's rank and alpha (aliases of ``dim`` and ``scale``).
+        rank, lora_alpha: LoRA's rank and peft's lora_alpha (aliases of ``dim`` and ``scale``).
+        alpha: deprecated name of ``lora_alpha`` (``alpha`` is SLS's threshold everywhere
+            else); accepted with a DeprecationWarning until the next version.
         targets: LoRA only: the linear layers inside each block to adapt (default: the family's
             ``lora_targets``, for timm ViT / Swin ``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``).
         freeze: freeze the backbone (``requires_grad=False``, batch norms converted to timm's
@@ -115,7 +120,7 @@ def add_adapters(model: nn.Module, kind: str = "convpass", dim: int = 8, scale: 
     The configuration is recorded in ``model.sls_state.adapters``. A model the user already
     wrapped with peft (``get_peft_model``) is not adapted again: pass it to
     :func:`sls_fast.truncate` / :func:`sls_fast.score_layers` as it is
-    (:func:`sls_fast.models.petl.lora.adopt_peft`).
+    (:func:`adopt_peft`).
 
     Example:
         >>> import timm, sls_fast
@@ -128,13 +133,18 @@ def add_adapters(model: nn.Module, kind: str = "convpass", dim: int = 8, scale: 
         raise TypeError(f"add_adapters needs an nn.Module, got {type(model).__name__}")
     if is_peft_wrapper(model):
         raise ValueError("this model is already wrapped by peft: pass it to sls_fast as it is "
-                         "(sls_fast.models.petl.lora.adopt_peft(model) gives the adapted model inside)")
+                         "(sls_fast.models.adapters.adopt_peft(model) gives the adapted model inside)")
     if kind not in adapter_kinds():
         raise ValueError(f"kind must be one of {adapter_kinds()}, got {kind!r}")
+    if alpha is not None:
+        warnings.warn("add_adapters(alpha=...) is now lora_alpha=... (alpha is SLS's threshold "
+                      "everywhere else); alpha= goes in the next version", DeprecationWarning,
+                      stacklevel=2)
+        lora_alpha = alpha if lora_alpha is None else lora_alpha
     if rank is not None:
         dim = rank
-    if alpha is not None:
-        scale = alpha
+    if lora_alpha is not None:
+        scale = lora_alpha
     if targets is not None and kind != "lora":
         raise ValueError(f"targets= is a LoRA option; {kind} adapters go where the family puts them")
     st = get_state(model)

@@ -164,7 +164,7 @@ def _lora_cut_round_trip(m, build, x, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 def test_hf_lora_artifact_and_peft_format(tmp_path, x):
-    m = sls_fast.add_adapters(_hf(), "lora", rank=2, alpha=4, num_classes=3)
+    m = sls_fast.add_adapters(_hf(), "lora", rank=2, lora_alpha=4, num_classes=3)
     assert "vit.layers.0.attention.q_proj.lora_A" in sls_fast.models.adapters.adapter_modules(m) or \
         "vit.encoder.layer.0.attention.attention.query.lora_A" in sls_fast.models.adapters.adapter_modules(m)
     p, ref = _lora_cut_round_trip(m, _hf, x, tmp_path)
@@ -230,7 +230,7 @@ def test_convpass_and_repadapter(tmp_path, x, fam, kind):
 @pytest.mark.parametrize("fam", ["dinov2", "clip"])
 def test_lora_artifact_and_merge(tmp_path, x, fam):
     _, build, _, _ = FAMILIES[fam]
-    m = sls_fast.add_adapters(build(), "lora", rank=2, alpha=4, num_classes=3)
+    m = sls_fast.add_adapters(build(), "lora", rank=2, lora_alpha=4, num_classes=3)
     want = set(family_of(m).lora_candidates[0])
     assert set(m.sls_state.adapters.targets) == want
     blk = find_blocks(m)[0].name

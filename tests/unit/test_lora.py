@@ -37,7 +37,7 @@ def x():
 
 def test_lora_adapts_frozen_backbone_and_starts_equal(x):
     base = _vit()
-    m = sls_fast.add_adapters(_vit(), "lora", rank=4, alpha=8, num_classes=10)
+    m = sls_fast.add_adapters(_vit(), "lora", rank=4, lora_alpha=8, num_classes=10)
     with torch.no_grad():
         base.head.load_state_dict(m.head.state_dict())
         assert torch.equal(m(x), base(x))  # lora_B = 0
@@ -67,7 +67,7 @@ def test_lora_targets_layers_and_errors():
 
 
 def test_lora_truncate_artifact_merge_and_peft_format(tmp_path, x):
-    m = sls_fast.add_adapters(_vit(), "lora", rank=4, alpha=8, num_classes=10)
+    m = sls_fast.add_adapters(_vit(), "lora", rank=4, lora_alpha=8, num_classes=10)
     _perturb(m)
     p = sls_fast.truncate(m, 2)
     assert len(p.blocks) == 2 and p.sls_state.adapters.layers == [0, 1]
@@ -190,3 +190,13 @@ def test_core_import_needs_neither_peft_nor_transformers(tmp_path):
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_old_alpha_keyword_still_works_with_a_deprecation_warning():
+    """``alpha=`` was LoRA's alpha in add_adapters; it is lora_alpha= now (alpha is SLS's
+    threshold elsewhere) and the old name is accepted for one version."""
+    with pytest.warns(DeprecationWarning, match="lora_alpha"):
+        old = sls_fast.add_adapters(_vit(), "lora", rank=4, alpha=8, num_classes=10)
+    new = sls_fast.add_adapters(_vit(), "lora", rank=4, lora_alpha=8, num_classes=10)
+    assert old.sls_state.adapters == new.sls_state.adapters
+    assert old.sls_state.adapters.scale == 8.0
