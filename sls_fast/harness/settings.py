@@ -25,6 +25,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from sls_fast.common.checks import check_choice, check_number
 from sls_fast.method.embed import TSNE_BACKENDS
 from sls_fast.models.train import STRATEGIES
 from sls_fast.models.zoo import DEFAULT_MODEL
@@ -120,37 +121,27 @@ class TaskSettings:
         return cls(**{**QUICK, **overrides})
 
     def __post_init__(self) -> None:
-        def need(ok: bool, what: str) -> None:
-            if not ok:
-                raise ValueError(f"setting {what}")
-
-        def count(name: str, value: Any, low: int) -> None:
-            need(isinstance(value, int) and not isinstance(value, bool) and value >= low,
-                 f"{name} must be an integer >= {low}, got {value!r}")
-
+        """Every field checked (sls_fast.common.checks: a wrong type is a TypeError, a value
+        out of range a ValueError); NumPy scalars become Python numbers."""
         for f in setting_fields():
-            choices = f.metadata["choices"]
-            if choices:
-                need(getattr(self, f.name) in choices,
-                     f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}")
-        need(isinstance(self.model, str) and bool(self.model),
-             f"model must be a name, got {self.model!r}")
-        need(isinstance(self.data, str) and bool(self.data),
-             f"data must be a spec, got {self.data!r}")
-        need(_is_number(self.alpha) and 0 <= self.alpha < float("inf"),
-             f"alpha must be a number >= 0, got {self.alpha!r}")
-        need(_is_number(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr!r}")
-        need(isinstance(self.compile, bool), f"compile must be True or False, got {self.compile!r}")
-        if self.adapter_scale is not None:
-            need(_is_number(self.adapter_scale) and self.adapter_scale > 0,
-                 f"adapter_scale must be > 0, got {self.adapter_scale!r}")
+            if f.metadata["choices"]:
+                check_choice(getattr(self, f.name), f.name, f.metadata["choices"])
+        for name in ("model", "data"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise TypeError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        if not isinstance(self.compile, bool):
+            raise TypeError(f"compile must be True or False, got {self.compile!r}")
+        self.alpha = check_number(self.alpha, "alpha", low=0)
+        self.lr = check_number(self.lr, "lr", low=0, low_open=True)
+        self.adapter_scale = check_number(self.adapter_scale, "adapter_scale", low=0,
+                                          low_open=True, allow_none=True)
         for name, low in (("repeats", 1), ("tsne_iter", 1), ("epochs", 1), ("prune_epochs", 1),
                           ("batch_size", 1), ("adapter_dim", 1), ("seed", 0)):
-            count(name, getattr(self, name), low)
+            setattr(self, name, check_number(getattr(self, name), name, integer=True, low=low))
         for name, low in (("image_size", 8), ("score_points", 10), ("num_classes", 2),
                           ("throughput_iters", 1)):
-            if getattr(self, name) is not None:
-                count(name, getattr(self, name), low)
+            setattr(self, name, check_number(getattr(self, name), name, integer=True, low=low,
+                                             allow_none=True))
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -166,12 +157,6 @@ class TaskSettings:
         """``{name: value}`` of the settings that change ``stage``'s result (a cache key's
         settings part)."""
         return {name: getattr(self, name) for name in affecting(stage)}
-
-
-def _is_number(value: Any) -> bool:
-    import numbers
-
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def setting_fields(cls: type = TaskSettings) -> List[dataclasses.Field]:

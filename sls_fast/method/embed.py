@@ -70,7 +70,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import math
 import numbers
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -79,6 +78,7 @@ from typing import List, Tuple
 import numpy as np
 import torch
 
+from sls_fast.common.checks import check_choice, check_number
 from sls_fast.common.arrays import array_library, as_tensor, to_library, to_numpy
 from sls_fast.common.utils import progress_bar
 from sls_fast.kernels.tsne import DENSE_P_MAX_N, EXPLORATION_ITER, tsne_batched
@@ -180,19 +180,15 @@ def _row_order_runs(run_fn, layers, repeats, seed):
 
 
 def _check_options(backend, perplexity, max_iter, init, seed, normalize):
-    if backend not in TSNE_BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {TSNE_BACKENDS}")
-    if isinstance(perplexity, bool) or not isinstance(perplexity, numbers.Real) or not (
-            math.isfinite(perplexity) and perplexity > 0):
-        raise ValueError(f"perplexity must be a positive finite number, got {perplexity!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-    if init not in ("pca", "random"):
-        raise ValueError(f"unknown init {init!r}; use 'pca' or 'random'")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise TypeError(f"seed must be a non-negative integer, got {seed!r}")
-    if normalize not in ("minmax", None):
-        raise ValueError(f"unknown normalize {normalize!r}; use 'minmax' or None")
+    """The options, checked (common.checks: wrong type TypeError, out of range ValueError) and
+    returned as Python numbers (NumPy scalars are accepted)."""
+    check_choice(backend, "backend", TSNE_BACKENDS)
+    perplexity = check_number(perplexity, "perplexity", low=0, low_open=True)
+    max_iter = check_number(max_iter, "max_iter", integer=True, low=1)
+    check_choice(init, "init", ("pca", "random"))  # initial positions as an array: not offered
+    seed = check_number(seed, "seed", integer=True, low=0)
+    check_choice(normalize, "normalize", ("minmax", None))
+    return perplexity, max_iter, seed
 
 
 def _resolve(backend: str, device: torch.device, n: int) -> str:
@@ -208,6 +204,8 @@ def _resolve(backend: str, device: torch.device, n: int) -> str:
 
 
 def _check_sizes(backend: str, n: int, perplexity: float, max_iter: int) -> None:
+    if n < 2:
+        raise ValueError(f"t-SNE needs at least 2 points per layer, got N = {n}")
     if not perplexity < n:
         raise ValueError(f"perplexity ({perplexity}) must be less than the number of points "
                          f"N = {n} (scikit-learn's rule); pass a smaller perplexity, e.g. "
@@ -368,7 +366,8 @@ def tsne(features, *, backend: str = "auto", perplexity: float = 30.0, max_iter:
         >>> sls_fast.tsne(feats, repeats=8).shape           # 8 runs of each layer, one batch
         (8, 12, 500, 2)
     """
-    _check_options(backend, perplexity, max_iter, init, seed, normalize)
+    perplexity, max_iter, seed = _check_options(backend, perplexity, max_iter, init, seed,
+                                                normalize)
     _check_repeats(repeats)
     layers, library, squeeze = _read_features(features)
     n = int(layers[0].shape[0])

@@ -18,6 +18,7 @@ from typing import Dict, Iterable
 
 import torch
 
+from sls_fast.common.checks import check_choice
 from sls_fast.common.arrays import array_library, as_tensor, to_library
 from sls_fast.kernels import triton_interpreting
 from sls_fast.kernels.cluster_stats import cluster_stats_torch, cluster_stats_triton
@@ -108,8 +109,7 @@ def _prepare(X, labels) -> _Prepared:
 
 
 def _resolve_backend(backend: str, x: torch.Tensor) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    check_choice(backend, "backend", BACKENDS)
     if backend == "auto":
         return "triton" if x.is_cuda else "native"
     if backend == "native" and x.device.type != "cpu":
@@ -171,8 +171,7 @@ def _compute(X, labels, metrics: Iterable[str], backend: str):
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
         raise ValueError(f"unknown metrics {unknown or metrics}; choose from {METRICS}")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    check_choice(backend, "backend", BACKENDS)
     p = _prepare(X, labels)
     be = _resolve_backend(backend, p.x_sorted)
     out: Dict[str, torch.Tensor] = {}

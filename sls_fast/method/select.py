@@ -1,11 +1,11 @@
 """Step 4 of SLS: how many layers to keep, from the per-layer scores."""
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
 
+from sls_fast.common.checks import check_number
 from sls_fast.common.arrays import as_tensor
 
 __all__ = ["select_depth"]
@@ -46,8 +46,7 @@ def select_depth(scores, alpha: float = 0.3) -> int:
     if not np.isfinite(s).all():
         raise ValueError(f"scores contain NaN or infinity at layers "
                          f"{(np.nonzero(~np.isfinite(s))[0] + 1).tolist()} (1-based)")
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
-        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+    alpha = check_number(alpha, "alpha", low=0)
     L = s.size
     if s[-1] < 0:
         warnings.warn(

@@ -77,8 +77,10 @@ def test_settings_are_validated():
         TaskSettings(alpha=-0.1)
     with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
         TaskSettings(epochs=0)
-    with pytest.raises(ValueError, match="image_size"):
+    with pytest.raises(TypeError, match="image_size must be an integer >= 8 or None, got 2.5"):
         TaskSettings(image_size=2.5)
+    s = TaskSettings(alpha=np.float32(0.5), epochs=np.int64(3))  # NumPy scalars are numbers
+    assert (s.alpha, s.epochs) == (0.5, 3) and type(s.epochs) is int
     with pytest.raises(ValueError, match=r"unknown task setting\(s\) \['alhpa'\]"):
         TaskSettings.from_dict(dict(alhpa=0.3))
     with pytest.raises(TypeError, match="TaskSettings"):

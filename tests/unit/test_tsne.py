@@ -341,12 +341,18 @@ def test_errors():
         tsne(x[None], perplexity=5.0)
     with pytest.raises(ValueError, match="1-D"):
         tsne(x[0, 0], perplexity=5.0)
-    with pytest.raises(ValueError, match="unknown backend"):
+    with pytest.raises(ValueError, match="backend must be one of"):
         tsne(x, backend="umap")
-    with pytest.raises(ValueError, match="unknown init"):
+    with pytest.raises(ValueError, match="init must be one of"):
         tsne(x, init="spectral", perplexity=5.0)
-    with pytest.raises(ValueError, match="unknown normalize"):
+    with pytest.raises(TypeError, match=r"init must be one of \('pca', 'random'\), got an array"):
+        tsne(x, init=np.zeros((x.shape[1], 2)), perplexity=5.0)  # initial positions: refused
+    with pytest.raises(ValueError, match="normalize must be one of"):
         tsne(x, normalize="zscore", perplexity=5.0)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
+        tsne(x, seed=-1, perplexity=5.0)  # a value out of range is a ValueError, as everywhere
+    with pytest.raises(ValueError, match="at least 2 points per layer, got N = 1"):
+        tsne(x[:, :1], perplexity=0.5)
     with pytest.raises(ValueError, match="same N"):
         tsne([x[0], x[1][:30]], perplexity=5.0)
     with pytest.raises(ValueError, match="max_iter"):
