@@ -14,6 +14,7 @@ row and the others still run.
 from __future__ import annotations
 
 import argparse
+import glob
 import importlib
 import json
 import os
@@ -25,7 +26,10 @@ import traceback
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-SECTIONS = ["gpu_metrics", "gpu_tsne", "gpu_extract", "gpu_prune", "gpu_pipeline"]
+# every gpu_<topic>.py beside this file is a section (found, not listed: none can be left out)
+SECTIONS = sorted(os.path.splitext(os.path.basename(p))[0]
+                  for p in glob.glob(os.path.join(HERE, "gpu_*.py"))
+                  if os.path.basename(p) != "gpu_check.py")
 
 
 class Report:

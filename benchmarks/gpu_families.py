@@ -1,21 +1,19 @@
-"""One-call CUDA check of the family objects (issue 11): for every family, adapters + truncation
-on the GPU, the adapted and cut model after torch.save / pickle, extraction with amp="auto",
-throughput with the model given back, finetune leaving the caller's RNG alone, and torch.compile
-of the adapted models (ViT: adapted block classes; ResNet: the adapter hook) against eager.
+"""gpu_check section: the family objects on the device (issue 11). For every family: adapters +
+truncation, the adapted and the cut model after torch.save / pickle / deepcopy, extraction with
+amp="auto" against fp32, throughput giving the model back where it was, finetune leaving the
+caller's RNG alone, and torch.compile of the adapted models (ViT: adapted block classes; ResNet:
+the adapter hook) against eager. Called by benchmarks/gpu_check.py as ``run(report, mode)``; a
+dry run takes tiny configurations on the CPU and skips torch.compile.
 
-    python benchmarks/gpu_families.py        # about 2-4 minutes on an H100
+    python benchmarks/gpu_check.py --only gpu_families        # about 2-4 minutes on an H100
 """
 import copy
 import io
 import pickle
 import time
 
-import timm
-import torch
-from torch.utils.data import TensorDataset
-
-import sls_fast
-
+SECTION = "families"
+# family -> (timm name, options, image size, blocks kept)
 FAMILIES = {
     "vit": ("vit_small_patch16_224", {}, 224, 6),
     "swin": ("swin_tiny_patch4_window7_224", {}, 224, 5),
@@ -23,15 +21,27 @@ FAMILIES = {
     "convnext": ("convnext_tiny", {}, 224, 6),
     "resnet": ("resnet50", {}, 224, 8),
 }
+DRY = {  # the CPU dry run: the unit tests' tiny configurations
+    "vit": ("vit_tiny_patch16_224", dict(img_size=32, depth=4), 32, 2),
+    "swin": ("swin_tiny_patch4_window7_224", dict(img_size=64, window_size=2, embed_dim=24,
+                                                  num_heads=(1, 1, 1, 1)), 64, 3),
+    "efficientnet": ("efficientnet_lite0", {}, 64, 6),
+    "convnext": ("convnext_atto", {}, 64, 4),
+    "resnet": ("resnet18", {}, 64, 3),
+}
 COMPILE = ("vit", "resnet")
 
 
-def main():
-    assert torch.cuda.is_available(), "needs a CUDA device"
-    dev = torch.device("cuda")
-    print(f"device: {torch.cuda.get_device_name(dev)}, torch {torch.__version__}, timm {timm.__version__}")
-    rows = []
-    for fam, (name, kw, size, cut) in FAMILIES.items():
+def run(report, mode):
+    import timm
+    import torch
+    from torch.utils.data import TensorDataset
+
+    import sls_fast
+
+    dev = torch.device(mode.device)
+    cuda = dev.type == "cuda"
+    for fam, (name, kw, size, cut) in (DRY if mode.dry else FAMILIES).items():
         t0 = time.perf_counter()
         torch.manual_seed(0)
         m = timm.create_model(name, pretrained=False, **kw).to(dev).eval()
@@ -44,8 +54,7 @@ def main():
         x = torch.randn(10, 3, size, size, device=dev)
         with torch.no_grad():
             ref_full, ref_cut = m(x), p(x)
-        # round trips on the GPU
-        same = []
+        same = []  # round trips on the device
         for model, ref in ((m, ref_full), (p, ref_cut)):
             buf = io.BytesIO()
             torch.save(model, buf)
@@ -54,40 +63,35 @@ def main():
                           copy.deepcopy(model)):
                 with torch.no_grad():
                     same.append(bool(torch.equal(other.eval()(x), ref)))
-        # extraction in bf16 autocast vs fp32
-        data = TensorDataset(x.cpu(), torch.arange(10) % 2)
-        f32 = sls_fast.extract_features(m, data, progress=False)
-        bf = sls_fast.extract_features(m, data, progress=False, amp="auto")
-        a, b = f32[len(f32) - 1], bf[len(bf) - 1]
-        a, b = torch.as_tensor(a).float(), torch.as_tensor(b).float()
+        report(SECTION, f"{fam}: save / pickle / deepcopy give equal outputs", ok=all(same),
+               note=name)
+        data = TensorDataset(x.cpu(), torch.arange(10) % 2)  # extraction: amp vs fp32
+        f32 = sls_fast.extract_features(m, data, progress=False, device=dev)
+        low = sls_fast.extract_features(m, data, progress=False, device=dev, amp="auto")
+        a = torch.as_tensor(f32[len(f32) - 1]).float()
+        b = torch.as_tensor(low[len(low) - 1]).float()
         rel = float((a - b).norm() / a.norm())
-        # throughput gives the model back where it was
-        p.cpu().train()
-        r = sls_fast.measure_throughput(p, batch_size=8, image_size=size, compile=False,
-                                        amp="auto", device="cuda", warmup=2, iters=5)
+        report(SECTION, f"{fam}: extraction amp='auto' vs fp32 (last layer)", ok=rel < 0.05,
+               max_err=rel)
+        p.cpu().train()  # throughput gives the model back where it was
+        r = sls_fast.measure_throughput(p, batch_size=mode.pick(8, 4, 2), image_size=size,
+                                        compile=False, amp="auto", device=mode.device,
+                                        warmup=mode.pick(2, 1, 1), iters=mode.pick(5, 2, 1))
         back = next(p.parameters()).device.type == "cpu" and p.training
+        report(SECTION, f"{fam}: throughput gives the model back", ok=back,
+               note=f"{r['images_per_s']:.0f} img/s (cut)")
         p.to(dev).eval()
-        # finetune leaves the caller's RNG state alone
-        cpu_state, cuda_state = torch.get_rng_state(), torch.cuda.get_rng_state()
+        cpu_state = torch.get_rng_state()  # finetune leaves the caller's RNG state alone
+        cuda_state = torch.cuda.get_rng_state() if cuda else None
         sls_fast.finetune(p, TensorDataset(x.cpu(), torch.arange(10) % 10), None, epochs=1,
-                          batch_size=4, progress=False, head_init="keep")
-        rng_ok = torch.equal(torch.get_rng_state(), cpu_state) and torch.equal(
-            torch.cuda.get_rng_state(), cuda_state)
-        comp = "-"
-        if fam in COMPILE:
+                          batch_size=4, progress=False, head_init="keep", device=dev)
+        rng_ok = torch.equal(torch.get_rng_state(), cpu_state) and (
+            not cuda or torch.equal(torch.cuda.get_rng_state(), cuda_state))
+        report(SECTION, f"{fam}: finetune leaves the caller's RNG alone", ok=rng_ok)
+        if fam in COMPILE and not mode.dry:  # minutes on a 2-core CPU: the GPU run does it
             c = torch.compile(p.eval())
             with torch.no_grad():
-                eager, compiled = p(x), c(x)
-            comp = f"{float((eager - compiled).abs().max()):.1e}"
-        rows.append((fam, name, all(same), f"{rel:.3f}", f"{r['images_per_s']:.0f}", back, rng_ok,
-                     comp, f"{time.perf_counter() - t0:.1f}"))
-        print(rows[-1], flush=True)
-    print("\nfamily        model                          pickle=  bf16-rel  img/s(cut)  given-back  rng  compile-maxdiff  s")
-    for r in rows:
-        print("  ".join(str(v) for v in r))
-    bad = [r[0] for r in rows if not (r[2] and r[5] and r[6])]
-    print("ALL OK" if not bad else f"FAILED: {bad}")
-
-
-if __name__ == "__main__":
-    main()
+                diff = float((p(x) - c(x)).abs().max())
+            report(SECTION, f"{fam}: torch.compile vs eager (cut model)", ok=diff < 1e-3,
+                   max_err=diff)
+        report(SECTION, f"{fam}: wall time", ms=(time.perf_counter() - t0) * 1e3)
