@@ -3,13 +3,16 @@
 A tiny sweep (timm's test_vit at 32 px, the test suite's settings; digits and lfw x 3 alphas =
 6 cells, 2 CPUs, one cell at a time with a second one queued in Ray) is started with
 ``sls-fast sweep`` in a fresh process and interrupted with SIGINT at a moment drawn from one of
-three phases of a cell's life:
+four phases of a cell's life:
 
 * ``startup``: a uniform delay after launch, mostly while Ray starts or the first cells queue;
 * ``running``: a uniform delay after a cell's running marker appears (the cell is computing,
   the next one waits in Ray's queue);
 * ``finishing``: the instant a cell's final folder appears (its worker has renamed it and is
-  returning; the driver has not recorded the row yet). Polled every 2 ms.
+  returning; the driver has not recorded the row yet). Polled every 2 ms;
+* ``recorded``: the instant the driver has recorded a cell's row (the next cell is being
+  submitted or has just started: the moment of the CI test, where a force-cancel met a
+  completion in flight). Polled every 5 ms.
 
 The signal goes either to the driver alone or to its whole process group (as a terminal's
 Ctrl-C does, reaching Ray's processes too), drawn at random.
@@ -23,7 +26,8 @@ run is the resume of the same folder (so 50 runs resume 49 times); when a run fi
 sweep before it is interrupted, its folder is checked for 6 rows and a new folder starts.
 At the end one uninterrupted run completes the last folder: every cell exactly once, all ok.
 
-    python benchmarks/stress_sweep_interrupt.py                 # 50 runs (~10-15 min on 2 cores)
+    python benchmarks/stress_sweep_interrupt.py                 # 50 runs (~10-20 min on 2 cores)
+    python benchmarks/stress_sweep_interrupt.py --phases recorded --runs 30
     python benchmarks/stress_sweep_interrupt.py --runs 5 --json out.json
 
 Run it from anywhere after ``pip install``; the sweeps run in a temporary folder (outside the
@@ -45,7 +49,7 @@ import tempfile
 import time
 
 CELLS = 6
-PHASES = ("startup", "running", "finishing")
+PHASES = ("startup", "running", "finishing", "recorded")
 SWEEP = ["--quick", "--models", "test_vit", "--image-size", "32", "--tsne-iter", "250",
          "--score-points", "200", "--no-progress", "--num-cpus", "2", "--cpus-per-cell", "2",
          "--data", "digits", "lfw", "--alphas", "0.3", "0.5", "0.9"]
@@ -130,6 +134,13 @@ def one_run(out: str, phase: str, target: str, rng: random.Random) -> dict:
                            120, 0.01)
         if reached:
             reached = not wait_for(lambda: False, driver, rng.uniform(0.0, 2.0), 0.01)
+    elif phase == "recorded":  # the driver wrote a new row
+        def new_row():
+            try:
+                return len(db_rows(out)) > len(before)
+            except sqlite3.Error:  # the file being created or locked: poll again
+                return False
+        reached = wait_for(new_row, driver, 120, 0.005)
     else:  # finishing: a new final cell folder (the worker renamed it and is returning)
         def new_final():
             names = set(os.listdir(cells)) if os.path.isdir(cells) else set()
