@@ -167,7 +167,8 @@ def cmd_bench(args) -> dict:
         base = _build(dict(spec, adapter=None, checkpoint=weights), quiet_random=True)
         pruned = load_pruned(artifact, base)
         depth = len(find_blocks(pruned))
-        ad = get_state(pruned).adapters
+        pruned_state = get_state(pruned)
+        ad = pruned_state.adapters if pruned_state is not None else None
         st = get_state(model)
         if ad is not None and (st is None or st.adapters is None):  # time like with like
             add_adapters(model, ad.kind, dim=ad.dim, scale=ad.scale, groups=ad.groups,

@@ -32,10 +32,11 @@ def _free_bytes(device: torch.device) -> Optional[int]:
 
 
 def _fmt_bytes(n) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
             return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
         n /= 1024
+    return f"{n:.1f} TiB"
 
 
 class _Buffers:

@@ -41,7 +41,8 @@ def check_number(value: Any, name: str, *, integer: bool = False, low: Optional[
     if isinstance(value, bool) or not isinstance(value, kind):
         raise TypeError(f"{name} must be {wanted}{' or None' if allow_none else ''}, got "
                         f"{value!r} ({type(value).__name__})")
-    out: Number = int(value) if integer else float(value)
+    v: Any = value  # a numbers.Real / Integral: int() and float() take it
+    out: Number = int(v) if integer else float(v)
     if not math.isfinite(out):
         raise ValueError(f"{name} must be {wanted} (finite), got {value!r}")
     if (low is not None and (out <= low if low_open else out < low)) or \

@@ -19,10 +19,10 @@ def model_device(model: nn.Module, device=None) -> torch.device:
     the CPU."""
     if device is not None:
         return torch.device(device)
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
     return torch.device("cpu")
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 from sls_fast.common.checks import check_choice, check_number
 from sls_fast.method.embed import TSNE_BACKENDS
@@ -131,8 +131,8 @@ class TaskSettings:
                 raise TypeError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
         if not isinstance(self.compile, bool):
             raise TypeError(f"compile must be True or False, got {self.compile!r}")
-        self.alpha = check_number(self.alpha, "alpha", low=0)
-        self.lr = check_number(self.lr, "lr", low=0, low_open=True)
+        self.alpha = cast(float, check_number(self.alpha, "alpha", low=0))
+        self.lr = cast(float, check_number(self.lr, "lr", low=0, low_open=True))
         self.adapter_scale = check_number(self.adapter_scale, "adapter_scale", low=0,
                                           low_open=True, allow_none=True)
         for name, low in (("repeats", 1), ("tsne_iter", 1), ("epochs", 1), ("prune_epochs", 1),
@@ -175,7 +175,9 @@ def default_of(name: str, cls: type = TaskSettings) -> Any:
     """The default value of the setting ``name``."""
     for f in setting_fields(cls):
         if f.name == name:
-            return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            return f.default
     raise ValueError(f"no setting named {name!r}")
 
 

@@ -46,7 +46,7 @@ def select_depth(scores, alpha: float = 0.3) -> int:
     if not np.isfinite(s).all():
         raise ValueError(f"scores contain NaN or infinity at layers "
                          f"{(np.nonzero(~np.isfinite(s))[0] + 1).tolist()} (1-based)")
-    alpha = check_number(alpha, "alpha", low=0)
+    alpha = float(check_number(alpha, "alpha", low=0) or 0.0)
     L = s.size
     if s[-1] < 0:
         warnings.warn(

@@ -38,7 +38,8 @@ from typing import Callable, Dict, List, Optional
 
 from sls_fast.common.signals import sigint_held
 from sls_fast.harness.settings import TaskSettings
-from sls_fast.harness.sweep.spec import Cell, SweepSpec, adapt_group, read_spec_file, vtab_task_facts
+from sls_fast.harness.sweep.spec import (Cell, SweepSpec, SweepSpecBase, adapt_group,
+                                        read_spec_file, vtab_task_facts)
 
 __all__ = ["SweepSpec", "Cell", "run_sweep", "run_cell", "vtab_task_facts", "read_spec_file"]
 
@@ -161,7 +162,7 @@ def _remove_unrecorded(out: str, db, keys) -> None:
         shutil.rmtree(os.path.join(out, "cells", key), ignore_errors=True)
 
 
-def run_sweep(spec: SweepSpec, out: str, *, address: Optional[str] = None,
+def run_sweep(spec: SweepSpecBase, out: str, *, address: Optional[str] = None,
               num_cpus: Optional[int] = None, gpus_per_cell: Optional[float] = None,
               cpus_per_cell: Optional[float] = None, retry_failed: bool = False,
               max_retries: int = 3, progress: bool = True,

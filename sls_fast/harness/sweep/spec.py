@@ -11,7 +11,7 @@ import os
 import re
 import dataclasses
 from dataclasses import dataclass, field, make_dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, cast
 
 from sls_fast.harness.settings import (AXES, METHODS, QUICK, SweepOptions, TaskSettings,
                                       default_of, setting_fields)
@@ -34,8 +34,16 @@ class Cell:
     settings: TaskSettings
 
 
-class _SweepSpecMethods:
-    """The behaviour of :class:`SweepSpec` (its fields are generated from TaskSettings)."""
+class SweepSpecBase:
+    """The behaviour of :class:`SweepSpec`, whose fields are generated from TaskSettings (the
+    annotations below are for readers and type checkers; the fields are SweepSpec's)."""
+
+    models: List[str]
+    data: List[str]
+    methods: List[str]
+    alphas: List[float]
+    quick: bool
+    checkpoints: Dict[str, str]
 
     def __post_init__(self) -> None:
         for name in AXES.values():
@@ -53,7 +61,7 @@ class _SweepSpecMethods:
             raise ValueError(f"sweep: checkpoints given for models not in the sweep: {unknown}")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SweepSpec":
+    def from_dict(cls, d: dict) -> "SweepSpecBase":
         """The spec in ``d``; an unknown key is a ValueError naming it."""
         from sls_fast.common.utils import dataclass_from_dict
 
@@ -82,8 +90,12 @@ class _SweepSpecMethods:
         return cells
 
 
+def _axis_default(name: str) -> Callable[[], List[Any]]:
+    return lambda: [default_of(name)]
+
+
 def _spec_fields() -> list:
-    axes = [(plural, List[Any], field(default_factory=lambda n=name: [default_of(n)],
+    axes = [(plural, List[Any], field(default_factory=_axis_default(name),
                                       metadata=dict(axis_of=name)))
             for name, plural in AXES.items()]
     shared = [(f.name, Optional[Any], field(default=None, metadata=f.metadata))
@@ -95,8 +107,8 @@ def _spec_fields() -> list:
             help="base weights per model: {model name: file}")))]
 
 
-SweepSpec = make_dataclass(
-    "SweepSpec", _spec_fields(), bases=(_SweepSpecMethods,), namespace=dict(
+SweepSpec: Type[SweepSpecBase] = make_dataclass(
+    "SweepSpec", _spec_fields(), bases=(SweepSpecBase,), namespace=dict(
         __module__=__name__,
         __doc__="""The cross product to run: ``models x data x methods x alphas``, every other
     setting shared.
@@ -114,7 +126,7 @@ SweepSpec = make_dataclass(
 def spec_keys() -> Tuple[str, ...]:
     """Every key a TOML sweep spec may hold: SweepSpec's fields and SweepOptions' (``out``,
     ``address``, ...)."""
-    return tuple(f.name for f in dataclasses.fields(SweepSpec)) + \
+    return tuple(f.name for f in dataclasses.fields(cast(Any, SweepSpec))) + \
         tuple(f.name for f in dataclasses.fields(SweepOptions))
 
 
@@ -126,7 +138,7 @@ def read_spec_file(path: str) -> dict:
         import tomllib
     except ImportError:  # Python < 3.11
         try:
-            import tomli as tomllib
+            import tomli as tomllib  # type: ignore[no-redef]
         except ImportError:
             raise ValueError("reading a --spec file needs Python 3.11+ or 'pip install tomli'") \
                 from None
