@@ -127,7 +127,7 @@ def run(report, mode):
     report(SECTION, f"ours triton {nl}x{n}x768, {max_iter} it", ms=ms,
            ok=bool(torch.isfinite(emb).all()), note=f"trust {trust:.4f}{goal}")
     if DEVICE == "cuda":
-        api_ms = cuda_time_ms(lambda: tsne(x, backend="torch", max_iter=max_iter, normalize=None),
+        api_ms = cuda_time_ms(lambda: tsne(x, backend="triton", max_iter=max_iter, normalize=None),
                               warmup=1, iters=3)
         report(SECTION, f"sls_fast.tsne API (checks + normalise) {nl}x{n}", ms=api_ms)
     t0 = time.time()
@@ -171,8 +171,8 @@ def run(report, mode):
     # 12 x 10,000: ours end to end; both force paths per iteration
     if not quick:
         x10, _ = _features(10_000, seed=1)
-        ms10 = cuda_time_ms(lambda: tsne(x10, backend="torch", normalize=None), warmup=1, iters=2)
-        emb10 = tsne(x10, backend="torch", normalize=None)
+        ms10 = cuda_time_ms(lambda: tsne(x10, backend="triton", normalize=None), warmup=1, iters=2)
+        emb10 = tsne(x10, backend="triton", normalize=None)
         report(SECTION, "ours triton 12x10000x768, 1000 it", ms=ms10,
                ok=bool(torch.isfinite(emb10).all()), note="kNN P (N > dense bound)")
         red = K.pca_project(x10, 50)

@@ -33,17 +33,22 @@ Backends:
     1)) nearest neighbours of each point, bisection to the perplexity, symmetrised. On CUDA the
     bisection is one Triton launch, the forces and the update Triton kernels (one launch each for
     all layers, Q never stored, the list P streamed densely for N <= ``DENSE_P_MAX_N`` = 2,048,
-    iterations replayed from CUDA graphs); elsewhere plain torch (the reference). The repulsion
-    is exact, so the cost per iteration is O(L N^2): ``"auto"`` uses this backend on CUDA up to
-    ``TORCH_AUTO_MAX_N`` = 20,000 points.
+    iterations replayed from CUDA graphs) under the name ``"triton"``; ``"torch"`` is plain
+    torch (the reference, any device). The repulsion is exact, so the cost per iteration is
+    O(L N^2): ``"auto"`` uses ``"triton"`` on CUDA up to ``TORCH_AUTO_MAX_N`` = 20,000 points.
+    (Until this version ``"torch"`` meant the Triton kernels on CUDA: it still does, with a
+    DeprecationWarning, for one version; the names now mean what the metrics' names mean.)
+``"triton"``
+    The batched t-SNE above with its Triton kernels: CUDA tensors (CPU tensors only under
+    Triton's interpreter, ``TRITON_INTERPRET=1``, as the tests run it).
 ``"native"``
     The same batched t-SNE as ``"torch"`` (same affinities, same schedule) on the CPU: the
     bisection in C++ and the whole optimisation in one C++/OpenMP call of ``sls_fast._C``
     (``kernels/csrc/tsne_optimize.cpp``: each pair's repulsion computed once for both points,
     the result independent of the thread count).
 ``"auto"``
-    CUDA data: ``"torch"`` up to 20,000 points, ``"cuml"`` beyond when installed (else
-    ``"torch"``). CPU data: ``"native"`` up to ``NATIVE_AUTO_MAX_N`` = 8,000 points (measured
+    CUDA data: ``"triton"`` up to 20,000 points, ``"cuml"`` beyond when installed (else
+    ``"triton"``). CPU data: ``"native"`` up to ``NATIVE_AUTO_MAX_N`` = 8,000 points (measured
     faster than openTSNE and than scikit-learn run layer by layer, at the same
     trustworthiness: ``benchmarks/RESULTS.md``), beyond it ``"opentsne"`` when installed (its
     cost grows as N log N, the exact repulsion's as N^2), else ``"sklearn"``.
@@ -51,8 +56,9 @@ Backends:
 Repeats (``repeats=S``): S runs of every layer, returned as ``[S, L, N, 2]``; run 0 is the
 single run with the same seed. What tells the runs apart:
 
-* ``"native"`` / ``"torch"``: the start. Run s >= 1 starts from the same PCA (or random) start
-  plus seeded noise of 1e-2 of its scale (:func:`sls_fast.kernels.tsne.repeat_starts`); the S x L
+* ``"native"`` / ``"triton"`` / ``"torch"``: the start. Run s >= 1 starts from the same PCA
+  (or random) start plus seeded noise of 1e-2 of its scale
+  (:func:`sls_fast.kernels.tsne.repeat_starts`); the S x L
   runs are one batched problem whose affinities are computed once per layer and shared. (The
   seed alone would barely move a PCA start: it only reaches the randomized range finder.)
 * ``"sklearn"`` / ``"opentsne"`` / ``"cuml"``: the row order, as in the authors' pipeline (their
@@ -72,6 +78,7 @@ import importlib.util
 import inspect
 import numbers
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Tuple
 
@@ -85,7 +92,7 @@ from sls_fast.kernels.tsne import DENSE_P_MAX_N, EXPLORATION_ITER, tsne_batched
 
 __all__ = ["tsne", "row_order", "TSNE_BACKENDS", "DENSE_P_MAX_N", "TORCH_AUTO_MAX_N", "NATIVE_AUTO_MAX_N"]
 
-TSNE_BACKENDS = ("auto", "native", "torch", "opentsne", "sklearn", "cuml")
+TSNE_BACKENDS = ("auto", "native", "triton", "torch", "opentsne", "sklearn", "cuml")
 TORCH_AUTO_MAX_N = 20_000
 # The native backend's repulsion is exact, O(N^2) per iteration; openTSNE's grows ~N log N.
 # Measured here (2 layers, D = 64, 1,000 iterations, 2 cores): N = 3,000 native 4.9 s vs
@@ -197,7 +204,7 @@ def _resolve(backend: str, device: torch.device, n: int) -> str:
     if device.type == "cuda":
         if n > TORCH_AUTO_MAX_N and _has("cuml"):
             return "cuml"
-        return "torch"
+        return "triton"
     if n <= NATIVE_AUTO_MAX_N:
         return "native"  # measured faster than openTSNE and scikit-learn at equal quality
     return "opentsne" if _has("openTSNE") else "sklearn"
@@ -217,7 +224,7 @@ def _check_sizes(backend: str, n: int, perplexity: float, max_iter: int) -> None
             f"N = {n} points is too few for perplexity {perplexity} with backend={backend!r}: "
             f"it uses the {_NEIGHBOUR_FACTOR} x perplexity = {k} nearest neighbours of each "
             f"point, so N must exceed {k}. Pass perplexity <= {max(1, (n - 1) // 3)} "
-            f"(or backend='sklearn' / 'torch' for small N)")
+            f"(or backend='sklearn' / 'native' / 'triton' for small N)")
     if backend == "sklearn" and max_iter < EXPLORATION_ITER:
         raise ValueError(f"backend='sklearn' needs max_iter >= {EXPLORATION_ITER} "
                          f"(scikit-learn's rule), got {max_iter}")
@@ -303,8 +310,12 @@ def _run_torch(layers, perplexity, max_iter, init, seed, forces=None, progress=F
     if forces == "native":
         if feats[0].device.type != "cpu":
             raise ValueError(f"backend='native' runs on the CPU; the features are on "
-                             f"{feats[0].device}. Use backend='torch' (Triton on CUDA) or 'auto'")
+                             f"{feats[0].device}. Use backend='triton' on CUDA, or 'auto'")
         feats = [t.cpu() for t in feats]
+    if forces == "triton" and feats[0].device.type != "cuda" and \
+            os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"backend='triton' runs on CUDA; the features are on "
+                         f"{feats[0].device}. Use backend='native' (or 'auto') on the CPU")
     problems = len(feats) * (1 if repeats is None else int(repeats))
     bar = progress_bar(None, progress, total=int(max_iter), unit="it", leave=False,
                        desc=f"t-SNE ({forces or 'torch'}, {problems} problems)")
@@ -335,8 +346,8 @@ def tsne(features, *, backend: str = "auto", perplexity: float = 30.0, max_iter:
     Args:
         features: ``[L, N, D]`` array, one layer ``[N, D]``, or a list of L arrays ``[N, D_i]``
             (widths may differ); NumPy, torch (any device) or CuPy.
-        backend: ``"auto"``, ``"native"``, ``"torch"``, ``"opentsne"``, ``"sklearn"`` or
-            ``"cuml"`` (see the module docstring).
+        backend: ``"auto"``, ``"native"``, ``"triton"``, ``"torch"``, ``"opentsne"``,
+            ``"sklearn"`` or ``"cuml"`` (see the module docstring).
         perplexity: Gaussian perplexity of the input affinities (must be < N; neighbour-based
             backends need N > 3 x perplexity).
         max_iter: total optimisation iterations (the first 250 with early exaggeration 12).
@@ -380,9 +391,15 @@ def tsne(features, *, backend: str = "auto", perplexity: float = 30.0, max_iter:
             return loops[be](ls, perplexity, max_iter, init, seed, progress)
         emb = one(layers) if repeats is None else _row_order_runs(one, layers, repeats, seed)
     else:
-        emb = _run_torch(layers, perplexity, max_iter, init, seed,
-                         forces="native" if be == "native" else None, progress=progress,
-                         repeats=repeats)
+        forces = {"native": "native", "triton": "triton", "torch": "torch"}[be]
+        if be == "torch" and layers[0].device.type == "cuda":
+            warnings.warn("backend='torch' on CUDA runs the Triton kernels in this version and "
+                          "the plain-torch reference from the next one: ask for "
+                          "backend='triton' (or 'auto') for the fast path", DeprecationWarning,
+                          stacklevel=2)
+            forces = "triton"
+        emb = _run_torch(layers, perplexity, max_iter, init, seed, forces=forces,
+                         progress=progress, repeats=repeats)
     if normalize == "minmax":
         emb = minmax_normalize(emb)
     if library in ("torch", "cupy", "dlpack"):

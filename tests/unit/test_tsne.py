@@ -372,3 +372,28 @@ def test_cuml_missing_is_a_clear_error():
     x, _ = clustered(n=100, d=8, layers=1, seed=14)
     with pytest.raises(ValueError, match="cuML"):
         tsne(x, backend="cuml", perplexity=10.0)
+
+
+def test_backend_names_mean_what_the_metrics_names_mean(monkeypatch):
+    """'triton' is the batched t-SNE with Triton kernels (CUDA; on the CPU only interpreted),
+    'torch' the plain-torch reference, as for the metrics."""
+    from sls_fast.method.embed import TSNE_BACKENDS
+    from sls_fast.method.metrics import BACKENDS
+
+    assert {"triton", "torch", "native", "auto"} <= set(TSNE_BACKENDS) & set(BACKENDS)
+    x, _ = clustered(n=60, d=5, layers=2, seed=3)
+    emb = tsne(x, backend="triton", perplexity=5.0, max_iter=40)  # interpreted here
+    assert emb.shape == (2, 60, 2) and np.isfinite(emb).all()
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="backend='triton' runs on CUDA"):
+        tsne(x, backend="triton", perplexity=5.0, max_iter=40)
+
+
+@pytest.mark.cuda
+def test_torch_on_cuda_still_runs_triton_with_a_deprecation_warning():
+    x, _ = clustered(n=60, d=5, layers=2, seed=3)
+    t = torch.as_tensor(x, device="cuda")
+    with pytest.warns(DeprecationWarning, match="backend='triton'"):
+        old = tsne(t, backend="torch", perplexity=5.0, max_iter=40)
+    new = tsne(t, backend="triton", perplexity=5.0, max_iter=40)
+    assert torch.equal(old, new)
