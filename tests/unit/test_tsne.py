@@ -194,9 +194,9 @@ def test_auto_resolution():
     big_cpu = embed._resolve("auto", cpu, embed.NATIVE_AUTO_MAX_N + 1)
     assert big_cpu == ("opentsne" if HAS_OPENTSNE else "sklearn")
     cuda = torch.device("cuda")
-    assert embed._resolve("auto", cuda, 1000) == "torch"
+    assert embed._resolve("auto", cuda, 1000) == "triton"
     big = embed._resolve("auto", cuda, embed.TORCH_AUTO_MAX_N + 1)
-    assert big == ("cuml" if HAS_CUML else "torch")
+    assert big == ("cuml" if HAS_CUML else "triton")
     assert embed._resolve("sklearn", cuda, 10) == "sklearn"
 
 
