@@ -24,7 +24,7 @@ def run(report, mode):
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, img_size=size).to(dev).eval()
     data = TensorDataset(torch.randn(n, 3, size, size), torch.arange(n) % 10)
-    backend = "torch" if dev == "cuda" else "native"  # the CPU's own backend in a dry run
+    backend = "triton" if dev == "cuda" else "native"  # the CPU's own backend in a dry run
     if not mode.dry:  # warm-up: Triton compilation, cuDNN autotuning
         sls_fast.score_layers(model, TensorDataset(data.tensors[0][:64], data.tensors[1][:64]),
                               device=dev, amp="bf16", progress=False, max_iter=250,
