@@ -285,8 +285,8 @@ def score_layers(model, data, *, metrics=METRICS, tsne_backend: str = "auto",
         repeats: S, the t-SNE runs per layer (default 1: the paper's single run). With S > 1
             the depth is taken on the mean silhouette curve, and the report carries every
             run's scores (``runs``), the per-layer ``spread``, the per-run depths and the
-            ``confidence``. On the batched backends ("native", "triton", "torch") the S x L runs are one
-            problem sharing each layer's affinities; see :func:`sls_fast.tsne`.
+            ``confidence``. On the batched backends ("native", "triton", "torch") the S x L
+            runs are one problem sharing each layer's affinities; see :func:`sls_fast.tsne`.
         extract_options: passed to :func:`sls_fast.extract_features` (``device``, ``batch_size``,
             ``pool``, ``dtype``, ``amp``, ``layers``, ...).
 
