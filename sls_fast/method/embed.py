@@ -1,4 +1,7 @@
-"""t-SNE of every layer's features to 2-D (step 2 of SLS), with four interchangeable backends.
+"""t-SNE of every layer's features to 2-D (step 2 of SLS), with interchangeable backends.
+
+(About 400 lines, most of them this page: what each backend computes and when ``"auto"`` picks
+it belongs next to the one dispatch that chooses; the computation is in ``sls_fast.kernels``.)
 
 :func:`tsne` takes ``[L, N, D]`` features (or a list of L ``[N, D_i]`` arrays whose widths may
 differ, as for Swin or EfficientNet) and returns ``[L, N, 2]`` embeddings in the input's array
