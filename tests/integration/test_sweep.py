@@ -193,15 +193,17 @@ def test_sigint_stops_the_driver_and_the_sweep_resumes(tmp_path):
     assert driver.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     rows = _rows(out)
-    assert len(rows) == 1 and rows[0]["status"] == "ok"
-    assert _leftovers(out) == []
-    first = rows[0]
+    # the first cell's row, and the second's when it finished before the driver stopped (the
+    # interrupt records the results already in; it never cancels one in flight)
+    assert 1 <= len(rows) <= 2 and all(r["status"] == "ok" for r in rows)
+    assert _leftovers(out) == []  # no temporary folder, marker or folder without a row
+    before = {r["key"]: r["finished"] for r in rows}
     assert main(["sweep", "--out", str(out), *TINY, "--data", "digits", "lfw",
                  "--cpus-per-cell", "2"]) == 0
     rows = _rows(out)
     assert len(rows) == 2 and len({r["key"] for r in rows}) == 2
     assert all(r["status"] == "ok" for r in rows)
-    assert {r["key"]: r for r in rows}[first["key"]]["finished"] == first["finished"]
+    assert {r["key"]: r["finished"] for r in rows if r["key"] in before} == before
 
 
 def test_killed_worker_is_retried(tmp_path):
@@ -260,20 +262,34 @@ def test_spec_expansion_and_bad_input(tmp_path, capsys):
 
 def test_sigint_is_held_while_ray_starts():
     """A Ctrl-C during ``ray.init`` is delivered when it returns, not half-way (which crashed
-    Ray's shutdown or left its agents running); processes started meanwhile inherit the block."""
+    Ray's shutdown or left its agents running); processes started meanwhile inherit the block.
+    Another thread that does not block SIGINT (Ray's, torch's) may receive it: still held."""
     from sls_fast.common.signals import sigint_held
 
     if not hasattr(signal, "pthread_sigmask"):
         pytest.skip("no POSIX signal masks here")
     reached = []
-    with pytest.raises(KeyboardInterrupt):
-        with sigint_held():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)  # a KeyboardInterrupt here would skip the next line
-            child = subprocess.run(["grep", "SigBlk", "/proc/self/status"], capture_output=True,
-                                   text=True)
-            reached.append(child.stdout)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)  # SIGINT not blocked there
+    other.start()
+    # Python's own handler for the test's duration: a runner started as a shell's background
+    # job (CI may be one) has SIGINT ignored, and an ignored signal is never delivered
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with sigint_held():
+                os.kill(os.getpid(), signal.SIGINT)  # process-directed: the other thread's
+                time.sleep(0.05)  # a KeyboardInterrupt here would skip the next line
+                child = subprocess.run(["grep", "SigBlk", "/proc/self/status"],
+                                       capture_output=True, text=True)
+                reached.append(child.stdout)
+    finally:
+        signal.signal(signal.SIGINT, old)
+        stop.set()
     assert reached, "the interrupt came inside the block"
     if reached[0]:  # Linux: the child was started with SIGINT (bit 2) blocked
         assert int(reached[0].split()[1], 16) & (1 << (signal.SIGINT - 1))
     assert not signal.pthread_sigmask(signal.SIG_BLOCK, set()) & {signal.SIGINT}  # restored
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with sigint_held():  # no Ctrl-C during the block: nothing raised after it
+        pass
