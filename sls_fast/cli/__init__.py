@@ -284,16 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="truncate at a report's depth, retrain, evaluate, save",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       description="Reads REPORT/layers.json (from 'sls-fast score'), rebuilds "
-                       "the scored model (its size, weights and adapters; fresh Convpass adapters "
-                       "when it was scored without), truncates at the reported depth, retrains "
+                       description="Reads REPORT/layers.json (from 'sls-fast score' or "
+                       "'sls-fast run'), rebuilds the scored model (its size, weights and "
+                       "adapters; fresh adapters of a run's method, or Convpass, when it was "
+                       "scored without), truncates at the reported depth, retrains "
                        "adapters + head (checkpoint chosen on the val split), reports test "
                        "accuracy and writes REPORT/pruned.safetensors. Options given here override "
                        "the report's.")
-    p.add_argument("--report", required=True, help="folder written by 'sls-fast score'")
+    p.add_argument("--report", required=True, help="folder written by 'sls-fast score' or 'run'")
     p.add_argument("--depth", type=int, default=None, help="override the reported depth")
     add_setting_option(p, "strategy")
-    add_setting_option(p, "prune_epochs", flag="--epochs")
+    add_setting_option(p, "prune_epochs", flag="--epochs", metavar="EPOCHS")
     add_setting_option(p, "batch_size")
     p.add_argument("--on-bad-image", default="fail", choices=("fail", "skip"),
                    help="an unreadable image file: stop with its name, or skip it (with a warning)")
