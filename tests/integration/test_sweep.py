@@ -283,6 +283,10 @@ def test_sigint_is_held_while_ray_starts():
                 child = subprocess.run(["grep", "SigBlk", "/proc/self/status"],
                                        capture_output=True, text=True)
                 reached.append(child.stdout)
+        # the handler in place before the block is back after it
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with sigint_held():  # no Ctrl-C during the block: nothing raised after it
+            pass
     finally:
         signal.signal(signal.SIGINT, old)
         stop.set()
@@ -290,6 +294,3 @@ def test_sigint_is_held_while_ray_starts():
     if reached[0]:  # Linux: the child was started with SIGINT (bit 2) blocked
         assert int(reached[0].split()[1], 16) & (1 << (signal.SIGINT - 1))
     assert not signal.pthread_sigmask(signal.SIG_BLOCK, set()) & {signal.SIGINT}  # restored
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with sigint_held():  # no Ctrl-C during the block: nothing raised after it
-        pass
