@@ -19,7 +19,7 @@ from typing import Any, List
 
 from sls_fast._version import __version__
 
-# public name -> the module that defines it
+# public name -> the module that defines it (also the order of __all__)
 _WHERE = {
     "silhouette_score": ".method.metrics", "calinski_harabasz_score": ".method.metrics",
     "davies_bouldin_score": ".method.metrics", "cluster_scores": ".method.metrics",
@@ -58,48 +58,5 @@ def __dir__() -> List[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-__all__ = [
-    "__version__",
-    # metrics (one batched pass over all layers)
-    "silhouette_score",
-    "calinski_harabasz_score",
-    "davies_bouldin_score",
-    "cluster_scores",
-    # extract -> embed -> select, and all of it in one call
-    "extract_features",
-    "LayerFeatures",
-    "tsne",
-    "select_depth",
-    "score_layers",
-    "score_features",
-    "LayerReport",
-    # adapters, pruning, storage, retraining
-    "add_adapters",
-    "merge_adapters",
-    "trainable_parameters",
-    "truncate",
-    "save_pruned",
-    "load_pruned",
-    "storage_report",
-    "finetune",
-    "evaluate",
-    # measurement
-    "measure_throughput",
-    "compare_throughput",
-    "sweep_batch_sizes",
-    # one task as a job, a sweep of tasks
-    "TaskSettings",
-    "TaskResult",
-    "run_task",
-    "SweepSpec",
-    "run_sweep",
-    # what sls_fast records on a model, and the model families
-    "SLSState",
-    "family_of",
-    "families",
-    # the files' JSON Schemas (report, layers, results_row, artifact)
-    "schema",
-    # offline material
-    "data",
-    "models",
-]
+# the public API: every name above, once (tests/unit/test_api.py pins it)
+__all__ = ["__version__", *_WHERE, *_NAMESPACES]

@@ -19,6 +19,7 @@ from typing import Optional
 
 from sls_fast.cli.options import add_setting_option, add_task_options
 from sls_fast.common.schema import SCHEMA_VERSION
+from sls_fast.io.imagefiles import ON_BAD_IMAGE
 from sls_fast.cli.sweep import add_sweep_parser
 from sls_fast.cli.common import (NoAdaptersWarning, _build, _data, _device, _emit, _model_spec,
                                  _positive_int, _read_report, _say)
@@ -229,6 +230,11 @@ def _model_options(p, *, required: bool = True):
                    help="with --adapter lora: peft's lora_alpha (16; the update is scaled by alpha/r)")
 
 
+def _on_bad_image_option(p):
+    p.add_argument("--on-bad-image", default=ON_BAD_IMAGE[0], choices=ON_BAD_IMAGE,
+                   help="an unreadable image file: stop with its name, or skip it (with a warning)")
+
+
 def _scoring_options(p):
     for name in ("batch_size", "alpha", "tsne_backend", "tsne_iter"):
         add_setting_option(p, name)
@@ -276,8 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pool", default="auto", choices=("auto", "cls", "mean", "merged"),
                    help="per-block feature: auto (class token, else mean over tokens), or "
                         "merged (Swin: stages 1-3 after the next PatchMerging, the authors' way)")
-    s.add_argument("--on-bad-image", default="fail", choices=("fail", "skip"),
-                   help="an unreadable image file: stop with its name, or skip it (with a warning)")
+    _on_bad_image_option(s)
     _scoring_options(s)
     _common(s)
     s.set_defaults(func=cmd_score)
@@ -296,8 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_option(p, "strategy")
     add_setting_option(p, "prune_epochs", flag="--epochs", metavar="EPOCHS")
     add_setting_option(p, "batch_size")
-    p.add_argument("--on-bad-image", default="fail", choices=("fail", "skip"),
-                   help="an unreadable image file: stop with its name, or skip it (with a warning)")
+    _on_bad_image_option(p)
     _model_options(p, required=False)
     _common(p)
     p.set_defaults(func=cmd_prune)

@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterable, Tuple
 
 from sls_fast.harness.settings import (AXES, SweepOptions, TaskSettings, default_of,
                                       setting_fields)
-from sls_fast.harness.sweep.spec import SHARED, SweepSpec, read_spec_file
+from sls_fast.harness.sweep.spec import SHARED, SweepSpec, read_spec_file, spec_keys
 
 __all__ = ["add_task_options", "add_sweep_options", "add_setting_option", "settings_from_args",
            "sweep_from_args"]
@@ -84,9 +84,7 @@ def sweep_from_args(args: argparse.Namespace) -> Tuple[Any, SweepOptions]:
     """The :class:`SweepSpec` and :class:`SweepOptions` of ``sls-fast sweep``'s options and its
     ``--spec`` file (the options override the file's keys)."""
     given: Dict[str, Any] = read_spec_file(args.spec) if getattr(args, "spec", None) else {}
-    names = [AXES[n] for n in AXES] + list(SHARED) + ["quick", "checkpoints"] + \
-        [f.name for f in setting_fields(SweepOptions)]
-    given.update(_given(args, names))
+    given.update(_given(args, spec_keys()))  # the options override the file's keys
     if isinstance(given.get("checkpoints"), list):
         given["checkpoints"] = _pairs(given["checkpoints"])
     option_names = [f.name for f in setting_fields(SweepOptions)]

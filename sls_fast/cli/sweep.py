@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 from sls_fast.cli.common import _emit, _say
@@ -27,10 +28,9 @@ def cmd_sweep(args) -> dict:
     from sls_fast.harness.sweep.results import summary_table
 
     spec, options = sweep_from_args(args)
-    summary = run_sweep(spec, options.out, address=options.address, num_cpus=options.num_cpus,
-                        gpus_per_cell=options.gpus_per_cell, cpus_per_cell=options.cpus_per_cell,
-                        retry_failed=options.retry_failed, max_retries=options.max_retries,
-                        progress=args.progress, log=lambda m: _say(args, m))
+    where = dataclasses.asdict(options)  # SweepOptions' fields are run_sweep's arguments
+    summary = run_sweep(spec, where.pop("out"), **where, progress=args.progress,
+                        log=lambda m: _say(args, m))
     text = summary_table(summary["rows"]) + (
         f"\n\n{summary['cells']} cells: {summary['skipped']} skipped (finished before), "
         f"{summary['ok']} ok and {summary['failed']} failed in this run\nwritten: "

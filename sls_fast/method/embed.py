@@ -394,7 +394,7 @@ def tsne(features, *, backend: str = "auto", perplexity: float = 30.0, max_iter:
             return loops[be](ls, perplexity, max_iter, init, seed, progress)
         emb = one(layers) if repeats is None else _row_order_runs(one, layers, repeats, seed)
     else:
-        forces = {"native": "native", "triton": "triton", "torch": "torch"}[be]
+        forces = be  # the batched t-SNE's forces: "native", "triton" or "torch"
         if be == "torch" and layers[0].device.type == "cuda":
             warnings.warn("backend='torch' on CUDA runs the Triton kernels in this version and "
                           "the plain-torch reference from the next one: ask for "

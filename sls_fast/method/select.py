@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import warnings
 
+from typing import cast
+
 import numpy as np
 
 from sls_fast.common.checks import check_number
@@ -46,7 +48,7 @@ def select_depth(scores, alpha: float = 0.3) -> int:
     if not np.isfinite(s).all():
         raise ValueError(f"scores contain NaN or infinity at layers "
                          f"{(np.nonzero(~np.isfinite(s))[0] + 1).tolist()} (1-based)")
-    alpha = float(check_number(alpha, "alpha", low=0) or 0.0)
+    alpha = cast(float, check_number(alpha, "alpha", low=0))
     L = s.size
     if s[-1] < 0:
         warnings.warn(

@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from typing import Callable, Dict, List, Optional
 
 from sls_fast.common.signals import sigint_held
-from sls_fast.harness.settings import TaskSettings
+from sls_fast.harness.settings import SweepOptions, TaskSettings, default_of
 from sls_fast.harness.sweep.spec import (Cell, SweepSpec, SweepSpecBase, adapt_group,
                                         read_spec_file, vtab_task_facts)
 
@@ -165,7 +165,7 @@ def _remove_unrecorded(out: str, db, keys) -> None:
 def run_sweep(spec: SweepSpecBase, out: str, *, address: Optional[str] = None,
               num_cpus: Optional[int] = None, gpus_per_cell: Optional[float] = None,
               cpus_per_cell: Optional[float] = None, retry_failed: bool = False,
-              max_retries: int = 3, progress: bool = True,
+              max_retries: int = default_of("max_retries", SweepOptions), progress: bool = True,
               log: Optional[Callable[[str], None]] = None) -> dict:
     """Run every cell of ``spec`` not finished before, on Ray; write ``out/results.sqlite``,
     ``out/results.csv``, ``out/pareto.png`` and ``out/depths.png``.
