@@ -19,6 +19,8 @@ from typing import Optional
 
 from sls_fast.cli.options import add_setting_option, add_task_options
 from sls_fast.common.schema import SCHEMA_VERSION
+from sls_fast.harness.settings import default_of
+from sls_fast.models.adapters import DEFAULT_SCALE, LORA_ALPHA
 from sls_fast.io.imagefiles import ON_BAD_IMAGE
 from sls_fast.cli.sweep import add_sweep_parser
 from sls_fast.cli.common import (NoAdaptersWarning, _build, _data, _device, _emit, _model_spec,
@@ -121,7 +123,8 @@ def cmd_prune(args) -> dict:
     st = get_state(model)
     if st is None or st.adapters is None:  # scored frozen or a run's folder: fresh adapters
         kind = args.adapter or meta.get("method") or "convpass"  # a run keeps its method
-        add_adapters(model, kind, dim=spec["adapter_dim"] or 8, scale=spec["adapter_scale"])
+        add_adapters(model, kind, dim=spec["adapter_dim"] or default_of("adapter_dim"),
+                     scale=spec["adapter_scale"])
     pruned = truncate(model, depth, num_classes=num_classes)
     pruned.to(dev)
     _say(args, f"pruning {spec['model']} to {depth} of {report.num_layers} blocks; retraining "
@@ -221,13 +224,15 @@ def _model_options(p, *, required: bool = True):
                    help="add adapters of this kind before loading --checkpoint")
     g.add_argument("--base-checkpoint", default=None, help="with --adapter: the frozen "
                    "backbone's weights when --checkpoint holds only adapters + head")
-    g.add_argument("--adapter-dim", type=int, default=None, help="adapter bottleneck width (8)")
+    g.add_argument("--adapter-dim", type=int, default=None, help=f"adapter bottleneck width ({default_of('adapter_dim')})")
     g.add_argument("--adapter-scale", type=float, default=None,
-                   help="adapter output scale s (1.0; the authors' configs set it per task)")
+                   help=f"adapter output scale s ({DEFAULT_SCALE:g}; the authors' configs set it "
+                   "per task)")
     g.add_argument("--lora-rank", type=int, default=None, dest="adapter_dim",
-                   help="with --adapter lora: the LoRA rank r (8)")
+                   help=f"with --adapter lora: the LoRA rank r ({default_of('adapter_dim')})")
     g.add_argument("--lora-alpha", type=float, default=None, dest="adapter_scale",
-                   help="with --adapter lora: peft's lora_alpha (16; the update is scaled by alpha/r)")
+                   help=f"with --adapter lora: peft's lora_alpha ({LORA_ALPHA:g}; the update is "
+                   "scaled by lora_alpha / r)")
 
 
 def _on_bad_image_option(p):

@@ -8,6 +8,8 @@ import sys
 import warnings
 from typing import Optional
 
+from sls_fast.harness.settings import default_of
+
 
 
 def _device(args):
@@ -76,7 +78,8 @@ def _build(spec: dict, *, num_classes=None, quiet_random: bool = False):
                         **size_kwargs(spec["model"], spec["image_size"]))
         return load_adapted(spec["model"], spec["adapter"], checkpoint=spec["checkpoint"],
                             base_checkpoint=spec["base_checkpoint"], image_size=spec["image_size"],
-                            dim=spec["adapter_dim"] or 8, scale=spec["adapter_scale"],
+                            dim=spec["adapter_dim"] or default_of("adapter_dim"),
+                            scale=spec["adapter_scale"],
                             num_classes=num_classes)
 
 
