@@ -33,8 +33,11 @@ _WHERE = {
     "measure_throughput": ".models.throughput", "compare_throughput": ".models.throughput",
     "sweep_batch_sizes": ".models.throughput",
     # the job layer: one task, a sweep of tasks; the record kept on a model; its family
-    "TaskSettings": ".harness.settings", "TaskResult": ".harness.pipeline",
-    "run_task": ".harness.pipeline", "SweepSpec": ".harness.sweep", "run_sweep": ".harness.sweep",
+    "TaskSettings": ".harness.settings", "TaskResult": ".harness.reports",
+    "run_task": ".harness.pipeline", "ModelSpec": ".harness.tasks", "score_task": ".harness.tasks",
+    "prune_task": ".harness.tasks", "bench_task": ".harness.tasks",
+    "ScoreResult": ".harness.reports", "PruneResult": ".harness.reports",
+    "BenchResult": ".harness.reports", "SweepSpec": ".harness.sweep", "run_sweep": ".harness.sweep",
     "SLSState": ".models.state", "family_of": ".models.families",
     "schema": ".common.schema",
 }

@@ -11,23 +11,18 @@ Every subcommand takes --device, --seed, --json (print the result as JSON), --no
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import warnings
 from typing import Optional
 
+from sls_fast.cli.common import _emit_result, _model_overrides, _model_spec, _positive_int, _say
 from sls_fast.cli.options import add_setting_option, add_task_options
-from sls_fast.common.schema import SCHEMA_VERSION
-from sls_fast.harness.settings import default_of
-from sls_fast.models.adapters import DEFAULT_SCALE, LORA_ALPHA
-from sls_fast.io.imagefiles import ON_BAD_IMAGE
 from sls_fast.cli.sweep import add_sweep_parser
-from sls_fast.cli.common import (NoAdaptersWarning, _build, _data, _device, _emit, _model_spec,
-                                 _positive_int, _read_report, _say)
-from sls_fast.common.utils import device_name, num_classes_of, seed_everything, text_table, versions
+from sls_fast.harness.settings import default_of
+from sls_fast.io.imagefiles import ON_BAD_IMAGE
+from sls_fast.models.adapters import DEFAULT_SCALE, LORA_ALPHA
 
-__all__ = ["main", "build_parser", "NoAdaptersWarning"]
+__all__ = ["main", "build_parser"]
 
 DEFAULT_DATA = "digits"
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -59,140 +54,45 @@ def cmd_run(args) -> dict:
     _say(args, "sls-fast run: " + ", ".join(f"{k}={v}" for k, v in settings.to_dict().items()
                                             if v is not None))
     result = run_task(settings, args.out, progress=args.progress, log=lambda m: _say(args, m))
-    _emit(args, result.to_dict(), result.summary())
-    return result.to_dict()
+    return _emit_result(args, result)
 
 
 # --------------------------------------------------------------------------- score
 def cmd_score(args) -> dict:
-    from sls_fast.method.score import score_layers
-    from sls_fast.common.utils import write_text
+    """Score every block: :func:`sls_fast.harness.tasks.score_task`."""
+    from sls_fast.harness.tasks import score_task
 
-    seed_everything(args.seed)
-    dev = _device(args)
-    spec = _model_spec(args)
-    model = _build(spec)
-    data = _data(args.data, args.split, args, model, args.image_size)
-    if spec["adapter"] is None or spec["checkpoint"] is None:
-        warnings.warn("scoring a model without trained adapters: SLS scores the adapted model "
-                      "(on the embedded default 3 of 16 blocks frozen vs 6 of 16 adapted); pass "
-                      "--adapter KIND --checkpoint FILE", NoAdaptersWarning, stacklevel=2)
-    _say(args, f"scoring {args.model} on {args.data} ({len(data)} images, split {args.split})")
-    report = score_layers(model, data, alpha=args.alpha, seed=args.seed, max_iter=args.tsne_iter,
-                          tsne_backend=args.tsne_backend, progress=args.progress, device=dev,
-                          batch_size=args.batch_size, repeats=args.repeats, pool=args.pool)
-    report.meta.update(spec, data=args.data, split=args.split, seed=args.seed,
-                       on_bad_image=args.on_bad_image, title=f"{args.model} on {args.data}")
-    os.makedirs(args.out, exist_ok=True)
-    report.to_json(os.path.join(args.out, "layers.json"))
-    plots = report.plot(args.out)
-    result = dict(schema_version=SCHEMA_VERSION, kind="score", model=args.model,
-                  dataset=args.data, num_layers=report.num_layers, depth=report.depth,
-                  alpha=args.alpha, threshold=float(report.threshold),
-                  layer_names=report.layer_names,
-                  scores={k: [float(x) for x in v] for k, v in report.scores.items()},
-                  **report.decision(),
-                  timings=report.timings, versions=versions(), device=device_name(dev),
-                  files=dict(layers=os.path.join(args.out, "layers.json"), plots=plots))
-    write_text(os.path.join(args.out, "report.json"), json.dumps(result, indent=1, default=float))
-    _emit(args, result, report.summary() + f"\nwritten: {args.out}/report.json, " + ", ".join(plots))
-    return result
+    result = score_task(_model_spec(args), args.data, args.out, split=args.split,
+                        alpha=args.alpha, seed=args.seed, tsne_iter=args.tsne_iter,
+                        tsne_backend=args.tsne_backend, repeats=args.repeats,
+                        batch_size=args.batch_size, pool=args.pool, device=args.device,
+                        on_bad_image=args.on_bad_image, progress=args.progress,
+                        log=lambda m: _say(args, m))
+    return _emit_result(args, result)
 
 
 # --------------------------------------------------------------------------- prune
 def cmd_prune(args) -> dict:
-    from sls_fast.io.artifacts import save_pruned
-    from sls_fast.models.adapters import add_adapters
-    from sls_fast.models.prune import truncate
-    from sls_fast.models.train import evaluate, finetune
-    from sls_fast.models.state import get_state
-    from sls_fast.io.artifacts import storage_report
+    """Cut, retrain and store: :func:`sls_fast.harness.tasks.prune_task`."""
+    from sls_fast.harness.tasks import prune_task
 
-    report = _read_report(args.report)
-    meta = report.meta
-    seed_everything(args.seed)
-    dev = _device(args)
-    spec = _model_spec(args, meta)
-    model = _build(spec)
-    size = spec["image_size"]
-    train = _data(meta["data"], "train", args, model, size)
-    val = _data(meta["data"], "val", args, model, size)
-    test = _data(meta["data"], "test", args, model, size)
-    num_classes = num_classes_of(train)
-    depth = args.depth or report.depth
-    st = get_state(model)
-    if st is None or st.adapters is None:  # scored frozen or a run's folder: fresh adapters
-        kind = args.adapter or meta.get("method") or "convpass"  # a run keeps its method
-        add_adapters(model, kind, dim=spec["adapter_dim"] or default_of("adapter_dim"),
-                     scale=spec["adapter_scale"])
-    pruned = truncate(model, depth, num_classes=num_classes)
-    pruned.to(dev)
-    _say(args, f"pruning {spec['model']} to {depth} of {report.num_layers} blocks; retraining "
-               f"({args.strategy}, {args.prune_epochs} epochs)")
-    fit = finetune(pruned, train, val, strategy=args.strategy, epochs=args.prune_epochs,
-                   batch_size=args.batch_size, progress=args.progress, seed=args.seed)
-    acc = evaluate(pruned, test)
-    artifact = os.path.join(args.report, "pruned.safetensors")
-    save_pruned(artifact, pruned, depth, dataset=meta["data"], image_size=size)
-    storage = storage_report(artifact, pruned, full_model=model)
-    result = dict(model=spec["model"], dataset=meta["data"], depth=depth,
-                  num_layers=report.num_layers, strategy=args.strategy, epochs=args.prune_epochs,
-                  accuracy=dict(pruned=acc, pruned_val=fit["best_val_acc"]),
-                  storage=storage, artifact=artifact, device=device_name(dev))
-    _emit(args, result, text_table([("depth", f"{depth} of {report.num_layers}"),
-                                ("test accuracy", f"{acc:.4f}"),
-                                ("artifact bytes", f"{storage['artifact_bytes']:,}"),
-                                ("artifact", artifact)], ("", "pruned")))
-    return result
+    result = prune_task(args.report, depth=args.depth, strategy=args.strategy,
+                        epochs=args.prune_epochs, batch_size=args.batch_size, seed=args.seed,
+                        device=args.device, spec=_model_overrides(args),
+                        on_bad_image=args.on_bad_image, progress=args.progress,
+                        log=lambda m: _say(args, m))
+    return _emit_result(args, result)
 
 
 # --------------------------------------------------------------------------- bench
 def cmd_bench(args) -> dict:
-    from sls_fast.models.prune import truncate
-    from sls_fast.models.throughput import compare_throughput
-    from sls_fast.models.families import find_blocks
+    """Time the full against the cut model: :func:`sls_fast.harness.tasks.bench_task`."""
+    from sls_fast.harness.tasks import bench_task
 
-    report = _read_report(args.report) if args.report else None
-    meta = report.meta if report else {}
-    dev = _device(args)
-    spec = _model_spec(args, meta)
-    seed_everything(args.seed)
-    model = _build(spec, quiet_random=True)  # random weights are fine for timing
-    L = len(find_blocks(model))
-    artifact = os.path.join(args.report, "pruned.safetensors") if args.report else None
-    if artifact and args.depth is None and os.path.isfile(artifact):
-        from sls_fast.io.artifacts import load_pruned
-
-        from sls_fast.models.adapters import add_adapters
-        from sls_fast.models.state import get_state
-
-        seed_everything(args.seed)  # the same (random or loaded) base weights the artifact was made from
-        weights = spec["base_checkpoint"] if spec["adapter"] else spec["checkpoint"]
-        base = _build(dict(spec, adapter=None, checkpoint=weights), quiet_random=True)
-        pruned = load_pruned(artifact, base)
-        depth = len(find_blocks(pruned))
-        pruned_state = get_state(pruned)
-        ad = pruned_state.adapters if pruned_state is not None else None
-        st = get_state(model)
-        if ad is not None and (st is None or st.adapters is None):  # time like with like
-            add_adapters(model, ad.kind, dim=ad.dim, scale=ad.scale, groups=ad.groups,
-                         targets=ad.targets)
-    else:
-        depth = args.depth or (report.depth if report else max(1, L // 2))
-        pruned = truncate(model, depth)
-    image_size = args.image_size or spec["image_size"]
-    _say(args, f"timing {spec['model']}: {L} blocks vs {depth}, batch {args.batch_size}, "
-               f"{'compiled' if args.compile else 'eager'}, device {dev}")
-    res = compare_throughput(model, pruned, batch_size=args.batch_size, image_size=image_size,
-                             compile=args.compile, amp=args.amp, iters=args.throughput_iters, device=dev)
-    result = dict(model=spec["model"], num_layers=L, depth=depth, full=res["full"],
-                  pruned=res["pruned"], speedup=res["speedup"], device=device_name(dev))
-    rows = [(name, f"{r['images_per_s']:.1f}", f"{r['latency_ms']:.2f}",
-             f"[{r['latency_ms_p20']:.2f}, {r['latency_ms_p80']:.2f}]")
-            for name, r in (("full", res["full"]), (f"pruned ({depth}/{L})", res["pruned"]))]
-    _emit(args, result, text_table(rows, ("model", "images/s", "median ms/batch", "p20-p80 ms"))
-          + f"\nspeed-up {res['speedup']:.2f}x")
-    return result
+    result = bench_task(args.report, spec=_model_overrides(args), depth=args.depth,
+                        batch_size=args.batch_size, compile=args.compile, amp=args.amp, iters=args.throughput_iters,
+                        seed=args.seed, device=args.device, log=lambda m: _say(args, m))
+    return _emit_result(args, result)
 
 
 # --------------------------------------------------------------------------- parser

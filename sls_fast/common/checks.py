@@ -16,11 +16,23 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union, overload
 
 __all__ = ["check_number", "check_choice"]
 
 Number = Union[int, float]
+
+
+@overload
+def check_number(value: Any, name: str, *, integer: bool = ..., low: Optional[Number] = ...,
+                 high: Optional[Number] = ..., low_open: bool = ...,
+                 allow_none: Literal[False] = ...) -> Number: ...
+
+
+@overload
+def check_number(value: Any, name: str, *, integer: bool = ..., low: Optional[Number] = ...,
+                 high: Optional[Number] = ..., low_open: bool = ...,
+                 allow_none: bool = ...) -> Optional[Number]: ...
 
 
 def check_number(value: Any, name: str, *, integer: bool = False, low: Optional[Number] = None,

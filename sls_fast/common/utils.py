@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from typing import Union
 
 import torch
 import torch.nn as nn
@@ -175,6 +176,16 @@ def versions() -> dict:
         except Exception:  # noqa: BLE001 - optional
             pass
     return v
+
+
+def resolve_device(device: Union[str, torch.device, None] = None) -> torch.device:
+    """``device`` as a torch device; None: CUDA when available, else the CPU."""
+    if device is None or device == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {device!r} is not a device torch knows: {exc}") from None
 
 
 def device_name(dev: torch.device) -> str:

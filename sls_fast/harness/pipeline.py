@@ -3,7 +3,7 @@ retrain -> measure -> store.
 
 :func:`run_task` is what ``sls-fast run`` runs, what every cell of ``sls-fast sweep`` runs, and
 what an API user calls; :class:`sls_fast.harness.settings.TaskSettings` says what to run,
-:class:`TaskResult` is what came out and serialises to the run's ``report.json``.
+:class:`sls_fast.harness.reports.TaskResult` is what came out and serialises to the run's ``report.json``.
 
 With a :class:`sls_fast.harness.cache.StageCache`, the stages that do not depend on a setting are read
 back instead of recomputed: the adapted weights (keyed by the base weights, the data and the
@@ -20,76 +20,17 @@ Example:
 """
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
 import torch
 
-from sls_fast.common.schema import SCHEMA_VERSION
-from sls_fast.harness.settings import PERPLEXITY, TaskSettings
+from sls_fast.harness.reports import TaskResult, write_report
+from sls_fast.harness.settings import TaskSettings
+from sls_fast.method.embed import PERPLEXITY
 
-__all__ = ["TaskResult", "run_task"]
-
-
-@dataclass
-class TaskResult:
-    """What :func:`run_task` measured. :meth:`to_dict` is the run's ``report.json``."""
-
-    settings: TaskSettings
-    layers: object  # the LayerReport (scores, depth, runs, embeddings)
-    accuracy: Dict[str, float]
-    throughput: Dict[str, object]
-    storage: Dict[str, object]
-    timings: Dict[str, float]
-    cache: Dict[str, str]
-    files: Dict[str, object]
-    device: str
-    versions: Dict[str, str] = field(default_factory=dict)
-
-    @property
-    def depth(self) -> int:
-        return int(self.layers.depth)
-
-    @property
-    def num_layers(self) -> int:
-        return int(self.layers.num_layers)
-
-    def to_dict(self) -> dict:
-        rep, s = self.layers, self.settings
-        return dict(schema_version=SCHEMA_VERSION, kind="run", model=s.model, dataset=s.data,
-                    method=s.method, num_layers=self.num_layers, depth=self.depth,
-                    alpha=float(rep.alpha), threshold=float(rep.threshold),
-                    layer_names=list(rep.layer_names),
-                    scores={k: [float(x) for x in v] for k, v in rep.scores.items()},
-                    **rep.decision(), accuracy=self.accuracy, throughput=self.throughput,
-                    storage=self.storage, settings=s.to_dict(), timings=self.timings,
-                    cache=self.cache, versions=self.versions, device=self.device,
-                    files=self.files)
-
-    def summary(self) -> str:
-        """A short table for people."""
-        from sls_fast.common.utils import text_table as _table
-
-        rep, acc, tp, st = self.layers, self.accuracy, self.throughput, self.storage
-        kept = f"{self.depth} of {self.num_layers}"
-        if rep.repeats > 1:
-            kept += (f" (mean of {rep.repeats} runs; runs keep "
-                     f"{' '.join(map(str, rep.run_depths))}: confidence {rep.confidence:.0%})")
-        rows = [("layers kept", kept),
-                ("silhouette (first -> last block)",
-                 f"{rep.scores['silhouette'][0]:.3f} -> {rep.scores['silhouette'][-1]:.3f}"),
-                ("test accuracy full / pruned", f"{acc['full']:.3f} / {acc['pruned']:.3f}"),
-                ("images/s full / pruned", f"{tp['full']:.0f} / {tp['pruned']:.0f} "
-                                           f"({tp['speedup']:.2f}x)"),
-                ("artifact / full model bytes", f"{st['artifact_bytes']:,} / "
-                                                f"{st.get('full_model_bytes') or 0:,}"),
-                ("wall time", f"{self.timings['total']:.0f} s"),
-                ("report", self.files["report"])]
-        title = f"SLS on {self.settings.model} / {self.settings.data} ({self.settings.method})"
-        return rep.summary() + "\n\n" + _table(rows, ("", title))
+__all__ = ["run_task"]
 
 
 def _trainable_state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
@@ -139,8 +80,8 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     from sls_fast.models.prune import truncate
     from sls_fast.models.throughput import compare_throughput
     from sls_fast.models.train import evaluate, finetune
-    from sls_fast.common.utils import write_text
-    from sls_fast.common.utils import device_name, num_classes_of, seed_everything, versions
+    from sls_fast.common.utils import (device_name, num_classes_of, resolve_device,
+                                       seed_everything, versions)
     from sls_fast.harness.cache import (cache_key, data_fingerprint, features_from_tensors, features_to_tensors,
                         weights_checksum)
     from sls_fast.io.checkpoints import size_kwargs
@@ -155,8 +96,7 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
         raise TypeError(f"settings must be a TaskSettings, got {type(settings).__name__}")
     s = settings
     say = log or (lambda msg: None)
-    dev = torch.device(s.device) if s.device else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")
+    dev = resolve_device(s.device)
     os.makedirs(out, exist_ok=True)
     timings, hits = {}, {}
 
@@ -286,6 +226,5 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
         timings=timings, cache=hits, versions=versions(), device=device_name(dev),
         files=dict(report=os.path.join(out, "report.json"), artifact=artifact, plots=plots,
                    layers=os.path.join(out, "layers.json")))
-    write_text(os.path.join(out, "report.json"),
-               json.dumps(result.to_dict(), indent=1, default=float))
+    write_report(result)
     return result

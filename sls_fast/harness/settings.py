@@ -26,18 +26,19 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 from sls_fast.common.checks import check_choice, check_number
-from sls_fast.method.embed import TSNE_BACKENDS
+from sls_fast.method.embed import MAX_ITER, TSNE_BACKENDS
+from sls_fast.method.select import ALPHA
+from sls_fast.models.adapters import DEFAULT_DIM
 from sls_fast.models.train import STRATEGIES
 from sls_fast.models.zoo import DEFAULT_MODEL
 
-__all__ = ["TaskSettings", "SweepOptions", "METHODS", "QUICK", "PERPLEXITY", "STAGES", "AXES",
+__all__ = ["TaskSettings", "SweepOptions", "METHODS", "QUICK", "STAGES", "AXES",
            "affecting", "default_of", "setting_fields"]
 
 METHODS = ("convpass", "repadapter", "lora")
 # The reduced setting used by tests and first tries: about a minute on 2 CPU cores.
 QUICK = dict(image_size=32, epochs=1, prune_epochs=1, tsne_iter=300, score_points=400,
              throughput_iters=3, compile=False)
-PERPLEXITY = 30.0  # the authors' (scikit-learn's default)
 # The stages of run_task. A setting "affects" a stage when it changes that stage's result
 # directly, its inputs given (the adapted weights, the features, the depth): a stage's cache key
 # is those settings plus the checksums of its inputs.
@@ -71,13 +72,13 @@ class TaskSettings:
                          kind=str, affects=("adapt", "score", "retrain"), metavar="SPEC")
     method: str = _setting("convpass", "the PETL method that adapts the model", kind=str,
                            affects=("adapt",), choices=METHODS)
-    alpha: float = _setting(0.3, "SLS threshold: alpha x the last layer's score", kind=float,
+    alpha: float = _setting(ALPHA, "SLS threshold: alpha x the last layer's score", kind=float,
                             affects=("select",))
     repeats: int = _setting(1, "t-SNE runs per layer (1: the paper); the depth is taken on the "
                             "mean curve", kind=int, affects=("score",), metavar="S")
     tsne_backend: str = _setting("auto", "t-SNE backend (sklearn: the paper's exact settings)",
                                  kind=str, affects=("score",), choices=TSNE_BACKENDS)
-    tsne_iter: int = _setting(1000, "t-SNE iterations", kind=int, affects=("score",))
+    tsne_iter: int = _setting(MAX_ITER, "t-SNE iterations", kind=int, affects=("score",))
     strategy: str = _setting("CLR", "retraining of the pruned model: FT (constant small lr), "
                              "CLR (warm-up + cosine), TFS (from scratch)", kind=str,
                              affects=("retrain",), choices=STRATEGIES)
@@ -93,7 +94,7 @@ class TaskSettings:
                          affects=("adapt",))
     score_points: Optional[int] = _setting(None, "score on the first N training images (None: "
                                            "all)", kind=int, affects=("score",), metavar="N")
-    adapter_dim: int = _setting(8, "adapter bottleneck width (LoRA: the rank)", kind=int,
+    adapter_dim: int = _setting(DEFAULT_DIM, "adapter bottleneck width (LoRA: the rank)", kind=int,
                                 affects=("adapt",))
     adapter_scale: Optional[float] = _setting(None, "adapter output scale (LoRA: peft's "
                                               "lora_alpha; None: 1.0, LoRA 16)", kind=float,

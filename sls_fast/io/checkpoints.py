@@ -24,7 +24,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 
-from sls_fast.models.adapters import add_adapters
+from sls_fast.models.adapters import DEFAULT_DIM, add_adapters
 from sls_fast.models.families import family_of
 from sls_fast.models.zoo import _mismatch_report, load, read_state_dict
 from sls_fast.models.state import classifier_name, get_state
@@ -145,7 +145,7 @@ def _load_peft_folder(base: nn.Module, path: str) -> nn.Module:
 
 
 def load_adapted(name: str, adapter: str, *, checkpoint=None, base_checkpoint=None,
-                 image_size=None, dim: int = 8, scale: Optional[float] = None,
+                 image_size=None, dim: int = DEFAULT_DIM, scale: Optional[float] = None,
                  num_classes: Optional[int] = None) -> nn.Module:
     """A model named ``name`` with ``adapter`` adapters, trained weights from ``checkpoint``.
 

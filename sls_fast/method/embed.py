@@ -93,7 +93,10 @@ from sls_fast.common.arrays import array_library, as_tensor, to_library, to_nump
 from sls_fast.common.utils import progress_bar
 from sls_fast.kernels.tsne import DENSE_P_MAX_N, EXPLORATION_ITER, tsne_batched
 
-__all__ = ["tsne", "row_order", "TSNE_BACKENDS", "DENSE_P_MAX_N", "TORCH_AUTO_MAX_N", "NATIVE_AUTO_MAX_N"]
+__all__ = ["tsne", "row_order", "TSNE_BACKENDS", "PERPLEXITY", "MAX_ITER", "DENSE_P_MAX_N", "TORCH_AUTO_MAX_N", "NATIVE_AUTO_MAX_N"]
+
+PERPLEXITY = 30.0  # the authors' (scikit-learn's default)
+MAX_ITER = 1000  # the authors' (scikit-learn's default)
 
 TSNE_BACKENDS = ("auto", "native", "triton", "torch", "opentsne", "sklearn", "cuml")
 TORCH_AUTO_MAX_N = 20_000
@@ -341,7 +344,8 @@ def minmax_normalize(emb: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, (emb - lo) / safe, torch.zeros_like(emb))
 
 
-def tsne(features, *, backend: str = "auto", perplexity: float = 30.0, max_iter: int = 1000,
+def tsne(features, *, backend: str = "auto", perplexity: float = PERPLEXITY,
+         max_iter: int = MAX_ITER,
          init: str = "pca", seed: int = 0, normalize="minmax", repeats=None,
          progress: bool = False):
     """2-D t-SNE embedding of every layer's features.

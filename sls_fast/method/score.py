@@ -21,7 +21,8 @@ from sls_fast.common.arrays import to_numpy
 from sls_fast.common.schema import SCHEMA_VERSION
 from sls_fast.common.utils import atomic_path, write_text
 from sls_fast.method.metrics import METRICS, cluster_scores
-from sls_fast.method.select import select_depth
+from sls_fast.method.embed import MAX_ITER, PERPLEXITY
+from sls_fast.method.select import ALPHA, select_depth
 
 __all__ = ["LayerReport", "score_layers", "score_features", "SELECTION_METRIC"]
 
@@ -267,8 +268,8 @@ def _depths(silhouette_runs: np.ndarray, alpha: float) -> List[int]:
 
 
 def score_layers(model, data, *, metrics=METRICS, tsne_backend: str = "auto",
-                 metric_backend: str = "auto", alpha: float = 0.3, seed: int = 0,
-                 perplexity: float = 30.0, max_iter: int = 1000, repeats: int = 1,
+                 metric_backend: str = "auto", alpha: float = ALPHA, seed: int = 0,
+                 perplexity: float = PERPLEXITY, max_iter: int = MAX_ITER, repeats: int = 1,
                  progress: bool = True, **extract_options) -> LayerReport:
     """Score every block of ``model`` on ``data`` and pick the SLS depth.
 
@@ -325,8 +326,8 @@ def _check_repeats(repeats) -> None:
 
 
 def score_features(feats, *, metrics=METRICS, tsne_backend: str = "auto",
-                   metric_backend: str = "auto", alpha: float = 0.3, seed: int = 0,
-                   perplexity: float = 30.0, max_iter: int = 1000, repeats: int = 1,
+                   metric_backend: str = "auto", alpha: float = ALPHA, seed: int = 0,
+                   perplexity: float = PERPLEXITY, max_iter: int = MAX_ITER, repeats: int = 1,
                    progress: bool = True) -> LayerReport:
     """The scoring half of :func:`score_layers`, on features already extracted (for example
     read back from a cache): t-SNE of all layers -> metrics -> depth.

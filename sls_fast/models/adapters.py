@@ -33,6 +33,7 @@ __all__ = [
     "adopt_peft",
 ]
 
+DEFAULT_DIM = 8  # the bottleneck width (LoRA: the rank)
 DEFAULT_SCALE = 1.0
 LORA_ALPHA = 16.0
 
@@ -81,7 +82,7 @@ def set_trainable(model: nn.Module) -> List[str]:
     return names
 
 
-def add_adapters(model: nn.Module, kind: str = "convpass", dim: int = 8, scale: Optional[float] = None,
+def add_adapters(model: nn.Module, kind: str = "convpass", dim: int = DEFAULT_DIM, scale: Optional[float] = None,
                  layers: Optional[Sequence[Union[int, str]]] = None, *, dropout: Optional[float] = None,
                  groups: int = 2, num_classes: Optional[int] = None, freeze: bool = True,
                  rank: Optional[int] = None, lora_alpha: Optional[float] = None,

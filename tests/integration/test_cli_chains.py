@@ -11,7 +11,8 @@ import torch
 
 import sls_fast
 from _helpers import assert_valid
-from sls_fast.cli import NoAdaptersWarning, main
+from sls_fast.cli import main
+from sls_fast.harness.tasks import NoAdaptersWarning
 from sls_fast.io.artifacts import read_pruned_metadata
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,7 +12,8 @@ from sls_fast.io.datasets import digits
 from _helpers import assert_valid
 
 from sls_fast.cli import main
-from sls_fast.harness.pipeline import TaskResult, run_task
+from sls_fast.harness.pipeline import run_task
+from sls_fast.harness.reports import TaskResult
 from sls_fast.io.artifacts import read_pruned_metadata
 from sls_fast.harness.settings import TaskSettings
 

@@ -10,7 +10,8 @@ PUBLIC = {
     "truncate", "save_pruned", "load_pruned", "storage_report", "finetune", "evaluate",
     "measure_throughput", "compare_throughput", "sweep_batch_sizes", "data", "models",
     "TaskSettings", "TaskResult", "run_task", "SweepSpec", "run_sweep", "SLSState", "family_of",
-    "families", "schema",
+    "families", "schema", "ModelSpec", "score_task", "prune_task", "bench_task", "ScoreResult",
+    "PruneResult", "BenchResult",
 }
 
 
