@@ -10,7 +10,6 @@ per-layer / extraction) are printed after each model's last benchmark and stored
 faster than per-layer re-extraction.
 """
 import os
-import platform
 
 import pytest
 import timm
@@ -19,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sls_fast.models.families import find_blocks
 from sls_fast.method.extract import extract_features, pool_output
+from utils import machine
 
 N_IMAGES = int(os.environ.get("SLS_BENCH_N", "128"))
 if os.environ.get("SLS_BENCH_THREADS"):  # e.g. 1 on a shared machine, for steadier timings
@@ -69,8 +69,7 @@ def per_layer_reextraction(model, ds):
 def _record(benchmark, case, kind):
     _TIMES[(case, kind)] = benchmark.stats.stats.median
     benchmark.extra_info.update(case=case, kind=kind, n_images=N_IMAGES, batch=BATCH,
-                                threads=torch.get_num_threads(), machine=platform.processor() or platform.machine(),
-                                torch=torch.__version__, timm=timm.__version__)
+                                timm=timm.__version__, **machine())
 
 
 KINDS = ("plain", "extract", "per_layer")

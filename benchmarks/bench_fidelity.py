@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 import warnings
@@ -42,6 +41,8 @@ from collections import Counter
 
 import numpy as np
 import torch
+
+from utils import machine
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "fidelity.json")
 PROFILES = {
@@ -221,22 +222,6 @@ def table(results) -> str:
                          f"{r['mean_layer_sd']:.3f} | {r['mean_layer_sd'] / a['mean_layer_sd']:.2f}x"
                          f" | {' '.join(f'{v:.3f}' for v in r['layer_sd'])} |")
     return "\n".join(lines)
-
-
-def machine() -> dict:
-    import sklearn
-
-    import sls_fast
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return dict(cpu=cpu, cores=os.cpu_count(), python=platform.python_version(),
-                torch=torch.__version__, sklearn=sklearn.__version__,
-                sls_fast=sls_fast.__version__, date=time.strftime("%Y-%m-%d"))
 
 
 def main(argv=None) -> int:

@@ -12,7 +12,6 @@ of the fast rows (default 3; the scikit-learn baseline runs once: it is determin
 """
 import importlib.util
 import os
-import platform
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ import torch
 
 import sls_fast.method.embed as embed
 from sls_fast.method.embed import tsne
+from utils import machine, mean_trustworthiness, vit_like_features
 
 L, N, D, CLASSES = 12, 1000, 768, 10
 ROUNDS = int(os.environ.get("SLS_BENCH_ROUNDS", "3"))
@@ -27,30 +27,11 @@ HAS_OPENTSNE = importlib.util.find_spec("openTSNE") is not None
 _RESULTS = {}
 
 
-def vit_like_features(seed=0):
-    """``[12, 1000, 768]`` float32 class-token-like features whose class separation grows with
-    depth (as in an adapted ViT-B), plus a shared low-rank component and isotropic noise."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, CLASSES, N)
-    shared = rng.normal(size=(N, 16)) @ rng.normal(size=(16, D)) * 0.3
-    feats = np.empty((L, N, D), dtype=np.float32)
-    for layer in range(L):
-        centres = rng.normal(size=(CLASSES, D)) * (0.25 + 0.12 * layer)
-        feats[layer] = centres[labels] + shared + rng.normal(size=(N, D))
-    return feats, labels
-
-
 @pytest.fixture(scope="module")
 def features():
-    return vit_like_features()
-
-
-def mean_trustworthiness(x, emb):
-    from sklearn.manifold import trustworthiness
-
-    emb = emb.detach().cpu().numpy() if isinstance(emb, torch.Tensor) else np.asarray(emb)
-    x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
-    return float(np.mean([trustworthiness(x[i], emb[i], n_neighbors=10) for i in range(len(x))]))
+    """``[12, 1000, 768]`` float32 features of the shared ViT-B-like problem, NumPy."""
+    x, labels = vit_like_features(N, layers=L, dim=D, classes=CLASSES)
+    return x.numpy(), labels.numpy()
 
 
 def _record(benchmark, name, x, emb):
@@ -61,8 +42,7 @@ def _record(benchmark, name, x, emb):
     _RESULTS[name] = (median, trust)
     info = benchmark.extra_info
     benchmark.group = f"tsne L={L} N={N} D={D}"
-    info.update(method=name, trustworthiness=round(trust, 4), L=L, N=N, D=D, machine=platform.machine(),
-                cpu_count=os.cpu_count(), torch=torch.__version__)
+    info.update(method=name, trustworthiness=round(trust, 4), L=L, N=N, D=D, **machine())
     if "sklearn" in _RESULTS and name != "sklearn":
         base_t, base_trust = _RESULTS["sklearn"]
         info["speedup_vs_sklearn"] = round(base_t / median, 2)
@@ -146,15 +126,14 @@ def default_problem():
 
 
 def _record_default(benchmark, name, feats, emb):
-    trust = float(np.mean([__import__("sklearn.manifold", fromlist=["x"]).trustworthiness(
-        f, np.asarray(e), n_neighbors=10) for f, e in zip(feats, emb)]))
+    trust = mean_trustworthiness(feats, emb)
     if benchmark.stats is None:
         return trust
     median = benchmark.stats.stats.median
     _DEFAULT[name] = (median, trust)
     benchmark.group = "tsne default run: Lite0 16 layers x 1077 digits"
     benchmark.extra_info.update(method=name, trustworthiness=round(trust, 4),
-                                machine=platform.machine(), cpu_count=os.cpu_count())
+                                **machine())
     if "sklearn" in _DEFAULT and name != "sklearn":
         benchmark.extra_info["speedup_vs_sklearn"] = round(_DEFAULT["sklearn"][0] / median, 2)
         benchmark.extra_info["trust_minus_sklearn"] = round(trust - _DEFAULT["sklearn"][1], 4)

@@ -25,6 +25,7 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from utils import cpu_name  # noqa: E402  (beside this file: the benchmarks' shared helpers)
 
 # every gpu_<topic>.py beside this file is a section (found, not listed: none can be left out)
 SECTIONS = sorted(os.path.splitext(os.path.basename(p))[0]
@@ -64,42 +65,6 @@ class Mode:
         return f"Mode(device={self.device!r}, quick={self.quick}, dry={self.dry})"
 
 
-def synchronize():
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-
-
-def cuda_time_ms(fn, *, warmup=2, iters=5):
-    """Median milliseconds of fn() with CUDA events (warm-up excluded); on a machine without
-    CUDA (a dry run) the host clock, so the same code path runs."""
-    import torch
-
-    if not torch.cuda.is_available():
-        for _ in range(min(warmup, 1)):
-            fn()
-        times = []
-        for _ in range(min(iters, 1)):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return times[0]
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
@@ -121,7 +86,7 @@ def main(argv=None):
     import triton
 
     if args.dry_run:
-        device_name = f"CPU dry run ({platform.processor() or platform.machine()})"
+        device_name = f"CPU dry run ({cpu_name()})"
         print(f"device: {device_name}; Triton interpreted; timings mean nothing")
     else:
         props = torch.cuda.get_device_properties(0)

@@ -21,7 +21,7 @@ SECTION = "extract"
 
 
 def _time_ms(fn, *, warmup=1, iters=3):
-    from gpu_check import cuda_time_ms  # this file's directory is on sys.path (gpu_check.py)
+    from utils import cuda_time_ms  # this file's directory is on sys.path (gpu_check.py)
 
     return cuda_time_ms(fn, warmup=warmup, iters=iters)
 

@@ -12,7 +12,7 @@ FLOPS_PER_PAIR = 6  # 2 sub, 2 mul, 1 add, 1 sqrt (+ the sum) for d = 2
 
 
 def run(report, mode):
-    from gpu_check import cuda_time_ms
+    from utils import cuda_time_ms
 
     dev = mode.device
     rng = np.random.default_rng(0)

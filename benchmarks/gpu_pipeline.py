@@ -16,7 +16,7 @@ def run(report, mode):
     import timm
 
     import sls_fast
-    from gpu_check import synchronize
+    from utils import synchronize
 
     dev = mode.device
     n = mode.pick(1000, 200, 60)

@@ -9,15 +9,9 @@ from __future__ import annotations
 
 import time
 
-from gpu_check import synchronize
+from utils import cuda_time_ms, rel_err, synchronize
 
 SECTION = "prune"
-
-
-def _time_ms(fn, warmup=2, iters=5):
-    from gpu_check import cuda_time_ms
-
-    return cuda_time_ms(fn, warmup=warmup, iters=iters)
 
 
 def _randomize_adapters(model, std=0.02):
@@ -29,10 +23,6 @@ def _randomize_adapters(model, std=0.02):
         for a in adapter_modules(model).values():
             for p in a.parameters():
                 p.normal_(0, std)
-
-
-def _rel_err(a, b):
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
 
 
 def run(report, mode):
@@ -69,7 +59,7 @@ def run(report, mode):
             out = compiled(x)
             synchronize()
             compile_s = time.time() - t0
-        err = _rel_err(out, eager)
+        err = rel_err(out, eager)
         report(SECTION, f"pruned {name}/6 compiled vs eager (fp32)", ok=err < 1e-3, max_err=err,
                note=f"compile {compile_s:.0f} s, rel. to max |y|")
 
@@ -82,7 +72,7 @@ def run(report, mode):
         with torch.no_grad():
             eager_a = pa(x)
             out_a = maybe_compile(pa)(x)
-        err = _rel_err(out_a, eager_a)
+        err = rel_err(out_a, eager_a)
         report(SECTION, f"pruned {name}/6 + Convpass compiled vs eager", ok=err < 1e-3, max_err=err)
 
         # 3. RepAdapter merge exact on CUDA
@@ -94,16 +84,16 @@ def run(report, mode):
             before = rep(x)
             merge_adapters(rep)
             after = rep(x)
-        err = _rel_err(after, before)
+        err = rel_err(after, before)
         n_rep = sum(p.numel() for p in rep.parameters())
         report(SECTION, f"RepAdapter merge ({name}/6) merged vs unmerged", ok=err < 1e-4 and n_rep == n_pruned,
                max_err=err, note=f"params {n_rep / 1e6:.2f}M, pruned base {n_pruned / 1e6:.2f}M")
 
         # 4. timings (bf16 autocast, the deployment setting), full vs pruned, eager vs compiled
         with torch.no_grad(), torch.autocast(mode.device, dtype=torch.bfloat16):
-            ms_full = _time_ms(lambda: full(x))
-            ms_pruned = _time_ms(lambda: pruned(x))
-            ms_comp = _time_ms(lambda: compiled(x))
+            ms_full = cuda_time_ms(lambda: full(x))
+            ms_pruned = cuda_time_ms(lambda: pruned(x))
+            ms_comp = cuda_time_ms(lambda: compiled(x))
         report(SECTION, f"{name} full eager bf16 (batch {bs})", ms=ms_full,
                note=f"{bs / ms_full * 1e3:.0f} img/s")
         report(SECTION, f"{name}/6 pruned eager bf16 (batch {bs})", ms=ms_pruned,

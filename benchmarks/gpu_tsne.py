@@ -13,37 +13,17 @@ from __future__ import annotations
 
 import time
 
+from utils import cuda_time_ms, mean_trustworthiness, rel_err, synchronize, vit_like_features
+
 SECTION = "tsne"
 DEVICE = "cuda"  # run() sets the mode's device ("cpu" in a dry run, with TRITON_INTERPRET=1)
 L, D, CLASSES = 12, 768, 10
 
 
 def _features(n, seed=0, device=None, layers=L):
-    """ViT-B-like class-token features ``[layers, n, 768]``: class separation grows with depth."""
-    import torch
-
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    labels = torch.randint(0, CLASSES, (n,), generator=gen)
-    shared = (torch.randn(n, 16, generator=gen) @ torch.randn(16, D, generator=gen)) * 0.3
-    x = torch.empty((layers, n, D), dtype=torch.float32)
-    for layer in range(layers):
-        centres = torch.randn(CLASSES, D, generator=gen) * (0.25 + 0.12 * layer)
-        x[layer] = centres[labels] + shared + torch.randn(n, D, generator=gen)
+    """The shared ViT-B-like problem (benchmarks/utils.py) on the section's device."""
+    x, labels = vit_like_features(n, layers=layers, dim=D, classes=CLASSES, seed=seed)
     return x.to(device or DEVICE), labels
-
-
-def _trust(x, emb, layers=None):
-    import numpy as np
-    from sklearn.manifold import trustworthiness
-
-    xs = x.detach().cpu().numpy()
-    es = emb.detach().cpu().numpy()
-    idx = range(len(xs)) if layers is None else layers
-    return float(np.mean([trustworthiness(xs[i], es[i], n_neighbors=10) for i in idx]))
-
-
-def _rel_err(a, b):
-    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30))
 
 
 def _check_kernels(report, sizes=((777, True), (2500, False))):
@@ -57,7 +37,7 @@ def _check_kernels(report, sizes=((777, True), (2500, False))):
         d2 = (torch.rand(rows, k, generator=gen, dtype=torch.float64) * 40).to(DEVICE)
         ref = K.conditional_p_torch(d2, perp)
         got = K.conditional_p_triton(d2, perp)
-        err = _rel_err(got, ref)
+        err = rel_err(got, ref)
         # the bisection stops within its entropy tolerance (1e-5): the rows' stopping steps may
         # differ by one (Triton passes target and tolerance as float32), so compare at 1e-4
         report(SECTION, f"perplexity bisection triton vs torch, {rows}x{k}", ok=err < 1e-4,
@@ -77,10 +57,10 @@ def _check_kernels(report, sizes=((777, True), (2500, False))):
             got = K.tsne_forces_triton(y, None, aff[0], aff[1])
         kind = "dense P" if dense else "kNN P"
         for ex in (12.0, 1.0):
-            err = _rel_err(K.gradient_from_forces(*got, ex), K.gradient_from_forces(*ref, ex))
+            err = rel_err(K.gradient_from_forces(*got, ex), K.gradient_from_forces(*ref, ex))
             report(SECTION, f"forces triton vs torch, {kind}, 3x{n}, exag {ex:g}: gradient",
                    ok=err < 1e-5, max_err=err)
-        err = _rel_err(got[2], ref[2])
+        err = rel_err(got[2], ref[2])
         report(SECTION, f"forces triton vs torch, {kind}, 3x{n}: Z", ok=err < 1e-5, max_err=err)
         args = (aff,) if dense else (None, aff[0], aff[1])
         a, r, zpart = K.tsne_forces_triton(y, *args, return_partials=True)
@@ -91,14 +71,13 @@ def _check_kernels(report, sizes=((777, True), (2500, False))):
                           learning_rate=50.0)
         have = [t.clone() for t in (y, upd, gains)]
         K.tsne_step_triton(*have, a, r, zpart, exaggeration=12.0, momentum=0.5, learning_rate=50.0)
-        err = max(_rel_err(h, w) for h, w in zip(have, want))
+        err = max(rel_err(h, w) for h, w in zip(have, want))
         report(SECTION, f"update triton vs torch, {kind}, 3x{n}", ok=err < 1e-5, max_err=err)
 
 
 def run(report, mode):
     import torch
 
-    from gpu_check import cuda_time_ms, synchronize
     from sls_fast.method.embed import tsne
     from sls_fast.kernels import tsne as K
 
@@ -122,7 +101,7 @@ def run(report, mode):
 
     ms = cuda_time_ms(ours, warmup=1, iters=3 if quick else 5)
     emb = ours()
-    trust = _trust(x, emb)
+    trust = mean_trustworthiness(x, emb)
     goal = "" if quick else (" (goal < 300 ms: " + ("met)" if ms < 300 else "MISSED)"))
     report(SECTION, f"ours triton {nl}x{n}x768, {max_iter} it", ms=ms,
            ok=bool(torch.isfinite(emb).all()), note=f"trust {trust:.4f}{goal}")
@@ -134,7 +113,7 @@ def run(report, mode):
     ref = K.tsne_batched(x, max_iter=max_iter, forces="torch")
     synchronize()
     ref_ms = (time.time() - t0) * 1e3
-    ref_trust = _trust(x, ref)
+    ref_trust = mean_trustworthiness(x, ref)
     report(SECTION, f"torch reference on {DEVICE} {nl}x{n}x768, {max_iter} it", ms=ref_ms,
            ok=trust >= ref_trust - 0.01,
            note=f"trust {ref_trust:.4f}; ours {ref_ms / ms:.1f}x faster")
@@ -195,7 +174,7 @@ def run(report, mode):
                         warmup=1, iters=2)
     emb_c = tsne(x, backend="cuml", max_iter=max_iter, normalize=None)
     report(SECTION, f"cuml 12x1000x768 (serial), {max_iter} it", ms=ms_c,
-           note=f"trust {_trust(x, emb_c):.4f}; ours {ms_c / ms:.1f}x faster")
+           note=f"trust {mean_trustworthiness(x, emb_c):.4f}; ours {ms_c / ms:.1f}x faster")
     if not quick:
         x10, _ = _features(10_000, seed=1)
         ms_c10 = cuda_time_ms(lambda: tsne(x10, backend="cuml", normalize=None), warmup=0, iters=1)

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import signal
 import sqlite3
@@ -47,6 +46,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from utils import machine
 
 CELLS = 6
 PHASES = ("startup", "running", "finishing", "recorded")
@@ -253,8 +254,7 @@ def main(argv=None) -> int:
                    max_stop_s=max(r["stop_s"] for r in interrupted),
                    max_ray_gone_s=max(r["ray_gone_s"] for r in interrupted),
                    wall_s=round(time.monotonic() - t_start, 1),
-                   machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                           f"Python {platform.python_version()}")
+                   machine=machine())
     print(json.dumps(summary, indent=1))
     if args.json:
         tmp = args.json + ".tmp"
