@@ -17,10 +17,9 @@ copied), and the runs differ by their start (:func:`repeat_starts`).
    and points at once. The conditional P is symmetrised and normalised per layer.
 
    Not PCA-50 by default: the common practice of computing P on 50 principal components
-   (``tsne_batched(..., pca_dims=50)``) was measured to hurt on the ViT-like benchmark set
-   (12 x 1,000 x 768, noise-dominated early layers): layer 2's trustworthiness fell from 0.81
-   (full features, close to scikit-learn) to 0.67, the early-exaggeration phase collapsing the
-   embedding; full-width distances are one batched matrix product, cheap on a GPU.
+   (``tsne_batched(..., pca_dims=50)``) hurts on the ViT-like benchmark set (noise-dominated
+   early layers lose trustworthiness, the early-exaggeration phase collapsing the embedding);
+   full-width distances are one batched matrix product, cheap on a GPU.
 
    * **neighbour lists** (the default, any N): the k = min(N - 1, int(3 * perplexity + 1))
      nearest neighbours of each point, exactly the P of scikit-learn's default method

@@ -154,7 +154,7 @@ def _conditional(d2: torch.Tensor, perplexity: float) -> torch.Tensor:
 def densify(nbr: torch.Tensor, pval: torch.Tensor) -> torch.Tensor:
     """The neighbour lists ``[LP, M, N]`` as the equal dense ``[LP, N, N]`` float32 P (zeros
     off the lists; padding slots add 0). On a GPU streaming a dense P (at most 16 MiB per layer
-    for N <= DENSE_P_MAX_N) was measured faster than walking the padded lists."""
+    for N <= DENSE_P_MAX_N) is faster than walking the padded lists (benchmarks/RESULTS.md)."""
     LP, M, N = nbr.shape
     P = torch.zeros((LP, N, N), dtype=torch.float32, device=pval.device)
     P.scatter_add_(2, nbr.transpose(1, 2).to(torch.int64), pval.transpose(1, 2).to(torch.float32))

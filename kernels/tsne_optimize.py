@@ -80,8 +80,8 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
         tensors = [y] + ([P] if P is not None else [nbr, pval])
         check_triton_tensors(*tensors)
         if P is None and y.is_cuda and N <= DENSE_P_MAX_N:
-            # the same P, streamed densely: measured on an H100 (12 x 1,000, 1,000 iterations)
-            # 339 us per iteration walking the padded lists vs 140 us with a dense P
+            # the same P, streamed densely: faster on a GPU than walking the padded lists
+            # (benchmarks/RESULTS.md, the H100's second and third runs)
             P, nbr, pval = densify(nbr, pval), None, None
         if P is not None:
             P = P.to(torch.float32).contiguous()
@@ -122,7 +122,7 @@ def _recentre(y: torch.Tensor) -> None:
     """Subtract each problem's mean, in place. The gradient is translation invariant, so the
     trajectory is unchanged in exact arithmetic; in float32 it keeps an embedding that early
     exaggeration shrank to ~1e-7 from losing its points' differences to a drifted centre
-    (measured on a ViT-like layer: trustworthiness 0.50 without, 0.93 with)."""
+    (benchmarks/RESULTS.md, "Quality": one ViT-like layer collapsed without it)."""
     y.sub_(y.mean(dim=1, keepdim=True))
 
 

@@ -1,7 +1,7 @@
 """``python -m sls_fast`` and the ``sls-fast`` command: the command line of :mod:`sls_fast.cli`.
 
-The command line and torch are imported with Ctrl-C held back (about 1.5 s): a library's import
-may swallow a KeyboardInterrupt (measured: exit 0 after a Ctrl-C) or, caught or not, make
+The command line and torch are imported with Ctrl-C held back: a library's import may swallow
+a KeyboardInterrupt (exit 0 after a Ctrl-C; benchmarks/RESULTS.md, "Ctrl-C of a sweep") or, caught or not, make
 CPython end the process by SIGINT (exit -2). Held, the interrupt arrives here, whole, when the
 imports are done, and ends as any other: one line on stderr, exit code 130."""
 import sys

@@ -26,7 +26,7 @@ Backends:
 ``"torch"``
     sls_fast's own exact t-SNE of all L layers at once (:mod:`sls_fast.kernels.tsne`): input
     affinities from the full features (the common PCA-to-50 step is available in
-    ``kernels.tsne.tsne_batched(pca_dims=50)`` but measured to lose trustworthiness on
+    ``kernels.tsne.tsne_batched(pca_dims=50)`` but it loses trustworthiness on
     noise-dominated layers, see there), per-point bisection on sigma for the perplexity,
     scikit-learn's optimiser (PCA start scaled
     to std 1e-4, early exaggeration 12 for 250 iterations, momentum 0.5 then 0.8, learning rate
@@ -101,9 +101,8 @@ MAX_ITER = 1000  # the authors' (scikit-learn's default)
 TSNE_BACKENDS = ("auto", "native", "triton", "torch", "opentsne", "sklearn", "cuml")
 TORCH_AUTO_MAX_N = 20_000
 # The native backend's repulsion is exact, O(N^2) per iteration; openTSNE's grows ~N log N.
-# Measured here (2 layers, D = 64, 1,000 iterations, 2 cores): N = 3,000 native 4.9 s vs
-# openTSNE 11.6 s; N = 6,000 native 20.8 s vs 27.2 s (equal trustworthiness): the crossover
-# is near 8,000 points.
+# Where one overtakes the other on 2 cores: benchmarks/RESULTS.md, "t-SNE of every layer after
+# the restructure" ("Larger N").
 NATIVE_AUTO_MAX_N = 8_000
 _NEIGHBOUR_FACTOR = 3
 
