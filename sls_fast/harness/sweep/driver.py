@@ -312,7 +312,7 @@ def _interrupt(ray, pending: dict, record) -> None:
     workers are killed; on a cluster the job ends with its driver, and Ray kills its workers).
 
     Measured against ``ray.cancel(force=True)`` and a plain ``ray.cancel`` with a bounded wait
-    (benchmarks/stress_sweep_interrupt.py, RESULTS.md): a cancel races with a completion reply
+    (benchmarks/bench_sweep_interrupt.py, RESULTS.md): a cancel races with a completion reply
     in flight inside Ray's core worker; a shutdown drops the replies with the connection."""
     try:
         if pending:

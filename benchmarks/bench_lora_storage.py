@@ -1,8 +1,9 @@
 """LoRA (peft) on ViT-B/16 and the transformers families at base size: artifact sizes and
 equality errors.
 
-Run: python benchmarks/lora_storage.py [--depth K] [--rank R]. Random weights (nothing is
-downloaded), float32, CPU by default. Prints, for timm ViT-B/16 with LoRA on qkv/proj/fc1/fc2 of
+Run: python benchmarks/bench_lora_storage.py [--depth K] [--rank R], or under pytest
+(``pytest benchmarks/bench_lora_storage.py --benchmark-only``: the timm part, checked and recorded
+in ``extra_info``). Random weights (nothing is downloaded), float32, CPU by default. Prints, for timm ViT-B/16 with LoRA on qkv/proj/fc1/fc2 of
 every block, cut to K blocks:
 
 * bytes of the sls_fast artifact (index + kept blocks' LoRA + head), of peft's folder export,
@@ -39,7 +40,7 @@ def timm_vit(depth, rank, n_img=4, num_classes=10):
 
     import sls_fast
 
-    m = sls_fast.add_adapters(_vit(num_classes), "lora", rank=rank, alpha=2 * rank)
+    m = sls_fast.add_adapters(_vit(num_classes), "lora", rank=rank, lora_alpha=2 * rank)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # trained-like LoRA and head
         for p in m.parameters():
@@ -125,6 +126,19 @@ def hf_features(n_img=4, depth=6):
         out[name] = {"layers": L, "feature_vs_hidden_states_max_abs": feat,
                      "cut_vs_head_rule_max_abs": cut, "repadapter_merge_max_abs": merge}
     return out
+
+
+def test_lora_storage_timm_vit(benchmark):
+    """ViT-B/16 + LoRA r=8 cut to 6: the artifact reloads, peft loads its export, the merge is
+    exact to float32 rounding, and the artifact is a small fraction of the model."""
+    pytest = __import__("pytest")
+    pytest.importorskip("peft")
+    benchmark.group = "LoRA storage: ViT-B/16, r = 8, cut to 6"
+    out = benchmark.pedantic(timm_vit, args=(6, 8), rounds=1, iterations=1)
+    benchmark.extra_info.update(out)
+    assert out["artifact_reload_max_abs"] == 0.0 and out["peft_load_max_abs"] < 1e-4
+    assert out["merge_max_rel"] < 1e-4 and out["lora_params_after_merge"] == 0
+    assert out["artifact_vs_full"] < 0.05
 
 
 if __name__ == "__main__":

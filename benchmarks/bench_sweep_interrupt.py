@@ -26,9 +26,10 @@ run is the resume of the same folder (so 50 runs resume 49 times); when a run fi
 sweep before it is interrupted, its folder is checked for 6 rows and a new folder starts.
 At the end one uninterrupted run completes the last folder: every cell exactly once, all ok.
 
-    python benchmarks/stress_sweep_interrupt.py                 # 50 runs (~10-20 min on 2 cores)
-    python benchmarks/stress_sweep_interrupt.py --phases recorded --runs 30
-    python benchmarks/stress_sweep_interrupt.py --runs 5 --json out.json
+    python benchmarks/bench_sweep_interrupt.py                 # 50 runs (~10-20 min on 2 cores)
+    python benchmarks/bench_sweep_interrupt.py --phases recorded --runs 30
+    python benchmarks/bench_sweep_interrupt.py --runs 5 --json out.json
+    pytest benchmarks/bench_sweep_interrupt.py --benchmark-only   # 4 runs, one per phase
 
 Run it from anywhere after ``pip install``; the sweeps run in a temporary folder (outside the
 checkout, so Ray's workers import the installed package). It needs Ray and no other Ray
@@ -71,7 +72,7 @@ def ray_processes() -> list:
             line = " ".join(p.info["cmdline"] or [p.info["name"] or ""])
         except (psutil.Error, TypeError):
             continue
-        if any(n in line for n in RAY_PROCESS_NAMES) and "stress_sweep_interrupt" not in line:
+        if any(n in line for n in RAY_PROCESS_NAMES) and "bench_sweep_interrupt" not in line:
             found.append(f"{p.pid}: {line[:120]}")
     return found
 
@@ -205,7 +206,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the moments and targets")
     ap.add_argument("--json", default=None, help="write every run's record here")
     ap.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES,
-                    help="the phases to draw from (default: all three)")
+                    help="the phases to draw from (default: all four)")
     args = ap.parse_args(argv)
     if ray_processes():
         print("Ray processes are running on this machine; stop them first:\n  "
@@ -262,6 +263,17 @@ def main(argv=None) -> int:
             json.dump(dict(summary=summary, runs=records), f, indent=1)
         os.replace(tmp, args.json)
     return 0 if passed == len(interrupted) and final_ok and not summary["failed_unsignalled"] else 1
+
+
+def test_interrupt_once_per_phase(benchmark, tmp_path):
+    """The benchmark runner's entry: one interrupted run in each phase, then the resume."""
+    benchmark.group = "Ctrl-C of a sweep: 4 interrupted runs"
+    out = str(tmp_path / "runs.json")
+    code = benchmark.pedantic(main, args=(["--runs", "4", "--seed", "1", "--json", out],),
+                              rounds=1, iterations=1)
+    with open(out) as f:
+        benchmark.extra_info.update(json.load(f)["summary"])
+    assert code == 0
 
 
 if __name__ == "__main__":
