@@ -2,10 +2,16 @@
 back to the caller's library (and device). Conversions are zero-copy where the libraries allow."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
-__all__ = ["array_library", "as_tensor", "to_library", "to_numpy"]
+__all__ = ["ArrayLike", "array_library", "as_tensor", "to_library", "to_numpy"]
+
+# An array in any library these functions read: NumPy, torch (any device), CuPy, anything with
+# DLPack, nested lists. Any to the type checker: those libraries share no static type.
+ArrayLike = Any
 
 
 def array_library(x) -> str:

@@ -22,13 +22,17 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Dict, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Union
 
 import torch
 
 from sls_fast.harness.reports import TaskResult, write_report
 from sls_fast.harness.settings import TaskSettings
 from sls_fast.method.embed import PERPLEXITY
+
+if TYPE_CHECKING:
+    from sls_fast.harness.cache import StageCache
+    from sls_fast.io.datasets import ArrayImageDataset, FileListDataset
 
 __all__ = ["run_task"]
 
@@ -57,7 +61,8 @@ def _image_size(s: TaskSettings) -> Optional[int]:
 
 
 def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
-             log: Optional[Callable[[str], None]] = None, cache=None) -> TaskResult:
+             log: Optional[Callable[[str], None]] = None,
+             cache: Optional[StageCache] = None) -> TaskResult:
     """Run SLS on one task end to end and write its files to ``out``.
 
     adapt (``method`` adapters + a new head, ``epochs`` on the train split, the best epoch on
@@ -148,7 +153,7 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     timings["adapt"] = time.perf_counter() - t0
 
     say("[2/6] scoring every block (one pass, t-SNE of all layers, silhouette)")
-    score_data = train
+    score_data: Union[ArrayImageDataset, FileListDataset, torch.utils.data.Subset] = train
     if s.score_points:
         score_data = torch.utils.data.Subset(train, list(range(min(s.score_points, len(train)))))
     t0 = time.perf_counter()
@@ -165,7 +170,8 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     else:
         entry = cached("features", feat_key)
         if entry is not None:
-            feats = features_from_tensors(*entry, device=dev)
+            tensors, record = entry
+            feats = features_from_tensors(tensors, record, device=dev)
         else:
             feats = extract_features(model, score_data, device=dev, batch_size=s.batch_size,
                                      progress=progress)

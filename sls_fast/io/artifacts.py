@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import Dict, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -56,7 +56,7 @@ def _state_bytes(sd: Dict[str, torch.Tensor]) -> int:
 
 
 def save_pruned(path: Union[str, os.PathLike], model: nn.Module, depth: int, *,
-                format: str = "sls", **meta) -> dict:
+                format: str = "sls", **meta: Any) -> dict:
     """Write the per-task artifact of a truncated, adapted model to ``path`` (safetensors).
 
     Args:
@@ -115,7 +115,7 @@ def save_pruned(path: Union[str, os.PathLike], model: nn.Module, depth: int, *,
         family=family_of(model).name,
         depth=int(depth),
         num_blocks=int(st.num_blocks if st else n),
-        num_classes=int((st.num_classes if st else None) or getattr(model, "num_classes", 0)),
+        num_classes=int(st.num_classes if st and st.num_classes else getattr(model, "num_classes", 0)),
         adapters=({k: v for k, v in cfg.to_dict().items() if k != "merged"} if cfg else None),
         new_modules=list(st.new_modules if st else ()),
         stored=prefixes,
@@ -225,7 +225,9 @@ def load_pruned(path: Union[str, os.PathLike], base_model: nn.Module, *, strict_
         if sd[k].shape != v.shape:
             raise ValueError(f"{k}: stored shape {tuple(v.shape)} != model shape {tuple(sd[k].shape)}")
     model.load_state_dict(tensors, strict=False)
-    get_state(model).head_fresh = False
+    st = get_state(model)
+    assert st is not None  # truncate() recorded it
+    st.head_fresh = False
     return model
 
 

@@ -63,10 +63,9 @@ def _trained_keys(model: nn.Module) -> set:
     return {k for k in model.state_dict() if k.startswith(pre) and not k.endswith("num_batches_tracked")}
 
 
-def _map_reference(model: nn.Module, sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    st = get_state(model)
+def _map_reference(model: nn.Module, kind: str, sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     fam = family_of(model)
-    rules = fam.reference_keys.get(st.adapters.kind)
+    rules = fam.reference_keys.get(kind)
     if not rules:
         return sd
     out = {}
@@ -89,7 +88,7 @@ def load_adapter_checkpoint(model: nn.Module, path, *, state_dict=None) -> str:
     if st is None or st.adapters is None:
         raise ValueError("load_adapter_checkpoint: add the adapters first (add_adapters)")
     sd = state_dict if state_dict is not None else read_state_dict(path)
-    sd = _map_reference(model, dict(sd))
+    sd = _map_reference(model, st.adapters.kind, dict(sd))
     own = model.state_dict()
     trained = _trained_keys(model)
     backbone = [k for k in sd if k not in trained]

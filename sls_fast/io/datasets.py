@@ -21,7 +21,7 @@ explicitly. Defaults are ImageNet's mean/std, which the embedded default model
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -153,7 +153,7 @@ def lfw(split: str = "train", *, image_size=64, seed: int = 0, mean=None, std=No
 
 
 def from_spec(spec: str, split: str = "train", *, image_size=None, model=None, seed: int = 0,
-              on_bad_image: str = "fail", **kwargs) -> Dataset:
+              on_bad_image: str = "fail", **kwargs) -> Union[ArrayImageDataset, FileListDataset]:
     """A dataset from a short spec (the CLI's ``--data``):
 
     * ``"digits"`` / ``"lfw"`` -- bundled sets (stratified split fixed by ``seed``);

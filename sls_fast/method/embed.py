@@ -83,13 +83,13 @@ import numbers
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Tuple
+from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from sls_fast.common.checks import check_choice, check_number
-from sls_fast.common.arrays import array_library, as_tensor, to_library, to_numpy
+from sls_fast.common.arrays import ArrayLike, array_library, as_tensor, to_library, to_numpy
 from sls_fast.common.utils import progress_bar
 from sls_fast.kernels.tsne import DENSE_P_MAX_N, EXPLORATION_ITER, tsne_batched
 
@@ -343,10 +343,10 @@ def minmax_normalize(emb: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, (emb - lo) / safe, torch.zeros_like(emb))
 
 
-def tsne(features, *, backend: str = "auto", perplexity: float = PERPLEXITY,
-         max_iter: int = MAX_ITER,
-         init: str = "pca", seed: int = 0, normalize="minmax", repeats=None,
-         progress: bool = False):
+def tsne(features: Union[ArrayLike, List[ArrayLike]], *, backend: str = "auto",
+         perplexity: float = PERPLEXITY, max_iter: int = MAX_ITER,
+         init: str = "pca", seed: int = 0, normalize: Optional[str] = "minmax",
+         repeats: Optional[int] = None, progress: bool = False) -> Any:
     """2-D t-SNE embedding of every layer's features.
 
     Args:

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import List, Optional, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-from torch.utils.data import BatchSampler, DataLoader, IterableDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset
 
-from sls_fast.common.arrays import as_tensor
+from sls_fast.common.arrays import ArrayLike, as_tensor
 from sls_fast.common.buffers import allocate_buffers, estimate_bytes
 from sls_fast.common.arrays import to_numpy as host_numpy
 from sls_fast.common.utils import as_loader, autocast, check_amp, model_device, progress_bar, split_batch
@@ -53,8 +53,8 @@ class LayerFeatures:
         pool: the pooling used per layer ("cls" or "mean").
     """
 
-    features: Union[list, object]
-    labels: object
+    features: Union[ArrayLike, List[ArrayLike]]
+    labels: ArrayLike
     layer_names: List[str]
     widths: List[int]
     pool: List[str] = field(default_factory=list)
@@ -138,7 +138,7 @@ def _expected_rows(loader: DataLoader) -> Optional[int]:
     if type(bs) is not BatchSampler:
         return None
     try:
-        n = len(bs.sampler)
+        n = len(bs.sampler)  # type: ignore[arg-type]  # a Sampler need not be Sized: TypeError below
     except TypeError:
         return None
     return (n // bs.batch_size) * bs.batch_size if bs.drop_last else n
@@ -237,9 +237,11 @@ def _use_intermediates(model, family, is_all_blocks: bool, method: str) -> bool:
 
 
 # --------------------------------------------------------------------------- main entry
-def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
+def extract_features(model: nn.Module, data: Union[DataLoader, Dataset], *, pool: str = "auto",
+                     device: Union[str, torch.device, None] = None,
                      dtype: torch.dtype = torch.float32, batch_size: int = 64,
-                     amp: Optional[str] = None, progress: bool = True, layers=None,
+                     amp: Optional[str] = None, progress: bool = True,
+                     layers: Union[nn.Module, str, Sequence[Union[nn.Module, str]], None] = None,
                      max_bytes: Optional[int] = None, method: str = "auto") -> LayerFeatures:
     """Pooled output of every block for every image, in one forward pass per batch.
 
@@ -296,8 +298,11 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
     family = find_family(model)
     pool_kind = _resolve_pool(model, family, pool)
     nhwc = _is_nhwc(model, family)
-    merges = (family.merged_pool_modules(model, modules) if pool_kind == "merged"
-              else [None] * len(modules))
+    if pool_kind == "merged":
+        assert family is not None  # _resolve_pool refuses "merged" without a family
+        merges = family.merged_pool_modules(model, modules)
+    else:
+        merges = [None] * len(modules)
     npt = int(getattr(model, "num_prefix_tokens", 0) or 0)
     use_fi = _use_intermediates(model, family, all_blocks, method)
     kind = "mean" if pool_kind == "merged" else pool_kind  # merged: mean after the merge
@@ -413,6 +418,7 @@ def extract_features(model: nn.Module, data, *, pool: str = "auto", device=None,
         _restore_weights(channels_last)
     if n == 0:
         raise ValueError("data is empty: no images to extract features from")
+    assert bufs is not None  # the first batch allocated them
     if device.type == "cuda":
         torch.cuda.current_stream(device).synchronize()
     lab = torch.cat([t.to(device) for t in labels])

@@ -14,12 +14,12 @@ Backends:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable
+from typing import Any, Dict, Iterable
 
 import torch
 
 from sls_fast.common.checks import check_choice
-from sls_fast.common.arrays import array_library, as_tensor, to_library
+from sls_fast.common.arrays import ArrayLike, array_library, as_tensor, to_library
 from sls_fast.kernels import triton_interpreting
 from sls_fast.kernels.cluster_stats import cluster_stats_torch, cluster_stats_triton
 from sls_fast.kernels.native import cluster_stats_native, silhouette_samples_native
@@ -130,8 +130,7 @@ def _silhouette(p: _Prepared, backend: str) -> torch.Tensor:
         xt = p.x_sorted.transpose(1, 2).contiguous().numpy()
         silhouette_samples_native(xt, p.offsets.numpy(), out.numpy())
     else:
-        xt = p.x_sorted.transpose(1, 2).contiguous()
-        silhouette_samples_triton(xt, p.offsets, p.own, out)
+        silhouette_samples_triton(p.x_sorted.transpose(1, 2).contiguous(), p.offsets, p.own, out)
     return out.mean(dim=1)
 
 
@@ -189,7 +188,8 @@ def _compute(X, labels, metrics: Iterable[str], backend: str):
             for name, v in out.items()}
 
 
-def cluster_scores(X, labels, metrics=METRICS, *, backend: str = "auto") -> dict:
+def cluster_scores(X: ArrayLike, labels: ArrayLike, metrics: Iterable[str] = METRICS, *,
+                   backend: str = "auto") -> dict:
     """All requested clustering scores of every layer from one preparation and one batched pass.
 
     Args:
@@ -212,7 +212,7 @@ def cluster_scores(X, labels, metrics=METRICS, *, backend: str = "auto") -> dict
     return _compute(X, labels, metrics, backend)
 
 
-def silhouette_score(X, labels, *, backend: str = "auto"):
+def silhouette_score(X: ArrayLike, labels: ArrayLike, *, backend: str = "auto") -> Any:
     """Mean silhouette coefficient per layer (Euclidean), equal to scikit-learn's.
 
     ``X [L, N, d] -> [L]``; ``X [N, d] -> scalar``. Memory O(L * N + N * K): no N x N matrix.
@@ -226,11 +226,11 @@ def silhouette_score(X, labels, *, backend: str = "auto"):
     return _compute(X, labels, ("silhouette",), backend)["silhouette"]
 
 
-def calinski_harabasz_score(X, labels, *, backend: str = "auto"):
+def calinski_harabasz_score(X: ArrayLike, labels: ArrayLike, *, backend: str = "auto") -> Any:
     """Calinski-Harabasz index per layer, equal to scikit-learn's (``[L, N, d] -> [L]``)."""
     return _compute(X, labels, ("calinski_harabasz",), backend)["calinski_harabasz"]
 
 
-def davies_bouldin_score(X, labels, *, backend: str = "auto"):
+def davies_bouldin_score(X: ArrayLike, labels: ArrayLike, *, backend: str = "auto") -> Any:
     """Davies-Bouldin index per layer, equal to scikit-learn's (``[L, N, d] -> [L]``)."""
     return _compute(X, labels, ("davies_bouldin",), backend)["davies_bouldin"]

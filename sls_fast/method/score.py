@@ -13,7 +13,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -23,6 +23,12 @@ from sls_fast.common.utils import atomic_path, write_text
 from sls_fast.method.metrics import METRICS, cluster_scores
 from sls_fast.method.embed import MAX_ITER, PERPLEXITY
 from sls_fast.method.select import ALPHA, select_depth
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+    from torch.utils.data import DataLoader, Dataset
+
+    from sls_fast.method.extract import LayerFeatures
 
 __all__ = ["LayerReport", "score_layers", "score_features", "SELECTION_METRIC"]
 
@@ -64,7 +70,7 @@ class LayerReport:
     run_depths: Optional[List[int]] = None
     confidence: Optional[float] = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.scores = {k: np.asarray(v, np.float64) for k, v in self.scores.items()}
         if self.runs is None:  # a single run (or a report written before repeats existed)
             self.runs = {k: v[None, :] for k, v in self.scores.items()}
@@ -81,10 +87,15 @@ class LayerReport:
             self.confidence = float(np.mean(np.asarray(self.run_depths) == self.depth))
         self.confidence = float(self.confidence)
 
+    def _filled(self) -> Tuple[Dict[str, np.ndarray], np.ndarray, List[int]]:
+        """``(runs, spread, run_depths)``: optional at construction, set by ``__post_init__``."""
+        assert self.runs is not None and self.spread is not None and self.run_depths is not None
+        return self.runs, self.spread, self.run_depths
+
     @property
     def repeats(self) -> int:
         """S, the number of t-SNE runs per layer."""
-        return len(self.run_depths)
+        return len(self._filled()[2])
 
     @property
     def num_layers(self) -> int:
@@ -104,18 +115,20 @@ class LayerReport:
 
     def decision(self) -> dict:
         """The depth decision with its measured stability (the fields of ``report.json``)."""
-        return dict(repeats=self.repeats, run_depths=list(self.run_depths),
-                    confidence=self.confidence, spread=[float(x) for x in self.spread],
-                    runs={k: np.asarray(v).tolist() for k, v in self.runs.items()})
+        runs, spread, run_depths = self._filled()
+        return dict(repeats=self.repeats, run_depths=list(run_depths),
+                    confidence=self.confidence, spread=[float(x) for x in spread],
+                    runs={k: np.asarray(v).tolist() for k, v in runs.items()})
 
     def to_dict(self, *, include_embeddings: bool = True) -> dict:
+        runs, spread, run_depths = self._filled()
         d = dict(schema_version=SCHEMA_VERSION, num_layers=self.num_layers,
                  depth=int(self.depth), alpha=float(self.alpha),
                  selection_metric=SELECTION_METRIC, layer_names=list(self.layer_names),
                  scores={k: [float(v) for v in np.asarray(s)] for k, s in self.scores.items()},
                  repeats=self.repeats, confidence=self.confidence,
-                 run_depths=list(self.run_depths), spread=[float(v) for v in self.spread],
-                 runs={k: np.asarray(r, np.float64).tolist() for k, r in self.runs.items()},
+                 run_depths=list(run_depths), spread=[float(v) for v in spread],
+                 runs={k: np.asarray(r, np.float64).tolist() for k, r in runs.items()},
                  timings={k: float(v) for k, v in self.timings.items()}, meta=self.meta)
         if include_embeddings and self.embeddings is not None:
             d["embeddings"] = np.round(np.asarray(self.embeddings, np.float64), 6).tolist()
@@ -160,6 +173,7 @@ class LayerReport:
             with atomic_path(path) as tmp:
                 fig.savefig(tmp, dpi=dpi, format="png")
 
+        all_runs = self._filled()[0]
         os.makedirs(directory, exist_ok=True)
         paths = []
         layers = np.arange(1, self.num_layers + 1)
@@ -167,7 +181,7 @@ class LayerReport:
         fig, axes = subplots(1, len(names), (5 * len(names), 4.8))
         S = self.repeats
         for ax, name in zip(axes[0], names):
-            mean, runs = self.scores[name], self.runs[name]
+            mean, runs = self.scores[name], all_runs[name]
             label = "score" if S == 1 else f"mean of {S} runs"
             ax.plot(layers, mean, "o-", lw=1.5, ms=4, label=label)
             if S > 1:
@@ -202,7 +216,7 @@ class LayerReport:
             cols = min(6, L)
             rows = -(-L // cols)
             fig, axes = subplots(rows, cols, (2.4 * cols, 2.4 * rows))
-            sil = self.runs[SELECTION_METRIC][0]  # the run drawn (run 0)
+            sil = all_runs[SELECTION_METRIC][0]  # the run drawn (run 0)
             for i in range(rows * cols):
                 ax = axes[i // cols][i % cols]
                 ax.set_xticks([])
@@ -212,7 +226,7 @@ class LayerReport:
                     continue
                 e = self.embeddings[i]
                 ax.scatter(e[:, 0], e[:, 1], c=self.labels, s=2, cmap="tab10" if
-                           len(np.unique(self.labels)) <= 10 else "tab20", linewidths=0)
+                           len(np.unique(np.asarray(self.labels))) <= 10 else "tab20", linewidths=0)
                 title = f"{i + 1}" + (f": {sil[i]:.2f}" if sil is not None else "")
                 ax.set_title(title, fontsize=8, color="black" if i < self.depth else "0.5")
             which = "" if self.repeats == 1 else f", run 0 of {self.repeats}"
@@ -227,12 +241,13 @@ class LayerReport:
     @property
     def threshold_band(self) -> tuple:
         """``alpha x (score[L] -+ spread[L])``: where the threshold of a single run falls."""
-        last, sd = float(self.scores[SELECTION_METRIC][-1]), float(self.spread[-1])
+        last, sd = float(self.scores[SELECTION_METRIC][-1]), float(self._filled()[1][-1])
         return self.alpha * (last - sd), self.alpha * (last + sd)
 
     def summary(self) -> str:
         """A short text table: one line per layer (mean +- sd of the silhouette with repeats),
         then the depth, the per-run depths and the confidence."""
+        _, spread, run_depths = self._filled()
         S = self.repeats
         head = f"{'layer':>5}  {'name':<24}" + "".join(f"{m[:12]:>14}" for m in self.scores)
         lines = [head + (f"{'sd':>9}" if S > 1 else "")]
@@ -240,13 +255,13 @@ class LayerReport:
             mark = " " if i < self.depth else "x"
             lines.append(f"{i + 1:>4}{mark}  {name:<24}" +
                          "".join(f"{float(self.scores[m][i]):>14.4f}" for m in self.scores) +
-                         (f"{float(self.spread[i]):>9.4f}" if S > 1 else ""))
+                         (f"{float(spread[i]):>9.4f}" if S > 1 else ""))
         what = "" if S == 1 else f" on the mean of {S} runs"
         lines.append(f"kept depth K = {self.depth} of {self.num_layers}{what} (alpha = "
                      f"{self.alpha:g}, threshold = {self.threshold:.4f}); x = removed")
         if S > 1:
-            lines.append(f"per-run depths: {' '.join(map(str, self.run_depths))}; confidence "
-                         f"{self.confidence:.0%} ({sum(k == self.depth for k in self.run_depths)} "
+            lines.append(f"per-run depths: {' '.join(map(str, run_depths))}; confidence "
+                         f"{self.confidence:.0%} ({sum(k == self.depth for k in run_depths)} "
                          f"of {S} runs keep {self.depth})")
         else:
             lines.append("one t-SNE run: its depth is one draw (repeats=8 measures the spread)")
@@ -267,10 +282,11 @@ def _depths(silhouette_runs: np.ndarray, alpha: float) -> List[int]:
     return out
 
 
-def score_layers(model, data, *, metrics=METRICS, tsne_backend: str = "auto",
+def score_layers(model: nn.Module, data: Union[DataLoader, Dataset], *,
+                 metrics: Iterable[str] = METRICS, tsne_backend: str = "auto",
                  metric_backend: str = "auto", alpha: float = ALPHA, seed: int = 0,
                  perplexity: float = PERPLEXITY, max_iter: int = MAX_ITER, repeats: int = 1,
-                 progress: bool = True, **extract_options) -> LayerReport:
+                 progress: bool = True, **extract_options: Any) -> LayerReport:
     """Score every block of ``model`` on ``data`` and pick the SLS depth.
 
     extract (one forward pass per batch, all blocks) -> t-SNE of all layers (normalised per
@@ -325,7 +341,8 @@ def _check_repeats(repeats) -> None:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
 
 
-def score_features(feats, *, metrics=METRICS, tsne_backend: str = "auto",
+def score_features(feats: LayerFeatures, *, metrics: Iterable[str] = METRICS,
+                   tsne_backend: str = "auto",
                    metric_backend: str = "auto", alpha: float = ALPHA, seed: int = 0,
                    perplexity: float = PERPLEXITY, max_iter: int = MAX_ITER, repeats: int = 1,
                    progress: bool = True) -> LayerReport:

@@ -8,14 +8,14 @@ from typing import cast
 import numpy as np
 
 from sls_fast.common.checks import check_number
-from sls_fast.common.arrays import as_tensor
+from sls_fast.common.arrays import ArrayLike, as_tensor
 
 __all__ = ["select_depth", "ALPHA"]
 
 ALPHA = 0.3  # the paper's threshold fraction
 
 
-def select_depth(scores, alpha: float = ALPHA) -> int:
+def select_depth(scores: ArrayLike, alpha: float = ALPHA) -> int:
     """The authors' walk from the last layer down: the kept depth K (1-based, 1..L).
 
     With threshold ``T = alpha * scores[L]``, K is the smallest i such that ``scores[j] >= T``

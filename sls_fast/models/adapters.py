@@ -259,7 +259,7 @@ def adopt_peft(model: nn.Module, blocks: Optional[Sequence[str]] = None) -> nn.M
     if getattr(cfg, "rank_pattern", None) or getattr(cfg, "alpha_pattern", None):
         raise ValueError("sls_fast needs one LoRA rank and alpha for all layers (rank_pattern / "
                          "alpha_pattern are set)")
-    inner = model.get_base_model()
+    inner = model.get_base_model()  # type: ignore[operator]  # peft's method
     for name, m in list(inner.named_modules()):
         if isinstance(m, ModulesToSaveWrapper):
             _replace(inner, name, m.modules_to_save[adapter])

@@ -77,7 +77,8 @@ def truncate(model: nn.Module, depth: int, num_classes: Optional[int] = None, *,
         raise ValueError(f"num_classes must be >= 1 (model has num_classes={num_classes}); pass it")
     device = next(iter(model.parameters())).device
     new, head_fresh = fam.truncate(model, depth, num_classes)
-    model.num_classes = num_classes
+    # setattr: nn.Module's typed __setattr__ takes only tensors and modules
+    setattr(model, "num_classes", num_classes)
     model.to(device=device)
     st.depth, st.num_classes = depth, num_classes
     st.new_modules = tuple(sorted(set(st.new_modules) | set(new)))

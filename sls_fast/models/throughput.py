@@ -10,7 +10,7 @@ import platform
 import resource
 import statistics
 import time
-from typing import Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 import torch
 
@@ -122,9 +122,11 @@ def _defaults(device: torch.device, warmup, iters):
             iters if iters is not None else (50 if cuda else 10))
 
 
-def measure_throughput(model, *, batch_size: int = 64, image_size: Optional[int] = None,
-                       compile: bool = True, compile_mode: str = "default", amp: Optional[str] = None,
-                       warmup: Optional[int] = None, iters: Optional[int] = None, device=None) -> dict:
+def measure_throughput(model: torch.nn.Module, *, batch_size: int = 64,
+                       image_size: Optional[int] = None, compile: bool = True,
+                       compile_mode: str = "default", amp: Optional[str] = None,
+                       warmup: Optional[int] = None, iters: Optional[int] = None,
+                       device: Union[str, torch.device, None] = None) -> dict:
     """Images per second of ``model`` on random ``[batch_size, 3, S, S]`` inputs.
 
     Args:
@@ -161,16 +163,18 @@ def measure_throughput(model, *, batch_size: int = 64, image_size: Optional[int]
         return runner.result(runner.time(iters))
 
 
-def sweep_batch_sizes(model, batch_sizes: Iterable[int] = (1, 8, 32, 64, 128), **kwargs) -> List[dict]:
+def sweep_batch_sizes(model: torch.nn.Module, batch_sizes: Iterable[int] = (1, 8, 32, 64, 128),
+                      **kwargs: Any) -> List[dict]:
     """:func:`measure_throughput` at each batch size (one dict per size)."""
     return [measure_throughput(model, batch_size=b, **kwargs) for b in batch_sizes]
 
 
-def compare_throughput(full, pruned, *, rounds: int = 3, batch_size: int = 64,
+def compare_throughput(full: torch.nn.Module, pruned: torch.nn.Module, *, rounds: int = 3,
+                       batch_size: int = 64,
                        image_size: Optional[int] = None, compile: bool = True,
                        compile_mode: str = "default", amp: Optional[str] = None,
                        warmup: Optional[int] = None, iters: Optional[int] = None,
-                       device=None) -> dict:
+                       device: Union[str, torch.device, None] = None) -> dict:
     """Throughput of ``full`` and ``pruned`` in one run, timed in alternating blocks so that
     both see the same machine state. Returns ``{"full": {...}, "pruned": {...},
     "speedup": pruned images/s / full images/s}``."""
@@ -181,7 +185,7 @@ def compare_throughput(full, pruned, *, rounds: int = 3, batch_size: int = 64,
               amp=amp, device=dev, warmup=warmup)
     with _restored(full, pruned):
         runners = {"full": _Runner(full, **kw), "pruned": _Runner(pruned, **kw)}
-        times = {k: [] for k in runners}
+        times: Dict[str, List[float]] = {k: [] for k in runners}
         per_round = max(1, iters // max(1, rounds))
         for _ in range(max(1, rounds)):
             for k, r in runners.items():

@@ -28,17 +28,20 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
 
 from sls_fast.common.utils import (as_loader, autocast, check_amp, logits_of, model_device, progress_bar,
                      split_batch)
 from sls_fast.models.adapters import adapter_modules, set_trainable
 from sls_fast.models.families import family_of
+from sls_fast.models.petl.lora import reset_lora
+from sls_fast.models.petl.modules import ADAPTER_TYPES
 from sls_fast.models.state import classifier_name, get_state
 
 __all__ = ["finetune", "evaluate", "probe_head", "STRATEGIES"]
@@ -72,7 +75,8 @@ def _labels_of(data) -> Optional[np.ndarray]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data, *, batch_size: int = 256, device=None, amp="auto",
+def evaluate(model: nn.Module, data: Union[DataLoader, Dataset], *, batch_size: int = 256,
+             device: Union[str, torch.device, None] = None, amp: Optional[str] = "auto",
              progress: bool = False) -> float:
     """Top-1 accuracy of ``model`` on ``data`` (Dataset or DataLoader of ``(x [3, H, W], label)``).
 
@@ -181,9 +185,13 @@ def _set_head_fresh(model: nn.Module, fresh: bool) -> None:
         st.head_fresh = fresh
 
 
-def _head_modules(model: nn.Module, clf_name: str) -> List[str]:
+def _new_modules(model: nn.Module) -> List[str]:
     st = get_state(model)
-    return [clf_name] + list(st.new_modules if st is not None else ())
+    return list(st.new_modules if st is not None else ())
+
+
+def _head_modules(model: nn.Module, clf_name: str) -> List[str]:
+    return [clf_name] + _new_modules(model)
 
 
 def _lr_lambda(strategy: str, total_steps: int, lr: float, min_lr: float):
@@ -201,8 +209,10 @@ def _lr_lambda(strategy: str, total_steps: int, lr: float, min_lr: float):
 
 
 def _reinit(model: nn.Module) -> None:
+    reset_lora(model)  # peft's LoRA parts have no reset_parameters of their own
     for m in adapter_modules(model).values():
-        m.reset_parameters()
+        if isinstance(m, ADAPTER_TYPES):
+            m.reset_parameters()
     name = classifier_name(model)
     if name:
         head = model.get_submodule(name)
@@ -211,18 +221,20 @@ def _reinit(model: nn.Module) -> None:
             if head.bias is not None:
                 nn.init.zeros_(head.bias)
         elif hasattr(head, "reset_parameters"):
-            head.reset_parameters()
-    for n in _head_modules(model, name)[1:]:
+            head.reset_parameters()  # type: ignore[operator]  # the head's own (hasattr above)
+    for n in _new_modules(model):
         for m in model.get_submodule(n).modules():
             if m is not model.get_submodule(n) and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+                m.reset_parameters()  # type: ignore[operator]  # the module's own (hasattr above)
     _set_head_fresh(model, True)
 
 
-def finetune(model: nn.Module, train_data, val_data, *, strategy: str = "CLR", epochs: int = 10,
-             lr: Optional[float] = None, weight_decay: float = 1e-4, batch_size: int = 64, amp="auto",
-             progress: bool = True, head_lr: Optional[float] = None, head_init: str = "auto",
-             probe_l2: float = 1e-3, min_lr: float = _MIN_LR, device=None, seed: int = 0) -> Dict:
+def finetune(model: nn.Module, train_data: Union[DataLoader, Dataset],
+             val_data: Union[DataLoader, Dataset, None], *, strategy: str = "CLR", epochs: int = 10,
+             lr: Optional[float] = None, weight_decay: float = 1e-4, batch_size: int = 64,
+             amp: Optional[str] = "auto", progress: bool = True, head_lr: Optional[float] = None,
+             head_init: str = "auto", probe_l2: float = 1e-3, min_lr: float = _MIN_LR,
+             device: Union[str, torch.device, None] = None, seed: int = 0) -> Dict:
     """Train the adapters and the head of ``model`` (in place) with AdamW; keep the best epoch.
 
     Args:
@@ -270,8 +282,8 @@ def finetune(model: nn.Module, train_data, val_data, *, strategy: str = "CLR", e
     clf_name = classifier_name(model)
     if clf_name is None:
         raise TypeError(f"{type(model).__name__} has no classifier (get_classifier())")
-    n_cls = model.get_submodule(clf_name).out_features if isinstance(
-        model.get_submodule(clf_name), nn.Linear) else int(getattr(model, "num_classes", 0))
+    head = model.get_submodule(clf_name)
+    n_cls = head.out_features if isinstance(head, nn.Linear) else int(getattr(model, "num_classes", 0))
 
     labels = _labels_of(train_data)
     if labels is not None:
@@ -340,7 +352,8 @@ def _train(model, train_data, val_data, *, strategy, epochs, lr, weight_decay, b
     for ep in progress_bar(range(1, epochs + 1), progress, desc=f"finetune {strategy}"):
         t0 = time.time()
         model.train()
-        loss_sum = correct = seen = 0
+        loss_sum: float = 0
+        correct = seen = 0
         for batch in progress_bar(train_loader, progress, desc=f"epoch {ep}", leave=False):
             x, y = split_batch(batch)
             x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device)

@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 from collections import OrderedDict
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -103,6 +103,7 @@ def read_state_dict(path) -> "OrderedDict[str, torch.Tensor]":
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path!r} does not exist")
+    sd: Any  # what the file holds: a state dict, or a dict that wraps one
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -200,7 +201,7 @@ def load_checkpoint(model: nn.Module, path, *, name: Optional[str] = None,
             raise ValueError(f".npz checkpoints are read by timm's ViT loader; {arch} has no "
                              "load_pretrained(); convert the checkpoint to .pth or .safetensors")
         try:
-            model.load_pretrained(path)
+            model.load_pretrained(path)  # type: ignore[operator]  # timm's method (checked above)
         except Exception as exc:
             raise ValueError(f"checkpoint {path!r} does not match {arch}: {type(exc).__name__}: {exc}") from exc
         return model
@@ -282,5 +283,5 @@ def load(name: str = DEFAULT_MODEL, *, checkpoint=None, num_classes: Optional[in
                       stacklevel=2)
 
     if num_classes is not None and num_classes != getattr(model, "num_classes", None):
-        model.reset_classifier(num_classes)
+        model.reset_classifier(num_classes)  # type: ignore[operator]  # timm's method
     return model.eval()

@@ -42,3 +42,29 @@ def test_design_signatures():
     assert {"kind", "dim", "scale"} <= kw(sls_fast.add_adapters)
     assert {"depth", "num_classes"} <= kw(sls_fast.truncate)
     assert {"batch_size", "image_size", "compile", "amp", "warmup", "iters"} <= kw(sls_fast.measure_throughput)
+
+
+def test_public_callables_are_fully_annotated():
+    """Every public callable annotates each parameter (``*args`` / ``**kwargs`` too, as Any at
+    least) and its return; a class its ``__init__`` (a dataclass's generated ``__init__`` carries
+    the annotations of its fields)."""
+    missing = []
+    for name in sls_fast.__all__:
+        obj = getattr(sls_fast, name)
+        if inspect.ismodule(obj) or not callable(obj):
+            continue
+        if inspect.isclass(obj):
+            if obj.__init__ is object.__init__:
+                continue  # takes no arguments
+            func, returns = obj.__init__, False  # __init__ returns None
+        else:
+            func, returns = obj, True
+        sig = inspect.signature(func)  # follows __wrapped__ (torch.no_grad etc.)
+        for p in sig.parameters.values():
+            if p.name in ("self", "cls") and p.kind is p.POSITIONAL_OR_KEYWORD:
+                continue
+            if p.annotation is p.empty:
+                missing.append(f"{name}: parameter {p.name!r}")
+        if returns and sig.return_annotation is sig.empty:
+            missing.append(f"{name}: return type")
+    assert not missing, "unannotated: " + "; ".join(missing)

@@ -200,3 +200,21 @@ def test_old_alpha_keyword_still_works_with_a_deprecation_warning():
     new = sls_fast.add_adapters(_vit(), "lora", rank=4, lora_alpha=8, num_classes=10)
     assert old.sls_state.adapters == new.sls_state.adapters
     assert old.sls_state.adapters.scale == 8.0
+
+
+def test_train_from_scratch_resets_lora(x):
+    """TFS on a LoRA model re-initialises its LoRA layers as peft creates them (B zero: the
+    model computes its base again) before training; it failed on peft's ModuleDicts."""
+    from sls_fast.models.petl.lora import lora_layers, reset_lora
+    from sls_fast.models.train import finetune
+
+    m = sls_fast.add_adapters(_vit(), "lora", num_classes=3)
+    _perturb(m)
+    with torch.no_grad():
+        base = _vit().forward_features(x)  # the same backbone without LoRA
+        assert not torch.allclose(m.eval().forward_features(x), base, atol=1e-5)
+        assert reset_lora(m) == len(lora_layers(m)) > 0
+        torch.testing.assert_close(m.forward_features(x), base, atol=1e-6, rtol=1e-6)
+    data = torch.utils.data.TensorDataset(x, torch.arange(len(x)) % 3)
+    fit = finetune(m, data, data, strategy="TFS", epochs=1, batch_size=4, progress=False)
+    assert fit["strategy"] == "TFS" and len(fit["history"]) == 1

@@ -53,7 +53,7 @@ def find_family(model: nn.Module) -> Optional[Family]:
     from sls_fast.models.petl.lora import is_peft_wrapper
 
     if is_peft_wrapper(model):
-        model = model.get_base_model()
+        model = model.get_base_model()  # type: ignore[operator]  # peft's method
     for fam in FAMILIES:
         if fam.detect(model):
             return fam
@@ -108,5 +108,6 @@ def ensure_state(model: nn.Module) -> SLSState:
         fam = family_of(model)
         st = SLSState(base_name=model_name(model), base_checksum=base_checksum(model),
                       family=fam.name, num_blocks=len(fam.blocks(model)))
-        model.sls_state = st
+        # setattr: nn.Module's typed __setattr__ takes only tensors and modules
+        setattr(model, "sls_state", st)
     return st

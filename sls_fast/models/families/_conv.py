@@ -1,7 +1,7 @@
 """What convolutional families share: Convpass parallel to each whole block, pooled NCHW maps."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 from sls_fast.models.petl.modules import ConvpassConv
 from sls_fast.models.families.base import Family
@@ -27,7 +27,8 @@ class ConvFamily(Family):
     def default_dropout(self, kind):
         return 0.0
 
-    def insert_adapters(self, model, kind, layers: Sequence[int], *, dim, scale, dropout, groups):
+    def insert_adapters(self, model, kind, layers: Sequence[int], *, dim, scale, dropout, groups,
+                        targets: Optional[Sequence[str]] = None):  # targets: LoRA's, not taken here
         self.check_adapter_kind(kind)
         blocks = self.blocks(model)
         shapes = block_shapes(self, model, blocks)

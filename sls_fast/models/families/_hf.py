@@ -21,7 +21,7 @@ is loaded or adapted; :meth:`HFFamily.detect` reads ``model.config.model_type``.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -33,6 +33,12 @@ __all__ = ["HFFamily", "load_hf"]
 # torchvision / timm constants (transformers' IMAGENET_DEFAULT_* and OPENAI_CLIP_*)
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 HALF_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def _config(model: nn.Module) -> Any:
+    """``model.config``, transformers' configuration (a plain attribute, which nn.Module's typed
+    ``__getattr__`` would call a tensor or a module)."""
+    return model.config
 
 
 class HFFamily(Family):
@@ -102,7 +108,7 @@ class HFFamily(Family):
 
     def head_width(self, model: nn.Module) -> int:
         """The classifier's input width (the hidden size unless :meth:`head_input` widens it)."""
-        return int(self.backbone(model)[0].config.hidden_size)
+        return int(_config(self.backbone(model)[0]).hidden_size)
 
     def num_classes(self, model):
         clf = getattr(model, "classifier", None)
@@ -160,7 +166,8 @@ class HFFamily(Family):
         """(the attention's q/k/v linears, the MLP's input linears): the RepAdapter merge targets;
         AttributeError when the layer has another layout (transformers 4.x)."""
         attn = blk.get_submodule(self.attn_attr)
-        return [attn.q_proj, attn.k_proj, attn.v_proj], self._mlp_inputs(blk.mlp)
+        layer: Any = blk  # a transformers layer: its MLP is an attribute
+        return [attn.q_proj, attn.k_proj, attn.v_proj], self._mlp_inputs(layer.mlp)
 
     def _mlp_inputs(self, mlp: nn.Module):
         """The linears that read the MLP's input (RepAdapter's ``adapter_mlp`` folds into them)."""
@@ -190,7 +197,7 @@ class HFFamily(Family):
                                 f"{blocks[i].name} is {type(blk).__name__} of another layout "
                                 "(LoRA works on every layout)")
         backbone, _ = self.backbone(model)
-        cfg = backbone.config
+        cfg = _config(backbone)
         grid = (cfg.image_size // cfg.patch_size,) * 2  # other sizes: a square grid is inferred
         p = next(iter(model.parameters()))
         if kind == "convpass":

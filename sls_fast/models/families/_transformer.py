@@ -2,7 +2,7 @@
 qkv / proj / fc1 / fc2 (peft), the RepAdapter merge, and the norm rebuilt when a cut changes the width."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -48,13 +48,14 @@ def attach_block_adapters(blk: nn.Module, make, adapted_class: type, like: torch
 def fold_block_adapters(blk: nn.Module, attn_linears, mlp_linears) -> None:
     """Merge a block's RepAdapters into the linears that read them, remove them, and give the
     block its base class back."""
+    adapted: Any = blk  # an adapted block class: adapter_attn, adapter_mlp, sls_base_class
     for lin in attn_linears:
-        _fold_into_linear(blk.adapter_attn, lin)
+        _fold_into_linear(adapted.adapter_attn, lin)
     for lin in mlp_linears:
-        _fold_into_linear(blk.adapter_mlp, lin)
+        _fold_into_linear(adapted.adapter_mlp, lin)
     del blk.adapter_attn
     del blk.adapter_mlp
-    blk.__class__ = type(blk).sls_base_class
+    blk.__class__ = type(adapted).sls_base_class
 
 
 class TransformerFamily(Family):
@@ -87,7 +88,7 @@ class TransformerFamily(Family):
                                 f"{base.__name__}; block {blocks[i].name} is {t.__module__}.{t.__name__}")
         p = next(iter(model.parameters()))
         for i in layers:
-            blk = blocks[i].module
+            blk: Any = blocks[i].module  # a timm block: norm1, mlp.fc1
             width = blk.norm1.weight.shape[0] if getattr(blk.norm1, "weight", None) is not None \
                 else blk.mlp.fc1.in_features
             if kind == "convpass":

@@ -170,13 +170,14 @@ class Family:
 
     def pre_logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The classifier's input ``[B, D]`` (timm's ``forward_head(..., pre_logits=True)``)."""
-        return model.forward_head(model.forward_features(x), pre_logits=True)
+        # timm's methods: nn.Module's typing knows only tensors and submodules as attributes
+        return model.forward_head(model.forward_features(x), pre_logits=True)  # type: ignore[operator]
 
     def reset_head(self, model: nn.Module, num_classes: int) -> None:
         """A new classifier of ``num_classes`` (timm's ``reset_classifier``)."""
         if not hasattr(model, "reset_classifier"):
             raise TypeError(f"{type(model).__name__} has no reset_classifier(); cannot set num_classes")
-        model.reset_classifier(int(num_classes))
+        model.reset_classifier(int(num_classes))  # type: ignore[operator]  # timm's method
 
     def _set_head(self, model: nn.Module, num_classes: int) -> bool:
         """A new classifier when the class count changes; True when one was made."""

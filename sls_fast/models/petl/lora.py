@@ -24,11 +24,14 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Dict, List, Sequence
+from typing import TYPE_CHECKING, Dict, List, Sequence
 
 import torch.nn as nn
 
-__all__ = ["insert_lora", "lora_layers", "lora_parts", "is_peft_wrapper", "merge_lora",
+if TYPE_CHECKING:
+    from peft.tuners.lora import LoraLayer
+
+__all__ = ["insert_lora", "reset_lora", "lora_layers", "lora_parts", "is_peft_wrapper", "merge_lora",
            "export_peft", "ADAPTER_NAME"]
 
 ADAPTER_NAME = "default"  # peft's default adapter name; artifacts store keys under it
@@ -43,7 +46,7 @@ def _peft():
     return peft
 
 
-def lora_layers(model: nn.Module) -> Dict[str, nn.Module]:
+def lora_layers(model: nn.Module) -> Dict[str, LoraLayer]:
     """{module path: peft LoRA layer} in ``model`` (empty when peft was never imported)."""
     if "peft" not in sys.modules:
         return {}
@@ -62,6 +65,16 @@ def lora_parts(model: nn.Module) -> Dict[str, nn.Module]:
             if isinstance(sub, nn.Module) and any(True for _ in sub.parameters()):
                 out[f"{name}.{part}"] = sub
     return out
+
+
+def reset_lora(model: nn.Module) -> int:
+    """Re-initialise every LoRA adapter of ``model`` as peft creates it (A as an ``nn.Linear``,
+    B zero: the layer computes its base layer again); returns the number of layers reset."""
+    layers = lora_layers(model)
+    for layer in layers.values():
+        for adapter in list(layer.lora_A.keys()):
+            layer.reset_lora_parameters(adapter, True)
+    return len(layers)
 
 
 def insert_lora(model: nn.Module, names: Sequence[str], *, rank: int, alpha: float,
@@ -121,7 +134,9 @@ def export_peft(folder: str, model: nn.Module, stored: Sequence[str], metadata: 
 
     from sls_fast.models.state import get_state
 
-    cfg = get_state(model).adapters
+    state = get_state(model)
+    assert state is not None and state.adapters is not None  # LoRA was added by sls_fast or adopted
+    cfg = state.adapters
     layers = lora_layers(model)
     trained = {k: v for k, v in model.state_dict().items() if ".lora_" in k}
     plain = copy.deepcopy(model)

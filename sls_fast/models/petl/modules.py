@@ -20,7 +20,7 @@ Where the adapters go inside a block is the family's business (:mod:`sls_fast.mo
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -35,6 +35,12 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+def _bias(layer: Union[nn.Linear, nn.Conv1d, nn.Conv2d]) -> torch.Tensor:
+    """``layer.bias``: every layer here is built with one (torch types it Optional)."""
+    assert layer.bias is not None
+    return layer.bias
+
+
 def _init_conv_identity(conv: nn.Conv2d) -> None:
     # Reference Convpass init: zero kernel plus identity at the centre tap, zero bias.
     nn.init.zeros_(conv.weight)
@@ -42,17 +48,18 @@ def _init_conv_identity(conv: nn.Conv2d) -> None:
         n = min(conv.out_channels, conv.in_channels // conv.groups)
         idx = torch.arange(n)
         conv.weight[idx, idx, conv.kernel_size[0] // 2, conv.kernel_size[1] // 2] = 1.0
-    nn.init.zeros_(conv.bias)
+    nn.init.zeros_(_bias(conv))
 
 
-def _init_bottleneck(down: nn.Module, conv: nn.Conv2d, up: nn.Module) -> None:
+def _init_bottleneck(down: Union[nn.Linear, nn.Conv2d], conv: nn.Conv2d,
+                     up: Union[nn.Linear, nn.Conv2d]) -> None:
     """Convpass initialisation: Xavier down-projection, identity-like 3x3 conv, zero up-projection
     (so the adapter starts as an exact zero and the adapted model equals the base model)."""
     nn.init.xavier_uniform_(down.weight)
-    nn.init.zeros_(down.bias)
+    nn.init.zeros_(_bias(down))
     _init_conv_identity(conv)
     nn.init.zeros_(up.weight)
-    nn.init.zeros_(up.bias)
+    nn.init.zeros_(_bias(up))
 
 
 class Convpass(nn.Module):
@@ -193,9 +200,9 @@ class RepAdapter(nn.Module):
 
     def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.conv_A.weight)
-        nn.init.zeros_(self.conv_A.bias)
+        nn.init.zeros_(_bias(self.conv_A))
         nn.init.zeros_(self.conv_B.weight)
-        nn.init.zeros_(self.conv_B.bias)
+        nn.init.zeros_(_bias(self.conv_B))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -226,6 +233,7 @@ def adapter_parts(model: nn.Module) -> dict:
     the trainable parts of peft LoRA layers (``...attn.qkv.lora_A``; :func:`sls_fast.models.petl.lora.lora_parts`)."""
     from sls_fast.models.petl.lora import lora_parts
 
-    out = {n: m for n, m in model.named_modules() if isinstance(m, ADAPTER_TYPES)}
+    out: Dict[str, nn.Module] = {n: m for n, m in model.named_modules()
+                                 if isinstance(m, ADAPTER_TYPES)}
     out.update(lora_parts(model))
     return out
