@@ -21,14 +21,7 @@ FAMILIES = {
     "convnext": ("convnext_tiny", {}, 224, 6),
     "resnet": ("resnet50", {}, 224, 8),
 }
-DRY = {  # the CPU dry run: the unit tests' tiny configurations
-    "vit": ("vit_tiny_patch16_224", dict(img_size=32, depth=4), 32, 2),
-    "swin": ("swin_tiny_patch4_window7_224", dict(img_size=64, window_size=2, embed_dim=24,
-                                                  num_heads=(1, 1, 1, 1)), 64, 3),
-    "efficientnet": ("efficientnet_lite0", {}, 64, 6),
-    "convnext": ("convnext_atto", {}, 64, 4),
-    "resnet": ("resnet18", {}, 64, 3),
-}
+DRY_CUT = {"vit": 2, "swin": 3, "efficientnet": 6, "convnext": 4, "resnet": 3}
 COMPILE = ("vit", "resnet")
 
 
@@ -41,7 +34,10 @@ def run(report, mode):
 
     dev = torch.device(mode.device)
     cuda = dev.type == "cuda"
-    for fam, (name, kw, size, cut) in (DRY if mode.dry else FAMILIES).items():
+    from sls_fast.models.zoo import TINY  # the CPU dry run: the unit tests' tiny configurations
+
+    dry = {fam: (*TINY[fam], cut) for fam, cut in DRY_CUT.items()}
+    for fam, (name, kw, size, cut) in (dry if mode.dry else FAMILIES).items():
         t0 = time.perf_counter()
         torch.manual_seed(0)
         m = timm.create_model(name, pretrained=False, **kw).to(dev).eval()

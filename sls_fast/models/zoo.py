@@ -18,6 +18,7 @@ import torch.nn as nn
 
 __all__ = [
     "DEFAULT_MODEL",
+    "TINY",
     "RandomWeightsWarning",
     "load",
     "load_checkpoint",
@@ -27,6 +28,17 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "efficientnet_lite0"
+# The smallest configuration of each built-in family that keeps its layout: family ->
+# (timm name, options of timm.create_model, input size). Random weights build in well under a
+# second on a CPU; the tests and gpu_check's dry run use them.
+TINY: Dict[str, tuple] = {
+    "vit": ("vit_tiny_patch16_224", dict(img_size=32, depth=4), 32),
+    "swin": ("swin_tiny_patch4_window7_224", dict(img_size=64, window_size=2, embed_dim=24,
+                                                  num_heads=(1, 1, 1, 1)), 64),
+    "efficientnet": ("efficientnet_lite0", {}, 64),
+    "convnext": ("convnext_atto", {}, 64),
+    "resnet": ("resnet18", {}, 64),
+}
 
 
 class RandomWeightsWarning(UserWarning):

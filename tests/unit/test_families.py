@@ -15,6 +15,7 @@ import torch.nn as nn
 import sls_fast
 from sls_fast.models.families import FAMILIES, Family, family_of, find_blocks, register, support_table
 from sls_fast.models.state import SLSState
+from sls_fast.models.zoo import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -22,18 +23,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 def _make(name):
     torch.manual_seed(0)
-    kw = {
-        "vit": ("vit_tiny_patch16_224", dict(img_size=32, depth=4)),
-        "swin": ("swin_tiny_patch4_window7_224", dict(img_size=64, window_size=2, embed_dim=24,
-                                                      num_heads=(1, 1, 1, 1))),
-        "efficientnet": ("efficientnet_lite0", {}),
-        "convnext": ("convnext_atto", {}),
-        "resnet": ("resnet18", {}),
-    }[name]
-    return timm.create_model(kw[0], pretrained=False, **kw[1]).eval()
+    timm_name, options, _ = TINY[name]
+    return timm.create_model(timm_name, pretrained=False, **options).eval()
 
 
-SIZES = {"vit": 32, "swin": 64, "efficientnet": 64, "convnext": 64, "resnet": 64}
+SIZES = {name: size for name, (_, _, size) in TINY.items()}
 BLOCKS = {"vit": 4, "swin": 12, "efficientnet": 16, "convnext": 12, "resnet": 8}
 CUT = {"vit": 2, "swin": 3, "efficientnet": 6, "convnext": 4, "resnet": 3}
 
