@@ -39,8 +39,22 @@ def write_report(result: Union["TaskResult", "ScoreResult"]) -> str:
     return path
 
 
+class _HasLayers:
+    """The depth and block count of a result that holds a :class:`LayerReport`."""
+
+    layers: LayerReport
+
+    @property
+    def depth(self) -> int:
+        return int(self.layers.depth)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.layers.num_layers)
+
+
 @dataclass
-class TaskResult:
+class TaskResult(_HasLayers):
     """What :func:`sls_fast.harness.pipeline.run_task` measured. :meth:`to_dict` is the run's
     ``report.json``."""
 
@@ -54,14 +68,6 @@ class TaskResult:
     files: Dict[str, Any]
     device: str
     versions: Dict[str, Optional[str]] = field(default_factory=dict)
-
-    @property
-    def depth(self) -> int:
-        return int(self.layers.depth)
-
-    @property
-    def num_layers(self) -> int:
-        return int(self.layers.num_layers)
 
     def to_dict(self) -> Dict[str, Any]:
         s = self.settings
@@ -93,7 +99,7 @@ class TaskResult:
 
 
 @dataclass
-class ScoreResult:
+class ScoreResult(_HasLayers):
     """What :func:`sls_fast.harness.tasks.score_task` found: the layer report of one model on
     one split. :meth:`to_dict` is the scoring's ``report.json``; ``layers.json`` (the report
     with its embeddings and the model's description in ``meta``) is what ``prune_task`` reads."""
@@ -105,14 +111,6 @@ class ScoreResult:
     device: str
     files: Dict[str, Any]
     versions: Dict[str, Optional[str]] = field(default_factory=dict)
-
-    @property
-    def depth(self) -> int:
-        return int(self.layers.depth)
-
-    @property
-    def num_layers(self) -> int:
-        return int(self.layers.num_layers)
 
     def to_dict(self) -> Dict[str, Any]:
         return dict(_scored("score", self.layers, self.model, self.dataset), split=self.split,
