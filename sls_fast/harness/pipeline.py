@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional, Union
 
 import torch
 
-from sls_fast.harness.reports import TaskResult, write_report
+from sls_fast.harness.reports import SPEEDUP_KEYS, TaskResult, write_report
 from sls_fast.harness.settings import TaskSettings
 from sls_fast.method.embed import PERPLEXITY
 
@@ -201,7 +201,7 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
         f"{'compiled' if s.compile else 'eager'})")
     t0 = time.perf_counter()
     tp = compare_throughput(model, pruned, batch_size=s.batch_size, image_size=size,
-                            compile=s.compile, iters=s.throughput_iters, device=dev)
+                            compile=s.compile, iters=s.throughput_iters, device=dev, blocks=(depth, L))
     timings["throughput"] = time.perf_counter() - t0
 
     say("[5/6] storing the pruning index + adapters + head")
@@ -224,7 +224,7 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
         accuracy=dict(full=acc_full, pruned=acc_pruned, full_val=fit_full["best_val_acc"],
                       pruned_val=fit_pruned["best_val_acc"]),
         throughput=dict(full=tp["full"]["images_per_s"], pruned=tp["pruned"]["images_per_s"],
-                        speedup=tp["speedup"], full_details=tp["full"],
+                        **{k: tp[k] for k in SPEEDUP_KEYS}, full_details=tp["full"],
                         pruned_details=tp["pruned"]),
         storage=dict(artifact_bytes=storage["artifact_bytes"],
                      full_model_bytes=storage.get("full_model_bytes"),

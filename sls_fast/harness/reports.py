@@ -18,7 +18,20 @@ from sls_fast.common.utils import text_table, write_text
 from sls_fast.harness.settings import TaskSettings
 from sls_fast.method.score import LayerReport
 
-__all__ = ["TaskResult", "ScoreResult", "PruneResult", "BenchResult", "write_report"]
+__all__ = ["TaskResult", "ScoreResult", "PruneResult", "BenchResult", "write_report",
+           "SPEEDUP_KEYS", "speedup_text"]
+
+# what a report keeps of compare_throughput's verdict on the speed-up
+SPEEDUP_KEYS = ("speedup", "measured_speedup", "speedup_ci", "bound", "status", "noisy", "note")
+
+
+def speedup_text(tp: Dict[str, Any]) -> str:
+    """A speed-up as people should read it: the ratio with its interval, or why there is none."""
+    if tp.get("speedup") is None:
+        return str(tp.get("note") or "no speed-up")
+    ci = tp.get("speedup_ci")
+    text = f"{tp['speedup']:.2f}x" + (f" [{ci[0]:.2f}-{ci[1]:.2f}]" if ci else "")
+    return text + (f", {tp['note']}" if tp.get("noisy") else "")
 
 
 def _scored(kind: str, report: LayerReport, model: str, dataset: str) -> Dict[str, Any]:
@@ -88,8 +101,8 @@ class TaskResult(_HasLayers):
                 ("silhouette (first -> last block)",
                  f"{rep.scores['silhouette'][0]:.3f} -> {rep.scores['silhouette'][-1]:.3f}"),
                 ("test accuracy full / pruned", f"{acc['full']:.3f} / {acc['pruned']:.3f}"),
-                ("images/s full / pruned", f"{tp['full']:.0f} / {tp['pruned']:.0f} "
-                                           f"({tp['speedup']:.2f}x)"),
+                ("images/s full / pruned", f"{tp['full']:.0f} / {tp['pruned']:.0f}"),
+                ("speed-up (95% interval)", speedup_text(tp)),
                 ("artifact / full model bytes", f"{st['artifact_bytes']:,} / "
                                                 f"{st.get('full_model_bytes') or 0:,}"),
                 ("wall time", f"{self.timings['total']:.0f} s"),
@@ -162,12 +175,17 @@ class BenchResult:
     depth: int
     full: Dict[str, Any]
     pruned: Dict[str, Any]
-    speedup: float
+    verdict: Dict[str, Any]  # compare_throughput's SPEEDUP_KEYS
     device: str
+
+    @property
+    def speedup(self) -> Optional[float]:
+        """The speed-up to report (None: not pruned, or a measurement error)."""
+        return self.verdict.get("speedup")
 
     def to_dict(self) -> Dict[str, Any]:
         return dict(model=self.model, num_layers=self.num_layers, depth=self.depth,
-                    full=self.full, pruned=self.pruned, speedup=self.speedup, device=self.device)
+                    full=self.full, pruned=self.pruned, **self.verdict, device=self.device)
 
     def summary(self) -> str:
         rows: List[tuple] = [
@@ -176,5 +194,5 @@ class BenchResult:
             for name, r in (("full", self.full),
                             (f"pruned ({self.depth}/{self.num_layers})", self.pruned))]
         return (text_table(rows, ("model", "images/s", "median ms/batch", "p20-p80 ms"))
-                + f"\nspeed-up {self.speedup:.2f}x")
+                + f"\nspeed-up {speedup_text(self.verdict)}")
 

@@ -28,7 +28,8 @@ import torch.nn as nn
 from sls_fast.common.checks import check_choice, check_number
 from sls_fast.common.utils import (device_name, num_classes_of, resolve_device, seed_everything,
                                    versions)
-from sls_fast.harness.reports import BenchResult, PruneResult, ScoreResult, write_report
+from sls_fast.harness.reports import (SPEEDUP_KEYS, BenchResult, PruneResult, ScoreResult,
+                                      write_report)
 from sls_fast.harness.settings import default_of
 from sls_fast.io.imagefiles import ON_BAD_IMAGE
 from sls_fast.method.embed import MAX_ITER
@@ -331,8 +332,9 @@ def bench_task(folder: Optional[str] = None, *, spec: Optional[Mapping[str, Any]
     say(f"timing {model_spec.model}: {L} blocks vs {depth}, batch {batch_size}, "
         f"{'compiled' if compile else 'eager'}, device {dev}")
     res = compare_throughput(model, pruned, batch_size=batch_size, image_size=model_spec.image_size,
-                             compile=compile, amp=amp, iters=iters, device=dev)
+                             compile=compile, amp=amp, iters=iters, device=dev,
+                             blocks=(depth, L))
     return BenchResult(model=model_spec.model, num_layers=L, depth=depth, full=res["full"],
-                       pruned=res["pruned"], speedup=float(res["speedup"]),
+                       pruned=res["pruned"], verdict={k: res[k] for k in SPEEDUP_KEYS},
                        device=device_name(dev))
 

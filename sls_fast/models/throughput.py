@@ -2,6 +2,19 @@
 
 Compilation and warm-up are outside the timed region; CUDA is timed with events; inputs are
 random (never zeros); the median latency per batch and its 20th/80th percentiles are reported.
+
+A speed-up is a measurement, so :func:`compare_throughput` reports it with its uncertainty and
+checks it against what arithmetic allows:
+
+* the two models are timed in alternating rounds; the speed-up is the ratio of the median
+  latencies, with a 95 % bootstrap interval over the timed batches;
+* it is ``noisy`` when the interval is wider than ``NOISY_WIDTH`` of the ratio or either model
+  had fewer than ``MIN_TIMED_BATCHES`` timed batches;
+* its bound is the ratio of the two models' floating-point operations (counted by torch's
+  ``FlopCounterMode`` on one image); for blocks of equal cost that is at most L/K. A speed-up
+  whose interval lies wholly above ``BOUND_SLACK`` x the bound is a measurement error and is
+  not reported as a result (``speedup`` None);
+* a cut that keeps every block (K = L) reports no speed-up: "not pruned".
 """
 from __future__ import annotations
 
@@ -10,13 +23,18 @@ import platform
 import resource
 import statistics
 import time
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 
 from sls_fast.common.utils import autocast, check_amp, model_device
 
-__all__ = ["measure_throughput", "compare_throughput", "sweep_batch_sizes", "model_image_size"]
+__all__ = ["measure_throughput", "compare_throughput", "sweep_batch_sizes", "model_image_size",
+           "speedup_verdict", "MIN_TIMED_BATCHES", "NOISY_WIDTH", "BOUND_SLACK"]
+
+MIN_TIMED_BATCHES = 10  # fewer timed batches per model: the speed-up is flagged noisy
+NOISY_WIDTH = 0.10  # a 95 % interval wider than this fraction of the speed-up: noisy
+BOUND_SLACK = 1.10  # cache effects may beat the operation count a little, never by more
 
 
 def model_image_size(model) -> int:
@@ -169,15 +187,84 @@ def sweep_batch_sizes(model: torch.nn.Module, batch_sizes: Iterable[int] = (1, 8
     return [measure_throughput(model, batch_size=b, **kwargs) for b in batch_sizes]
 
 
+def _flops(model: torch.nn.Module, x: torch.Tensor) -> Optional[int]:
+    """Floating-point operations of one forward of ``model`` on ``x`` (None: not countable)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(x)
+    except Exception:  # noqa: BLE001 - an op the counter cannot trace: no bound from it
+        return None
+    total = int(counter.get_total_flops())
+    return total or None
+
+
+def _bootstrap_ci(full: List[float], pruned: List[float], *, resamples: int = 1000,
+                  seed: int = 0) -> Optional[Tuple[float, float]]:
+    """95 % interval of median(full) / median(pruned), resampling each model's batches."""
+    if len(full) < 2 or len(pruned) < 2:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    f, p = torch.tensor(full, dtype=torch.float64), torch.tensor(pruned, dtype=torch.float64)
+    fi = torch.randint(0, len(f), (resamples, len(f)), generator=g)
+    pi = torch.randint(0, len(p), (resamples, len(p)), generator=g)
+    ratios = f[fi].median(dim=1).values / p[pi].median(dim=1).values
+    lo, hi = torch.quantile(ratios, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return float(lo), float(hi)
+
+
+def speedup_verdict(speedup: float, ci: Optional[Tuple[float, float]], *, timed: int,
+                    bound: Optional[float], kept: Optional[int] = None,
+                    total: Optional[int] = None) -> Dict[str, Any]:
+    """What a measured speed-up may be reported as: ``status`` "ok", "noisy", "not pruned" or
+    "measurement error", the ``speedup`` to report (None unless ok or noisy), ``noisy`` and a
+    ``note`` for people. ``timed``: the fewer timed batches of the two models; ``bound``: the
+    largest speed-up the cut allows (None: unknown); ``kept`` / ``total``: K and L."""
+    lo, hi = ci if ci is not None else (speedup, speedup)
+    if kept is not None and total is not None and kept >= total:
+        return dict(status="not pruned", speedup=None, noisy=False,
+                    note=f"not pruned (all {total} blocks kept): no speed-up to report")
+    if bound is not None and lo > BOUND_SLACK * bound:
+        return dict(status="measurement error", speedup=None, noisy=True,
+                    note=f"measurement error: {speedup:.2f}x (95% interval {lo:.2f}-{hi:.2f}) "
+                         f"exceeds what the cut allows ({bound:.2f}x by operation count); "
+                         "time with more iterations on a quiet machine")
+    reasons = []
+    if timed < MIN_TIMED_BATCHES:
+        reasons.append(f"{timed} timed batches < {MIN_TIMED_BATCHES}")
+    if ci is None or (hi - lo) > NOISY_WIDTH * speedup:
+        reasons.append("interval " + (f"{lo:.2f}-{hi:.2f} wider than {NOISY_WIDTH:.0%}"
+                                      if ci is not None else "unknown"))
+    if reasons:
+        return dict(status="noisy", speedup=speedup, noisy=True,
+                    note=f"noisy ({'; '.join(reasons)})")
+    return dict(status="ok", speedup=speedup, noisy=False, note="")
+
+
 def compare_throughput(full: torch.nn.Module, pruned: torch.nn.Module, *, rounds: int = 3,
                        batch_size: int = 64,
                        image_size: Optional[int] = None, compile: bool = True,
                        compile_mode: str = "default", amp: Optional[str] = None,
                        warmup: Optional[int] = None, iters: Optional[int] = None,
-                       device: Union[str, torch.device, None] = None) -> dict:
-    """Throughput of ``full`` and ``pruned`` in one run, timed in alternating blocks so that
-    both see the same machine state. Returns ``{"full": {...}, "pruned": {...},
-    "speedup": pruned images/s / full images/s}``."""
+                       device: Union[str, torch.device, None] = None,
+                       blocks: Optional[Tuple[int, int]] = None) -> dict:
+    """Throughput of ``full`` and ``pruned`` in one run, timed in alternating rounds so that
+    both see the same machine state.
+
+    Args:
+        full, pruned: the two models; the rest as :func:`measure_throughput` (``iters``: timed
+            batches per model, split over ``rounds``).
+        blocks: ``(K, L)``, the blocks the cut keeps and the model's; K = L reports
+            "not pruned".
+
+    Returns:
+        ``{"full": {...}, "pruned": {...}}`` (:func:`measure_throughput`'s records) and
+        ``speedup`` (pruned images/s / full images/s; None when not pruned or a measurement
+        error), ``measured_speedup`` (the ratio as measured), ``speedup_ci`` (95 % interval or
+        None), ``bound`` (the operation-count ratio, None when not countable), ``status``,
+        ``noisy`` and ``note`` (:func:`speedup_verdict`).
+    """
     dev = model_device(full, device)
     warmup, iters = _defaults(dev, warmup, iters)
     size = image_size or model_image_size(full)
@@ -190,6 +277,15 @@ def compare_throughput(full: torch.nn.Module, pruned: torch.nn.Module, *, rounds
         for _ in range(max(1, rounds)):
             for k, r in runners.items():
                 times[k] += r.time(per_round)
-        out = {k: runners[k].result(times[k]) for k in runners}
-    out["speedup"] = out["pruned"]["images_per_s"] / out["full"]["images_per_s"]
+        out: Dict[str, Any] = {k: runners[k].result(times[k]) for k in runners}
+        x1 = runners["full"].x[:1]
+        flops = {k: _flops(r.model, x1) for k, r in runners.items()}
+    measured = out["pruned"]["images_per_s"] / out["full"]["images_per_s"]
+    bound = (flops["full"] / flops["pruned"] if flops["full"] and flops["pruned"]
+             else (blocks[1] / blocks[0] if blocks else None))
+    ci = _bootstrap_ci(times["full"], times["pruned"])
+    kept, total = blocks if blocks else (None, None)
+    out.update(measured_speedup=measured, speedup_ci=list(ci) if ci else None, bound=bound,
+               flops=flops, **speedup_verdict(measured, ci, timed=min(map(len, times.values())),
+                                              bound=bound, kept=kept, total=total))
     return out

@@ -58,6 +58,11 @@ def test_run_quick_end_to_end(tmp_path, capsys):
     assert report["repeats"] == 2 and len(report["run_depths"]) == 2
     assert np.array(report["runs"]["silhouette"]).shape == (2, L)
     assert report["confidence"] == np.mean(np.array(report["run_depths"]) == report["depth"])
+    tp = report["throughput"]  # --quick times 3 batches: never a clean speed-up
+    if report["depth"] == L:
+        assert tp["status"] == "not pruned" and tp["speedup"] is None
+    else:
+        assert tp["status"] in ("noisy", "measurement error") and tp["noisy"]
     assert report["model"] == "efficientnet_lite0" and L == 16
     assert 1 <= report["depth"] <= L
     for metric in ("silhouette", "calinski_harabasz", "davies_bouldin"):
@@ -80,7 +85,9 @@ def test_bench_json(capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["depth"] == 3 and res["num_layers"] == 12
     assert res["full"]["image_size"] == res["pruned"]["image_size"] == 32
-    assert res["speedup"] == pytest.approx(res["pruned"]["images_per_s"] / res["full"]["images_per_s"])
+    assert res["measured_speedup"] == pytest.approx(
+        res["pruned"]["images_per_s"] / res["full"]["images_per_s"])
+    assert res["status"] == "noisy" and res["speedup"] == res["measured_speedup"]  # 3 batches
 
 
 @pytest.mark.parametrize("bad", ["0", "-3", "two"])

@@ -1,4 +1,6 @@
 """measure_throughput / compare_throughput: keys, sanity, errors."""
+import copy
+
 import pytest
 import timm
 import torch
@@ -33,7 +35,14 @@ def test_compare_runs_both_and_gives_models_back():
                                       iters=6, rounds=3)
     for k in ("full", "pruned"):
         assert KEYS <= set(res[k]) and res[k]["iters"] == 6 and res[k]["batch_size"] == 4
-    assert res["speedup"] == pytest.approx(res["pruned"]["images_per_s"] / res["full"]["images_per_s"])
+    measured = res["pruned"]["images_per_s"] / res["full"]["images_per_s"]
+    assert res["measured_speedup"] == pytest.approx(measured)
+    assert res["status"] == "noisy" and res["noisy"]  # 6 timed batches < MIN_TIMED_BATCHES
+    assert res["speedup"] == res["measured_speedup"]
+    lo, hi = res["speedup_ci"]
+    assert 0 < lo <= hi
+    # the bound is the operation count's ratio: 3 of tiny_vit's blocks against 1
+    assert 1 < res["bound"] < 3 and res["flops"]["full"] > res["flops"]["pruned"] > 0
     assert full.training and all(m.training for m in full.modules())
     assert not pruned.training
 
@@ -61,3 +70,31 @@ def test_errors():
         sls_fast.measure_throughput(m, batch_size=0, compile=False)
     with pytest.raises(ValueError, match="input size"):
         sls_fast.measure_throughput(torch.nn.Linear(3, 3), compile=False)
+
+
+def test_a_cut_that_keeps_everything_reports_no_speed_up():
+    m = tiny_vit(2)
+    res = sls_fast.compare_throughput(m, copy.deepcopy(m), batch_size=2, compile=False,
+                                      warmup=1, iters=4, blocks=(2, 2))
+    assert res["status"] == "not pruned" and res["speedup"] is None
+    assert res["measured_speedup"] > 0 and "not pruned" in res["note"]
+
+
+@pytest.mark.parametrize("measured,ci,timed,bound,blocks,status", [
+    (48.84, (40.0, 55.0), 3, 9.25, (1, 12), "measurement error"),  # the ViT-Tiny 12 -> 1 case
+    (10.0, (9.9, 10.1), 50, 9.25, (1, 12), "ok"),  # within the 10 % slack of the bound
+    (2.11, (1.2, 3.0), 30, None, (16, 16), "not pruned"),  # K = L: no ratio, whatever it says
+    (1.9, (1.85, 1.95), 50, 2.0, (6, 12), "ok"),
+    (1.9, (1.85, 1.95), 3, 2.0, (6, 12), "noisy"),  # too few timed batches
+    (1.9, (1.2, 2.5), 50, 2.0, (6, 12), "noisy"),  # interval wider than NOISY_WIDTH
+    (1.9, None, 50, 2.0, None, "noisy"),  # no interval (one batch)
+])
+def test_speedup_verdict(measured, ci, timed, bound, blocks, status):
+    from sls_fast.models.throughput import speedup_verdict
+
+    kept, total = blocks if blocks else (None, None)
+    v = speedup_verdict(measured, ci, timed=timed, bound=bound, kept=kept, total=total)
+    assert v["status"] == status
+    assert v["speedup"] == (measured if status in ("ok", "noisy") else None)
+    assert v["noisy"] == (status in ("noisy", "measurement error"))
+    assert bool(v["note"]) == (status != "ok")

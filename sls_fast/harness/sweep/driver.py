@@ -89,6 +89,7 @@ def run_cell(settings: dict, key: str, task: str, out: str, threads: Optional[in
                        img_s_full=result["throughput"]["full"],
                        img_s_pruned=result["throughput"]["pruned"],
                        speedup=result["throughput"]["speedup"],
+                       speedup_status=result["throughput"]["status"],
                        artifact_bytes=result["storage"]["artifact_bytes"],
                        full_model_bytes=result["storage"]["full_model_bytes"],
                        timings=result["timings"], cache=result["cache"],

@@ -24,12 +24,15 @@ COLUMNS = {
     "method": "TEXT", "alpha": "REAL", "repeats": "INTEGER", "tsne_backend": "TEXT",
     "seed": "INTEGER", "status": "TEXT NOT NULL", "error": "TEXT", "num_layers": "INTEGER",
     "depth": "INTEGER", "confidence": "REAL", "acc_full": "REAL", "acc_pruned": "REAL",
-    "img_s_full": "REAL", "img_s_pruned": "REAL", "speedup": "REAL", "artifact_bytes": "INTEGER",
+    "img_s_full": "REAL", "img_s_pruned": "REAL", "speedup": "REAL", "speedup_status": "TEXT",
+    "artifact_bytes": "INTEGER",
     "full_model_bytes": "INTEGER", "wall_s": "REAL", "attempts": "INTEGER", "timings": "TEXT",
     "cache": "TEXT", "settings": "TEXT", "versions": "TEXT", "device": "TEXT", "host": "TEXT",
     "cell_dir": "TEXT", "started": "TEXT", "finished": "TEXT",
 }
 _JSON_COLUMNS = ("timings", "cache", "settings", "versions")
+# columns added after a database may have been written: added to an older file when it opens
+_ADDED_COLUMNS = ("speedup_status",)
 
 
 class ResultsDB:
@@ -57,6 +60,11 @@ class ResultsDB:
                 if self._conn.execute("PRAGMA user_version").fetchone()[0] == 0:
                     self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             have = {r[1] for r in self._conn.execute("PRAGMA table_info(runs)")}
+            with self._conn:
+                for name in _ADDED_COLUMNS:
+                    if name not in have:
+                        self._conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {COLUMNS[name]}")
+                        have.add(name)
         except sqlite3.DatabaseError as exc:
             raise ValueError(f"{self.path} is not a readable sls-fast results database "
                              f"({exc})") from None
@@ -117,12 +125,20 @@ def summary_table(rows: List[dict]) -> str:
             f"{r['depth']}/{r['num_layers']}" if ok else "-",
             _fmt(r.get("confidence"), ".0%") if ok else "-",
             f"{r['acc_full']:.3f} -> {r['acc_pruned']:.3f}" if ok else "-",
-            f"{r['img_s_full']:.0f} -> {r['img_s_pruned']:.0f} ({r['speedup']:.2f}x)" if ok else "-",
+            f"{r['img_s_full']:.0f} -> {r['img_s_pruned']:.0f} ({_speedup(r)})" if ok else "-",
             _fmt(r.get("wall_s"), ".0f"),
             "" if ok else (r.get("error") or "")[:60]))
     return text_table(lines, ("task", "model", "method", "alpha", "status", "K/L", "conf",
                               "accuracy full -> pruned", "images/s full -> pruned", "wall s",
                               "error"))
+
+
+def _speedup(row: dict) -> str:
+    """The row's speed-up as the table shows it: the ratio, flagged when noisy, or why none."""
+    status = row.get("speedup_status")
+    if row.get("speedup") is None:
+        return status or "-"
+    return f"{row['speedup']:.2f}x" + (" noisy" if status == "noisy" else "")
 
 
 def write_csv(rows: List[dict], path: str) -> None:
@@ -163,7 +179,10 @@ def plot_results(rows: List[dict], directory: str) -> List[str]:
                     arrowprops=dict(arrowstyle="->", color=c, alpha=0.6, lw=1))
         ax.scatter(r["img_s_full"], r["acc_full"], marker=m, s=60, facecolors="none",
                    edgecolors=[c], linewidths=1.5)
-        ax.scatter(r["img_s_pruned"], r["acc_pruned"], marker=m, s=60, color=c)
+        trusted = r.get("speedup_status") in (None, "ok")  # noisy or not a result: hollow
+        ax.scatter(r["img_s_pruned"], r["acc_pruned"], marker=m, s=60,
+                   facecolors=[c] if trusted else "none", edgecolors=[c],
+                   linewidths=1.5, linestyle="-" if trusted else ":")
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], ls="", marker="s", color=colours(i % colours.N), label=t)
@@ -171,7 +190,9 @@ def plot_results(rows: List[dict], directory: str) -> List[str]:
     handles += [Line2D([], [], ls="", marker=shapes[i % len(shapes)], color="0.3", label=s)
                 for i, s in enumerate(settings)]
     handles += [Line2D([], [], ls="", marker="o", mfc="none", mec="0.3", label="full model"),
-                Line2D([], [], ls="", marker="o", color="0.3", label="pruned (SLS)")]
+                Line2D([], [], ls="", marker="o", color="0.3", label="pruned (SLS)"),
+                Line2D([], [], ls="", marker="o", mfc="none", mec="0.3", mew=1.5,
+                       label="pruned, timing noisy or not a result (dotted)")]
     ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5),
               frameon=False)
     ax.set_xscale("log")
