@@ -10,10 +10,13 @@ checks it against what arithmetic allows:
   latencies, with a 95 % bootstrap interval over the timed batches;
 * it is ``noisy`` when the interval is wider than ``NOISY_WIDTH`` of the ratio or either model
   had fewer than ``MIN_TIMED_BATCHES`` timed batches;
-* its bound is the ratio of the two models' floating-point operations (counted by torch's
-  ``FlopCounterMode`` on one image); for blocks of equal cost that is at most L/K. A speed-up
-  whose interval lies wholly above ``BOUND_SLACK`` x the bound is a measurement error and is
-  not reported as a result (``speedup`` None);
+* its bound is the largest of the two models' cost ratios on one image: floating-point
+  operations (torch's ``FlopCounterMode``), weight bytes read, activation bytes written. Time is
+  a sum of terms proportional to these (a small input on a CPU is bound by weight reorders and
+  per-layer overheads, not by arithmetic), and a ratio of such sums never exceeds its largest
+  term ratio; for blocks of equal cost each ratio is at most L/K. A speed-up whose interval
+  lies wholly above ``BOUND_SLACK`` x the bound is a measurement error and is not reported as a
+  result (``speedup`` None);
 * a cut that keeps every block (K = L) reports no speed-up: "not pruned".
 """
 from __future__ import annotations
@@ -187,17 +190,45 @@ def sweep_batch_sizes(model: torch.nn.Module, batch_sizes: Iterable[int] = (1, 8
     return [measure_throughput(model, batch_size=b, **kwargs) for b in batch_sizes]
 
 
-def _flops(model: torch.nn.Module, x: torch.Tensor) -> Optional[int]:
-    """Floating-point operations of one forward of ``model`` on ``x`` (None: not countable)."""
+def _costs(model: torch.nn.Module, x: torch.Tensor) -> Dict[str, Optional[int]]:
+    """What one forward of ``model`` on ``x`` has to do: floating-point operations (torch's
+    ``FlopCounterMode``; None when not countable), bytes of weights read, bytes of activations
+    written (the outputs of every leaf module)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    written = [0]
+
+    def count(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+        for t in (output if isinstance(output, (tuple, list)) else [output]):
+            if isinstance(t, torch.Tensor):
+                written[0] += t.numel() * t.element_size()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if not any(True for _ in m.children())]
+    flops: Optional[int]
     try:
         with torch.inference_mode(), FlopCounterMode(display=False) as counter:
             model(x)
+        flops = int(counter.get_total_flops()) or None
     except Exception:  # noqa: BLE001 - an op the counter cannot trace: no bound from it
+        flops = None
+    finally:
+        for h in hooks:
+            h.remove()
+    weights = sum(t.numel() * t.element_size()
+                  for t in (*model.parameters(), *model.buffers()))
+    return dict(flops=flops, weight_bytes=int(weights) or None,
+                activation_bytes=int(written[0]) or None)
+
+
+def _bound(full: Dict[str, Optional[int]], pruned: Dict[str, Optional[int]]) -> Optional[float]:
+    """The largest speed-up the cut allows. A forward's time is a sum of terms, each
+    proportional to one of the costs (operations, weight bytes, activation bytes, fixed
+    overheads per module growing with them), and a ratio of such sums is at most the largest
+    ratio of its terms. None when the operations could not be counted."""
+    if not (full["flops"] and pruned["flops"]):
         return None
-    total = int(counter.get_total_flops())
-    return total or None
+    return max(full[k] / pruned[k] for k in full if full[k] and pruned[k])  # type: ignore[operator]
 
 
 def _bootstrap_ci(full: List[float], pruned: List[float], *, resamples: int = 1000,
@@ -228,7 +259,7 @@ def speedup_verdict(speedup: float, ci: Optional[Tuple[float, float]], *, timed:
     if bound is not None and lo > BOUND_SLACK * bound:
         return dict(status="measurement error", speedup=None, noisy=True,
                     note=f"measurement error: {speedup:.2f}x (95% interval {lo:.2f}-{hi:.2f}) "
-                         f"exceeds what the cut allows ({bound:.2f}x by operation count); "
+                         f"exceeds what the cut allows ({bound:.2f}x, its largest cost ratio); "
                          "time with more iterations on a quiet machine")
     reasons = []
     if timed < MIN_TIMED_BATCHES:
@@ -262,7 +293,8 @@ def compare_throughput(full: torch.nn.Module, pruned: torch.nn.Module, *, rounds
         ``{"full": {...}, "pruned": {...}}`` (:func:`measure_throughput`'s records) and
         ``speedup`` (pruned images/s / full images/s; None when not pruned or a measurement
         error), ``measured_speedup`` (the ratio as measured), ``speedup_ci`` (95 % interval or
-        None), ``bound`` (the operation-count ratio, None when not countable), ``status``,
+        None), ``bound`` (the largest cost ratio, None when not countable), ``costs`` (each
+        model's ``flops``, ``weight_bytes`` and ``activation_bytes`` on one image), ``status``,
         ``noisy`` and ``note`` (:func:`speedup_verdict`).
     """
     dev = model_device(full, device)
@@ -279,13 +311,12 @@ def compare_throughput(full: torch.nn.Module, pruned: torch.nn.Module, *, rounds
                 times[k] += r.time(per_round)
         out: Dict[str, Any] = {k: runners[k].result(times[k]) for k in runners}
         x1 = runners["full"].x[:1]
-        flops = {k: _flops(r.model, x1) for k, r in runners.items()}
+        costs = {k: _costs(r.model, x1) for k, r in runners.items()}
     measured = out["pruned"]["images_per_s"] / out["full"]["images_per_s"]
-    bound = (flops["full"] / flops["pruned"] if flops["full"] and flops["pruned"]
-             else (blocks[1] / blocks[0] if blocks else None))
+    bound = _bound(costs["full"], costs["pruned"])
     ci = _bootstrap_ci(times["full"], times["pruned"])
     kept, total = blocks if blocks else (None, None)
     out.update(measured_speedup=measured, speedup_ci=list(ci) if ci else None, bound=bound,
-               flops=flops, **speedup_verdict(measured, ci, timed=min(map(len, times.values())),
+               costs=costs, **speedup_verdict(measured, ci, timed=min(map(len, times.values())),
                                               bound=bound, kept=kept, total=total))
     return out

@@ -41,8 +41,11 @@ def test_compare_runs_both_and_gives_models_back():
     assert res["speedup"] == res["measured_speedup"]
     lo, hi = res["speedup_ci"]
     assert 0 < lo <= hi
-    # the bound is the operation count's ratio: 3 of tiny_vit's blocks against 1
-    assert 1 < res["bound"] < 3 and res["flops"]["full"] > res["flops"]["pruned"] > 0
+    # the bound is the largest cost ratio: 3 of tiny_vit's blocks against 1 (+ embedding, head)
+    full_costs, pruned_costs = res["costs"]["full"], res["costs"]["pruned"]
+    assert set(full_costs) == {"flops", "weight_bytes", "activation_bytes"}
+    assert res["bound"] == pytest.approx(max(full_costs[k] / pruned_costs[k] for k in full_costs))
+    assert 1 < res["bound"] < 3
     assert full.training and all(m.training for m in full.modules())
     assert not pruned.training
 
