@@ -305,7 +305,7 @@ def compare_throughput(full: torch.nn.Module, pruned: torch.nn.Module, *, rounds
     with _restored(full, pruned):
         runners = {"full": _Runner(full, **kw), "pruned": _Runner(pruned, **kw)}
         times: Dict[str, List[float]] = {k: [] for k in runners}
-        per_round = max(1, iters // max(1, rounds))
+        per_round = -(-iters // max(1, rounds))  # at least ``iters`` timed batches in all
         for _ in range(max(1, rounds)):
             for k, r in runners.items():
                 times[k] += r.time(per_round)
