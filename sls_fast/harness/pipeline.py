@@ -28,7 +28,6 @@ import torch
 
 from sls_fast.harness.reports import SPEEDUP_KEYS, TaskResult, write_report
 from sls_fast.harness.settings import TaskSettings
-from sls_fast.method.embed import PERPLEXITY
 
 if TYPE_CHECKING:
     from sls_fast.harness.cache import StageCache
@@ -85,8 +84,9 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     from sls_fast.models.prune import truncate
     from sls_fast.models.throughput import compare_throughput
     from sls_fast.models.train import evaluate, finetune
-    from sls_fast.common.utils import (device_name, num_classes_of, resolve_device,
-                                       seed_everything, versions)
+    from sls_fast.common.utils import device_name, num_classes_of, seed_everything, versions
+    from sls_fast.harness.preflight import (check_data, check_device, check_first_batch,
+                                            check_out, check_weights)
     from sls_fast.harness.cache import (cache_key, data_fingerprint, features_from_tensors, features_to_tensors,
                         weights_checksum)
     from sls_fast.io.checkpoints import size_kwargs
@@ -101,8 +101,10 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
         raise TypeError(f"settings must be a TaskSettings, got {type(settings).__name__}")
     s = settings
     say = log or (lambda msg: None)
-    dev = resolve_device(s.device)
-    os.makedirs(out, exist_ok=True)
+    # preflight (sls_fast.harness.preflight): what a user can get wrong, before any compute
+    check_out(out)
+    dev = check_device(s.device)
+    check_weights(s.model, s.checkpoint)
     timings, hits = {}, {}
 
     def cached(stage, key):
@@ -114,11 +116,14 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     seed_everything(s.seed)
     size = _image_size(s)
     model = load(s.model, checkpoint=s.checkpoint, **size_kwargs(s.model, size))
-    split = {sp: from_spec(s.data, sp, image_size=size, model=model, seed=s.seed)
-             for sp in ("train", "val", "test")}
+    split = {sp: from_spec(s.data, sp, image_size=size, model=model, seed=s.seed,
+                           on_bad_image=s.on_bad_image) for sp in ("train", "val", "test")}
     train, val, test = split["train"], split["val"], split["test"]
     size = getattr(train, "image_size", size)  # the data's (H, W) when it decided the size
     size = int(size[0]) if isinstance(size, (tuple, list)) else size
+    check_data(split, scored=s.score_points, perplexity=s.perplexity)
+    check_first_batch(model, batch_size=s.batch_size, image_size=size, device=dev)
+    os.makedirs(out, exist_ok=True)
     num_classes = s.num_classes or num_classes_of(train)
     add_adapters(model, s.method, dim=s.adapter_dim, scale=s.adapter_scale,
                  num_classes=num_classes)
@@ -161,8 +166,7 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     feat_key = cache_key("features", weights=weights, data=data_key["train"],
                          points=len(score_data), image_size=size, pool="auto")
     score_key = cache_key("scores", **{**s.values("score"), "data": feat_key,
-                                       "image_size": size, "score_points": len(score_data)},
-                          perplexity=PERPLEXITY)
+                                       "image_size": size, "score_points": len(score_data)})
     entry = cached("scores", score_key)
     if entry is not None:
         report = LayerReport.from_json(entry[1]["report"]).with_alpha(s.alpha)
@@ -179,7 +183,7 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
                 cache.put(feat_key, "features", *features_to_tensors(feats))
         timings["score_extract"] = time.perf_counter() - t0
         report = score_features(feats, alpha=s.alpha, seed=s.seed, max_iter=s.tsne_iter,
-                                perplexity=PERPLEXITY, tsne_backend=s.tsne_backend,
+                                perplexity=s.perplexity, tsne_backend=s.tsne_backend,
                                 repeats=s.repeats, progress=progress)
         timings.update({f"score_{k}": v for k, v in report.timings.items()})
         if cache is not None:

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 from sls_fast.common.checks import check_choice, check_number
-from sls_fast.method.embed import MAX_ITER, TSNE_BACKENDS
+from sls_fast.method.embed import MAX_ITER, PERPLEXITY, TSNE_BACKENDS
+from sls_fast.io.imagefiles import ON_BAD_IMAGE
 from sls_fast.method.select import ALPHA
 from sls_fast.models.adapters import DEFAULT_DIM
 from sls_fast.models.train import STRATEGIES
@@ -36,6 +37,7 @@ __all__ = ["TaskSettings", "SweepOptions", "METHODS", "QUICK", "STAGES", "AXES",
            "affecting", "default_of", "setting_fields"]
 
 METHODS = ("convpass", "repadapter", "lora")
+MAX_IMAGE_SIZE = 4096  # larger inputs are a typo, not a vision task
 # The reduced setting used by tests and first tries: about a minute on 2 CPU cores.
 QUICK = dict(image_size=32, epochs=1, prune_epochs=1, tsne_iter=300, score_points=400,
              throughput_iters=3, compile=False)
@@ -79,6 +81,9 @@ class TaskSettings:
     tsne_backend: str = _setting("auto", "t-SNE backend (sklearn: the paper's exact settings)",
                                  kind=str, affects=("score",), choices=TSNE_BACKENDS)
     tsne_iter: int = _setting(MAX_ITER, "t-SNE iterations", kind=int, affects=("score",))
+    perplexity: float = _setting(PERPLEXITY, "t-SNE perplexity (the authors': scikit-learn's "
+                                 "default); the scored images must exceed it",
+                                 kind=float, affects=("score",))
     strategy: str = _setting("CLR", "retraining of the pruned model: FT (constant small lr), "
                              "CLR (warm-up + cosine), TFS (from scratch)", kind=str,
                              affects=("retrain",), choices=STRATEGIES)
@@ -110,6 +115,9 @@ class TaskSettings:
     throughput_iters: Optional[int] = _setting(None, "timed batches per model (None: the "
                                                "default of measure_throughput)", kind=int,
                                                affects=("measure",), flag="--iters")
+    on_bad_image: str = _setting(ON_BAD_IMAGE[0], "an unreadable image file: stop with its "
+                                 "name (fail), or leave it out with a warning (skip)", kind=str,
+                                 affects=("adapt", "score", "retrain"), choices=ON_BAD_IMAGE)
     seed: int = _setting(0, "seeds the split, the adapters, training and t-SNE", kind=int,
                          affects=("adapt", "score", "retrain"))
     device: Optional[str] = _setting(None, "cpu | cuda | cuda:1 ... (None: CUDA when "
@@ -132,17 +140,20 @@ class TaskSettings:
                 raise TypeError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
         if not isinstance(self.compile, bool):
             raise TypeError(f"compile must be True or False, got {self.compile!r}")
-        self.alpha = cast(float, check_number(self.alpha, "alpha", low=0))
+        self.alpha = cast(float, check_number(self.alpha, "alpha", low=0, low_open=True, high=1))
+        self.perplexity = cast(float, check_number(self.perplexity, "perplexity", low=1))
         self.lr = cast(float, check_number(self.lr, "lr", low=0, low_open=True))
         self.adapter_scale = check_number(self.adapter_scale, "adapter_scale", low=0,
                                           low_open=True, allow_none=True)
         for name, low in (("repeats", 1), ("tsne_iter", 1), ("epochs", 1), ("prune_epochs", 1),
                           ("batch_size", 1), ("adapter_dim", 1), ("seed", 0)):
             setattr(self, name, check_number(getattr(self, name), name, integer=True, low=low))
-        for name, low in (("image_size", 8), ("score_points", 10), ("num_classes", 2),
-                          ("throughput_iters", 1)):
+        for name, low in (("score_points", 10), ("num_classes", 2), ("throughput_iters", 1)):
             setattr(self, name, check_number(getattr(self, name), name, integer=True, low=low,
                                              allow_none=True))
+        self.image_size = cast(Optional[int], check_number(
+            self.image_size, "image_size", integer=True, low=8, high=MAX_IMAGE_SIZE,
+            allow_none=True))
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

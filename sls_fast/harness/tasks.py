@@ -26,13 +26,14 @@ from typing import Any, Callable, Dict, Mapping, Optional, Union
 import torch.nn as nn
 
 from sls_fast.common.checks import check_choice, check_number
-from sls_fast.common.utils import (device_name, num_classes_of, resolve_device, seed_everything,
-                                   versions)
+from sls_fast.common.utils import device_name, num_classes_of, seed_everything, versions
+from sls_fast.harness.preflight import (check_data, check_device, check_first_batch, check_out,
+                                        check_weights)
 from sls_fast.harness.reports import (SPEEDUP_KEYS, BenchResult, PruneResult, ScoreResult,
                                       write_report)
 from sls_fast.harness.settings import default_of
 from sls_fast.io.imagefiles import ON_BAD_IMAGE
-from sls_fast.method.embed import MAX_ITER
+from sls_fast.method.embed import MAX_ITER, PERPLEXITY
 from sls_fast.method.score import LayerReport
 from sls_fast.method.select import ALPHA
 from sls_fast.models.adapters import DEFAULT_DIM, adapter_kinds
@@ -155,7 +156,8 @@ def _splits(data: str, splits, *, model: nn.Module, image_size, seed: int, on_ba
 
 def score_task(spec: Union[ModelSpec, str, Mapping[str, Any]], data: str, out: str, *,
                split: str = "train", alpha: float = ALPHA, seed: int = 0,
-               tsne_iter: int = MAX_ITER, tsne_backend: str = "auto", repeats: int = 1,
+               tsne_iter: int = MAX_ITER, perplexity: float = PERPLEXITY,
+               tsne_backend: str = "auto", repeats: int = 1,
                batch_size: int = default_of("batch_size"), pool: str = "auto",
                device: Optional[str] = None, on_bad_image: str = ON_BAD_IMAGE[0],
                progress: bool = True, log: Log = None) -> ScoreResult:
@@ -168,7 +170,8 @@ def score_task(spec: Union[ModelSpec, str, Mapping[str, Any]], data: str, out: s
             :class:`NoAdaptersWarning` says so.
         data: a data spec (``digits | lfw | vtab:PATH | folder:PATH``); ``split`` which split.
         out: the output folder (created).
-        alpha, seed, tsne_iter, tsne_backend, repeats: as :func:`sls_fast.score_layers`.
+        alpha, seed, tsne_iter, perplexity, tsne_backend, repeats: as
+            :func:`sls_fast.score_layers` (alpha in (0, 1]).
         batch_size, pool, device: of the feature extraction (:func:`sls_fast.extract_features`).
         on_bad_image: an unreadable image file: "fail" (with its name) or "skip" (with a warning).
         progress: show progress bars; log: called with one line per stage.
@@ -179,18 +182,25 @@ def score_task(spec: Union[ModelSpec, str, Mapping[str, Any]], data: str, out: s
     from sls_fast.method.score import score_layers
 
     spec = ModelSpec.of(spec)
+    check_number(alpha, "alpha", low=0, low_open=True, high=1)
+    check_number(perplexity, "perplexity", low=1)
+    check_out(out)  # preflight: before any compute (sls_fast.harness.preflight)
+    dev = check_device(device)
+    check_weights(spec.model, spec.checkpoint, spec.base_checkpoint)
     say = log or (lambda msg: None)
     seed_everything(seed)
-    dev = resolve_device(device)
     model = spec.build()
     (dataset,) = _splits(data, [split], model=model, image_size=spec.image_size, seed=seed,
                          on_bad_image=on_bad_image)
+    check_data({"train": dataset}, perplexity=perplexity)
+    check_first_batch(model, batch_size=batch_size, image_size=spec.image_size, device=dev)
     if spec.adapter is None or spec.checkpoint is None:
         warnings.warn("scoring a model without trained adapters: SLS scores the adapted model "
                       "(on the embedded default 3 of 16 blocks frozen vs 6 of 16 adapted); pass "
                       "--adapter KIND --checkpoint FILE", NoAdaptersWarning, stacklevel=2)
     say(f"scoring {spec.model} on {data} ({len(dataset)} images, split {split})")
     report = score_layers(model, dataset, alpha=alpha, seed=seed, max_iter=tsne_iter,
+                          perplexity=perplexity,
                           tsne_backend=tsne_backend, progress=progress, device=dev,
                           batch_size=batch_size, repeats=repeats, pool=pool)
     report.meta.update(spec.to_meta(), data=data, split=split, seed=seed,
@@ -243,14 +253,17 @@ def prune_task(folder: str, *, depth: Optional[int] = None,
     depth = int(check_number(depth, "depth", integer=True, low=1, high=report.num_layers,
                              allow_none=True) or report.depth)
     say = log or (lambda msg: None)
+    check_out(folder)
+    dev = check_device(device)
+    check_weights(model_spec.model, model_spec.checkpoint, model_spec.base_checkpoint)
     seed_everything(seed)
-    dev = resolve_device(device)
     model = model_spec.build()
     size = model_spec.image_size
     train, val, test = _splits(meta["data"], ("train", "val", "test"), model=model,
                                image_size=size, seed=seed,
                                on_bad_image=on_bad_image or meta.get("on_bad_image")
                                or ON_BAD_IMAGE[0])
+    check_data({"train": train, "val": val, "test": test})
     num_classes = num_classes_of(train)
     state = get_state(model)
     method = model_spec.adapter
@@ -308,7 +321,8 @@ def bench_task(folder: Optional[str] = None, *, spec: Optional[Mapping[str, Any]
     report = read_scored(folder) if folder else None
     model_spec = ModelSpec.resolve(spec or {}, report.meta if report else None)
     say = log or (lambda msg: None)
-    dev = resolve_device(device)
+    dev = check_device(device)
+    check_weights(model_spec.model, model_spec.checkpoint, model_spec.base_checkpoint)
     seed_everything(seed)
     model = model_spec.build(quiet_random=True)
     L = len(find_blocks(model))

@@ -87,8 +87,34 @@ class _Runner:
         with torch.inference_mode(), autocast(self.amp, self.device):
             return self.fn(self.x)
 
+    def _reset_peak(self) -> bool:
+        """Start a new peak-memory window; False when the CPU's cannot be reset here."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return True
+        try:  # Linux: "5" resets the process's peak resident set (VmHWM)
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            return True
+        except OSError:
+            return False
+
+    def _read_peak(self, reset: bool) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        if reset:
+            try:
+                with open("/proc/self/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            return int(line.split()[1]) * 1024
+            except OSError:
+                pass
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
     def time(self, iters: int) -> List[float]:
-        """Seconds per batch for ``iters`` batches."""
+        """Seconds per batch for ``iters`` batches; the peak memory of this window is kept."""
+        reset = self._reset_peak()
         out = []
         if self.device.type == "cuda":
             for _ in range(iters):
@@ -104,17 +130,17 @@ class _Runner:
                 t0 = time.perf_counter()
                 self.step()
                 out.append(time.perf_counter() - t0)
+        self.peak = max(getattr(self, "peak", 0), self._read_peak(reset))
         return out
 
     def result(self, times: List[float]) -> dict:
         times = sorted(times)
         q = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else times * 9
         med = statistics.median(times)
+        peak = getattr(self, "peak", 0)
         if self.device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(self.device)
             device = torch.cuda.get_device_name(self.device)
-        else:  # process-wide peak resident memory (Linux reports KiB)
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        else:
             device = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
         bs = self.x.shape[0]
         return dict(images_per_s=bs / med, latency_ms=med * 1e3, latency_ms_p20=q[1] * 1e3,
@@ -163,7 +189,8 @@ def measure_throughput(model: torch.nn.Module, *, batch_size: int = 64,
     Returns:
         dict with ``images_per_s``, ``latency_ms`` (median per batch), ``latency_ms_p20``,
         ``latency_ms_p80``, ``batch_size``, ``image_size``, ``compiled``, ``amp``, ``device``,
-        ``peak_memory_bytes`` (CUDA: peak allocated; CPU: the process's peak RSS), ``iters``,
+        ``peak_memory_bytes`` (the peak while this model was timed: CUDA peak allocated; CPU
+        the process's peak resident memory, reset before each timed block on Linux), ``iters``,
         ``warmup_s``.
 
     Example:

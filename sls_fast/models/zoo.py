@@ -19,6 +19,7 @@ import torch.nn as nn
 __all__ = [
     "DEFAULT_MODEL",
     "TINY",
+    "check_model_name",
     "RandomWeightsWarning",
     "load",
     "load_checkpoint",
@@ -123,8 +124,11 @@ def read_state_dict(path) -> "OrderedDict[str, torch.Tensor]":
     else:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"could not read checkpoint {path!r} as a torch file: {exc}") from exc
+        except Exception as exc:  # torch's text advises weights_only=False: never our advice
+            why = ("it holds Python objects besides tensors, which sls_fast does not unpickle"
+                   if "weights_only" in str(exc) else f"{type(exc).__name__}")
+            raise ValueError(f"checkpoint {path!r} is not a readable weights file (torch "
+                             f".pth/.pt/.bin/.ckpt, .safetensors or .npz): {why}") from None
     for key in ("state_dict_ema", "model_ema", "state_dict", "model", "module"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -225,6 +229,27 @@ def load_checkpoint(model: nn.Module, path, *, name: Optional[str] = None,
     return model
 
 
+def check_model_name(name: str) -> str:
+    """``name`` if timm knows it (or it is ``hf:FOLDER`` with an existing folder); else a
+    ValueError with the closest names timm knows."""
+    import difflib
+
+    import timm
+
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a timm model name, got {name!r}")
+    if name.startswith("hf:"):
+        if not os.path.isdir(name[3:]):
+            raise ValueError(f"model {name!r}: folder {name[3:]!r} does not exist")
+        return name
+    if name.startswith(("hf-hub:", "hf_hub:")) or timm.is_model(name):
+        return name
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown model {name!r}{hint} ('sls-fast models' lists the model families "
+                     "and the bundled weights)")
+
+
 # --------------------------------------------------------------------------- the entry point
 def load(name: str = DEFAULT_MODEL, *, checkpoint=None, num_classes: Optional[int] = None,
          pretrained_default: bool = True, **model_kwargs) -> nn.Module:
@@ -274,7 +299,7 @@ def load(name: str = DEFAULT_MODEL, *, checkpoint=None, num_classes: Optional[in
         model = timm.create_model(name, pretrained=False, **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
-            raise ValueError(f"unknown model {name!r}: {exc}") from None
+            check_model_name(name)  # raises with suggestions
         raise
 
     if checkpoint is not None:

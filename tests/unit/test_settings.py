@@ -14,10 +14,10 @@ from sls_fast.harness.sweep.spec import SHARED, SweepSpec, adapt_group, spec_key
 
 # a valid value other than the default, for every field (a new field fails here until added)
 VALUES = dict(model="resnet18", data="lfw", method="lora", alpha=0.45, repeats=3,
-              tsne_backend="native", tsne_iter=333, strategy="FT", epochs=2, prune_epochs=3,
+              tsne_backend="native", tsne_iter=333, perplexity=12.5, strategy="FT", epochs=2, prune_epochs=3,
               image_size=40, batch_size=16, lr=0.005, score_points=50, adapter_dim=4,
               adapter_scale=2.5, num_classes=7, checkpoint="w.pth", compile=False,
-              throughput_iters=5, seed=3, device="cpu")
+              throughput_iters=5, on_bad_image="skip", seed=3, device="cpu")
 OPTIONS = dict(out="somewhere", address="auto", num_cpus=3, gpus_per_cell=0.5,
                cpus_per_cell=1.5, max_retries=1, retry_failed=True)
 
@@ -139,7 +139,8 @@ def test_stage_field_sets_decide_the_groups():
     assert affecting("select") == ("alpha",)
     assert set(affecting("adapt")) == {"model", "data", "method", "epochs", "image_size",
                                        "batch_size", "lr", "adapter_dim", "adapter_scale",
-                                       "num_classes", "checkpoint", "seed", "device"}
+                                       "num_classes", "checkpoint", "on_bad_image", "seed",
+                                       "device"}
     base = TaskSettings()
     for f in setting_fields():
         other = dataclasses.replace(base, **{f.name: VALUES[f.name]})

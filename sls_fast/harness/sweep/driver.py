@@ -37,6 +37,7 @@ from datetime import datetime, timezone
 from typing import Callable, Dict, List, Optional
 
 from sls_fast.common.signals import sigint_held
+from sls_fast.harness.preflight import check_device, check_out, check_weights
 from sls_fast.harness.settings import SweepOptions, TaskSettings, default_of
 from sls_fast.harness.sweep.spec import (Cell, SweepSpec, SweepSpecBase, adapt_group,
                                         read_spec_file, vtab_task_facts)
@@ -194,8 +195,13 @@ def run_sweep(spec: SweepSpecBase, out: str, *, address: Optional[str] = None,
     from sls_fast.harness.sweep.results import ResultsDB, plot_results, write_csv
 
     say = log or (lambda msg: None)
-    out = os.path.abspath(out)
+    out = check_out(out)  # preflight: before Ray starts (sls_fast.harness.preflight)
     cells = spec.cells()
+    for model, checkpoint in sorted({(c.settings.model, c.settings.checkpoint) for c in cells},
+                                    key=str):
+        check_weights(model, checkpoint)
+    for device in {c.settings.device for c in cells if c.settings.device}:
+        check_device(device)
     os.makedirs(os.path.join(out, "cells"), exist_ok=True)
     db = ResultsDB(os.path.join(out, "results.sqlite"))
     ok_keys, failed_keys = db.keys("ok"), db.keys("failed")
