@@ -4,6 +4,7 @@
     sls-fast score --model NAME --data SPEC       score every block, write report + plots
     sls-fast prune --report DIR                   truncate at the reported depth, retrain, save
     sls-fast bench --model NAME [--depth K]       throughput of the full vs the pruned model
+    sls-fast models                               the model families and the bundled weights
 
 Every subcommand takes --device, --seed, --json (print the result as JSON), --no-progress and
 --debug. Bad input ends in one line on stderr and exit code 2 (--debug shows the traceback).

@@ -125,8 +125,14 @@ def read_state_dict(path) -> "OrderedDict[str, torch.Tensor]":
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch's text advises weights_only=False: never our advice
+            import zipfile
+
+            with open(path, "rb") as f:
+                torch_like = f.read(1) == b"\x80" or zipfile.is_zipfile(path)  # pickle / zip
             why = ("it holds Python objects besides tensors, which sls_fast does not unpickle"
-                   if "weights_only" in str(exc) else f"{type(exc).__name__}")
+                   if torch_like and "weights_only" in str(exc) else
+                   f"it is not a torch file ({type(exc).__name__})" if not torch_like else
+                   f"{type(exc).__name__}")
             raise ValueError(f"checkpoint {path!r} is not a readable weights file (torch "
                              f".pth/.pt/.bin/.ckpt, .safetensors or .npz): {why}") from None
     for key in ("state_dict_ema", "model_ema", "state_dict", "model", "module"):

@@ -78,7 +78,7 @@ def test_settings_are_validated():
         TaskSettings(alpha=-0.1)
     with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
         TaskSettings(epochs=0)
-    with pytest.raises(TypeError, match="image_size must be an integer >= 8 or None, got 2.5"):
+    with pytest.raises(TypeError, match="image_size must be an integer >= 8 and <= 4096 or None, got 2.5"):
         TaskSettings(image_size=2.5)
     s = TaskSettings(alpha=np.float32(0.5), epochs=np.int64(3))  # NumPy scalars are numbers
     assert (s.alpha, s.epochs) == (0.5, 3) and type(s.epochs) is int

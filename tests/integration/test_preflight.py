@@ -60,7 +60,7 @@ def test_model_names_and_weights(tmp_path, capsys):
     text.write_text("these are not weights\n")
     line = _refused(capsys, ["score", "--model", "vit_tiny_patch16_224", "--checkpoint",
                              str(text), "--out", str(out)], "is not a readable weights file", out)
-    assert "weights_only" not in line and len(line) < 300
+    assert "it is not a torch file" in line and "weights_only" not in line and len(line) < 300
     _refused(capsys, ["run", "--checkpoint", str(tmp_path / "missing.pth"), "--out", str(out)],
              "does not exist", out)
 

@@ -44,7 +44,7 @@ def test_the_api_follows_it():
         sls_fast.tsne(x, seed=-1, perplexity=5.0)
     with pytest.raises(TypeError, match="perplexity must be a number > 0"):
         sls_fast.tsne(x, perplexity="5")
-    with pytest.raises(ValueError, match="alpha must be a number >= 0"):
+    with pytest.raises(ValueError, match=r"alpha must be a number > 0 and <= 1, got -1"):
         sls_fast.TaskSettings(alpha=-1)
     with pytest.raises(TypeError, match="epochs must be an integer >= 1"):
         sls_fast.TaskSettings(epochs=1.5)
