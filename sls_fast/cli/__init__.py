@@ -17,7 +17,7 @@ import warnings
 from typing import Optional
 
 from sls_fast._version import __version__
-from sls_fast.cli.common import _emit, _emit_result, _model_overrides, _model_spec, _positive_int, _say
+from sls_fast.cli.common import HelpFormatter, _emit, _emit_result, _model_overrides, _model_spec, _positive_int, _say
 from sls_fast.cli.options import add_setting_option, add_task_options
 from sls_fast.cli.sweep import add_sweep_parser
 from sls_fast.harness.settings import default_of
@@ -149,9 +149,10 @@ def _model_options(p, *, required: bool = True):
     g.add_argument("--adapter-scale", type=float, default=None,
                    help=f"adapter output scale s ({DEFAULT_SCALE:g}; the authors' configs set it "
                    "per task)")
-    g.add_argument("--lora-rank", type=int, default=None, dest="adapter_dim",
+    g.add_argument("--lora-rank", type=int, default=None, dest="adapter_dim", metavar="R",
                    help=f"with --adapter lora: the LoRA rank r ({default_of('adapter_dim')})")
     g.add_argument("--lora-alpha", type=float, default=None, dest="adapter_scale",
+                   metavar="LORA_ALPHA",
                    help=f"with --adapter lora: peft's lora_alpha ({LORA_ALPHA:g}; the update is "
                    "scaled by lora_alpha / r)")
 
@@ -191,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "truncate -> retrain -> test accuracy, compiled throughput and storage of "
                        "full vs pruned. Writes DIR/report.json, DIR/scores.png, "
                        "DIR/tsne_layers.png and DIR/pruned.safetensors.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     r.add_argument("--out", default="sls_run", help="output folder")
     r.add_argument("--quick", action="store_true", help="reduced setting (32 px, 1 epoch, 400 "
                    "scored images, eager timing): about a minute on 2 cores; options given "
@@ -201,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("score", help="score every block of a model on a data set (no pruning)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=HelpFormatter,
                        description="One pass over the data, t-SNE of every block, silhouette / "
                        "Calinski-Harabasz / Davies-Bouldin per block, the SLS depth. Writes "
                        "OUT/report.json, OUT/layers.json and two plots.")
@@ -218,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_score)
 
     p = sub.add_parser("prune", help="truncate at a report's depth, retrain, evaluate, save",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=HelpFormatter,
                        description="Reads REPORT/layers.json (from 'sls-fast score' or "
                        "'sls-fast run'), rebuilds the scored model (its size, weights and "
                        "adapters; fresh adapters of a run's method, or Convpass, when it was "
@@ -237,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prune)
 
     b = sub.add_parser("bench", help="throughput of the full vs the pruned model",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=HelpFormatter,
                        description="Random inputs; warm-up and compilation excluded; both models "
                        "timed alternately in one run. Random weights are fine for timing. With "
                        "--report DIR: the scored model against DIR/pruned.safetensors (from "

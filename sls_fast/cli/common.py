@@ -2,6 +2,7 @@
 lines on stderr and the printed result."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -30,9 +31,20 @@ def _emit_result(args, result) -> dict:
     return _emit(args, result.to_dict(), result.summary())
 
 
-def _positive_int(text: str) -> int:
-    import argparse
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help with each option's default where it says something: not for flags (their name
+    says it), not for None (the help says what None means), not twice (the settings' help
+    already carries its default)."""
 
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.default is None or action.default is argparse.SUPPRESS
+                or isinstance(action.default, bool) or "(default" in text):
+            return text
+        return super()._get_help_string(action) or text
+
+
+def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:

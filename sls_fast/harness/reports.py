@@ -4,12 +4,14 @@
 (:func:`~sls_fast.harness.tasks.score_task`), :class:`PruneResult`
 (:func:`~sls_fast.harness.tasks.prune_task`) and :class:`BenchResult`
 (:func:`~sls_fast.harness.tasks.bench_task`) are typed records: ``to_dict()`` is their JSON form
-(``report.json`` for a run and a scoring, checked against ``sls_fast.schema("report")``) and
+(``report.json`` for a run and a scoring, checked against ``sls_fast.schema("report")``; its
+``files`` are relative to the report's folder) and
 ``summary()`` the short table the command line prints.
 """
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
@@ -42,6 +44,19 @@ def _scored(kind: str, report: LayerReport, model: str, dataset: str) -> Dict[st
                 layer_names=list(report.layer_names),
                 scores={k: [float(x) for x in v] for k, v in report.scores.items()},
                 **report.decision())
+
+
+def _relative(files: Dict[str, Any]) -> Dict[str, Any]:
+    """``files`` with every path relative to the report's folder (a folder that moves, as a
+    sweep cell's does when it is renamed into place, keeps its report true)."""
+    folder = os.path.dirname(os.path.abspath(str(files["report"])))
+
+    def rel(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [rel(x) for x in v]
+        return os.path.relpath(os.path.abspath(str(v)), folder) if isinstance(v, str) else v
+
+    return {k: rel(v) for k, v in files.items()}
 
 
 def write_report(result: Union["TaskResult", "ScoreResult"]) -> str:
@@ -87,7 +102,7 @@ class TaskResult(_HasLayers):
         return dict(_scored("run", self.layers, s.model, s.data), method=s.method,
                     accuracy=self.accuracy, throughput=self.throughput, storage=self.storage,
                     settings=s.to_dict(), timings=self.timings, cache=self.cache,
-                    versions=self.versions, device=self.device, files=self.files)
+                    versions=self.versions, device=self.device, files=_relative(self.files))
 
     def summary(self) -> str:
         """A short table for people."""
@@ -128,7 +143,7 @@ class ScoreResult(_HasLayers):
     def to_dict(self) -> Dict[str, Any]:
         return dict(_scored("score", self.layers, self.model, self.dataset), split=self.split,
                     timings={k: float(v) for k, v in self.layers.timings.items()},
-                    versions=self.versions, device=self.device, files=self.files)
+                    versions=self.versions, device=self.device, files=_relative(self.files))
 
     def summary(self) -> str:
         written = [self.files["report"], *self.files.get("plots", [])]

@@ -117,3 +117,22 @@ def test_version_and_models(capsys):
     assert {"vit", "swin", "efficientnet", "convnext", "resnet"} <= \
         {f["family"] for f in listed["families"]}
     assert "efficientnet_lite0" in listed["bundled_weights"]
+
+
+def test_help_explains_every_option_and_no_empty_default(capsys):
+    """Every option of every command has a help text; no '(default: None)', no default
+    printed for a flag, and no default printed twice."""
+    from sls_fast.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict))
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"sls-fast {name} {action.option_strings[0]} has no help"
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        for bad in ("(default: None)", "(default: True)", "(default: False)"):
+            assert bad not in text, f"sls-fast {name} --help says {bad}"
+        assert text.count("(default: 64) (default: 64)") == 0

@@ -63,6 +63,8 @@ def test_score_task_writes_what_it_returns(scored):
     assert report["kind"] == "score" and report["split"] == "all" and report["dataset"] == data
     assert 1 <= result.depth <= result.num_layers == 6  # test_vit has 6 blocks
     assert all(os.path.isfile(p) for p in result.files["plots"])
+    assert report["files"] == dict(report="report.json", layers="layers.json",
+                                   plots=["scores.png", "tsne_layers.png"])  # relative
     meta = read_scored(str(out)).meta
     assert {k: meta[k] for k in ("model", "image_size", "adapter", "adapter_dim")} == \
         dict(model="test_vit", image_size=32, adapter="convpass", adapter_dim=4)
