@@ -218,6 +218,7 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     report.meta.update(model=s.model, dataset=s.data, image_size=size, num_classes=num_classes,
                        data=s.data, method=s.method, checkpoint=s.checkpoint,
                        adapter_dim=s.adapter_dim, adapter_scale=s.adapter_scale,
+                       class_names=[str(c) for c in getattr(train, "classes", None) or []],
                        title=f"{s.model} on {s.data}")
     report.to_json(os.path.join(out, "layers.json"))
     plots = report.plot(out)

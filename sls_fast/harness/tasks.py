@@ -204,7 +204,8 @@ def score_task(spec: Union[ModelSpec, str, Mapping[str, Any]], data: str, out: s
                           tsne_backend=tsne_backend, progress=progress, device=dev,
                           batch_size=batch_size, repeats=repeats, pool=pool)
     report.meta.update(spec.to_meta(), data=data, split=split, seed=seed,
-                       on_bad_image=on_bad_image, title=f"{spec.model} on {data}")
+                       on_bad_image=on_bad_image, title=f"{spec.model} on {data}",
+                       class_names=[str(c) for c in getattr(dataset, "classes", None) or []])
     os.makedirs(out, exist_ok=True)
     layers = os.path.join(out, "layers.json")
     report.to_json(layers)

@@ -33,6 +33,18 @@ if TYPE_CHECKING:
 __all__ = ["LayerReport", "score_layers", "score_features", "SELECTION_METRIC"]
 
 SELECTION_METRIC = "silhouette"  # the paper's; the others are reported
+MAX_LEGEND_CLASSES = 20  # the t-SNE grid names this many classes, with distinct colours
+
+
+def class_palette(n: int) -> List[tuple]:
+    """``n`` qualitative colours, distinct up to 20: tab10, then tab20's lighter tones (one
+    colour per class index, never spread over a colour map's range, where 4 classes would pair
+    up as blue / cyan and red / pink); beyond 20 they repeat."""
+    from matplotlib import colormaps
+
+    tab20 = colormaps["tab20"]
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))  # tab10's tones first, then light
+    return [tab20(order[k % 20]) for k in range(n)]
 
 
 @dataclass
@@ -164,6 +176,7 @@ class LayerReport:
         into ``directory`` (atomically; matplotlib's object API, the caller's backend untouched);
         returns their paths."""
         from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
 
         def subplots(nrows, ncols, figsize):
             fig = Figure(figsize=figsize)
@@ -190,6 +203,11 @@ class LayerReport:
                                 lw=0, label="min-max of runs")
                 ax.fill_between(layers, mean - sd, mean + sd, color="tab:blue", alpha=0.25, lw=0,
                                 label="mean +- sd")
+                low, high = ax.get_ylim()
+                if float(np.ptp(runs, axis=0).max()) < 0.01 * (high - low):  # under a line width
+                    ax.text(0.02, 0.02, f"the {S} runs differ by < {np.ptp(runs, axis=0).max():.2g}:"
+                            " bands thinner than the line", transform=ax.transAxes, fontsize=7,
+                            color="0.3")
             ax.set_xlabel("layer (block)")
             ax.set_title(name.replace("_", "-"))
             ax.grid(alpha=0.3)
@@ -217,6 +235,11 @@ class LayerReport:
             rows = -(-L // cols)
             fig, axes = subplots(rows, cols, (2.4 * cols, 2.4 * rows))
             sil = all_runs[SELECTION_METRIC][0]  # the run drawn (run 0)
+            labels = np.asarray(self.labels)
+            classes = np.unique(labels)
+            palette = class_palette(len(classes))
+            index = {c: k for k, c in enumerate(classes)}  # one colour per class, in order
+            point_colours = [palette[index[c]] for c in labels]
             for i in range(rows * cols):
                 ax = axes[i // cols][i % cols]
                 ax.set_xticks([])
@@ -225,14 +248,22 @@ class LayerReport:
                     ax.axis("off")
                     continue
                 e = self.embeddings[i]
-                ax.scatter(e[:, 0], e[:, 1], c=self.labels, s=2, cmap="tab10" if
-                           len(np.unique(np.asarray(self.labels))) <= 10 else "tab20", linewidths=0)
+                ax.scatter(e[:, 0], e[:, 1], c=point_colours, s=2, linewidths=0)
                 title = f"{i + 1}" + (f": {sil[i]:.2f}" if sil is not None else "")
                 ax.set_title(title, fontsize=8, color="black" if i < self.depth else "0.5")
+            names = self.meta.get("class_names") or []
+            handles = [Line2D([], [], ls="", marker="o", ms=5, color=palette[k],
+                              label=str(names[c]) if 0 <= c < len(names) else str(c))
+                       for k, c in enumerate(classes.tolist()[:MAX_LEGEND_CLASSES])]
+            fig.legend(handles=handles, loc="lower center", ncol=min(10, len(handles)),
+                       fontsize=7, frameon=False, title=None if len(classes) <=
+                       MAX_LEGEND_CLASSES else f"first {MAX_LEGEND_CLASSES} of {len(classes)} "
+                       "classes (colours repeat)", title_fontsize=7)
             which = "" if self.repeats == 1 else f", run 0 of {self.repeats}"
             fig.suptitle(f"t-SNE of each layer (title: layer: silhouette{which}; grey = removed)",
                          fontsize=9)
-            fig.tight_layout()
+            legend_rows = -(-len(handles) // 10)
+            fig.tight_layout(rect=(0, 0.04 + 0.035 * legend_rows, 1, 1))
             p = os.path.join(directory, "tsne_layers.png")
             save(fig, p, 100)
             paths.append(p)

@@ -69,6 +69,7 @@ def test_score_task_writes_what_it_returns(scored):
     assert {k: meta[k] for k in ("model", "image_size", "adapter", "adapter_dim")} == \
         dict(model="test_vit", image_size=32, adapter="convpass", adapter_dim=4)
     assert meta["on_bad_image"] == "skip" and meta["seed"] == 3
+    assert meta["class_names"] == ["class_0", "class_1", "class_2"]  # the t-SNE grid's legend
     assert "kept depth K" in result.summary()
 
 

@@ -176,3 +176,15 @@ def test_bad_repeats(bad, lite0_digits):
     model, data = lite0_digits
     with pytest.raises(ValueError, match="repeats"):
         sls_fast.score_layers(model, data, repeats=bad, progress=False)
+
+
+def test_class_palette_is_distinct_up_to_20_and_tab10_first():
+    """One colour per class index: 4 classes get tab10's first four (blue, orange, green, red),
+    not four points spread over a colour map (blue / red / pink / cyan)."""
+    from matplotlib import colormaps
+
+    from sls_fast.method.score import class_palette
+
+    assert class_palette(4) == [colormaps["tab10"](k) for k in range(4)]
+    assert len(set(class_palette(20))) == 20
+    assert class_palette(21)[20] == class_palette(21)[0]  # beyond 20 they repeat
