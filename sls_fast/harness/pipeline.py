@@ -52,13 +52,6 @@ def _load_trainable_state(model: torch.nn.Module, tensors: Dict[str, torch.Tenso
     model.load_state_dict(tensors, strict=False)
 
 
-def _image_size(s: TaskSettings) -> Optional[int]:
-    if s.image_size is not None:
-        return s.image_size
-    kind = s.data.partition(":")[0].lower()
-    return 64 if kind in ("digits", "lfw") else None  # None: the model's own input size
-
-
 def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
              log: Optional[Callable[[str], None]] = None,
              cache: Optional[StageCache] = None) -> TaskResult:
@@ -90,7 +83,7 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     from sls_fast.harness.cache import (cache_key, data_fingerprint, features_from_tensors, features_to_tensors,
                         weights_checksum)
     from sls_fast.io.checkpoints import size_kwargs
-    from sls_fast.io.datasets import from_spec
+    from sls_fast.io.datasets import default_image_size, from_spec
     from sls_fast.method.extract import extract_features
     from sls_fast.models.zoo import load
     from sls_fast.method.score import LayerReport, score_features
@@ -114,7 +107,7 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
 
     t0 = time.perf_counter()
     seed_everything(s.seed)
-    size = _image_size(s)
+    size = s.image_size or default_image_size(s.data)  # None: the model's own input size
     model = load(s.model, checkpoint=s.checkpoint, **size_kwargs(s.model, size))
     split = {sp: from_spec(s.data, sp, image_size=size, model=model, seed=s.seed,
                            on_bad_image=s.on_bad_image) for sp in ("train", "val", "test")}

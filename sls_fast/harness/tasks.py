@@ -179,6 +179,7 @@ def score_task(spec: Union[ModelSpec, str, Mapping[str, Any]], data: str, out: s
     Returns:
         :class:`~sls_fast.harness.reports.ScoreResult`; its ``to_dict()`` is ``out/report.json``.
     """
+    from sls_fast.io.datasets import default_image_size
     from sls_fast.method.score import score_layers
 
     spec = ModelSpec.of(spec)
@@ -189,9 +190,15 @@ def score_task(spec: Union[ModelSpec, str, Mapping[str, Any]], data: str, out: s
     check_weights(spec.model, spec.checkpoint, spec.base_checkpoint)
     say = log or (lambda msg: None)
     seed_everything(seed)
+    if spec.image_size is None:  # the data source's default, as run_task's
+        spec = dataclasses.replace(spec, image_size=default_image_size(data))
     model = spec.build()
     (dataset,) = _splits(data, [split], model=model, image_size=spec.image_size, seed=seed,
                          on_bad_image=on_bad_image)
+    used = getattr(dataset, "image_size", None)  # what the data resolved (the model's own size)
+    used = used[0] if isinstance(used, (tuple, list)) else used
+    if spec.image_size is None and used:
+        spec = dataclasses.replace(spec, image_size=int(used))  # recorded as used, never null
     check_data({"train": dataset}, perplexity=perplexity)
     check_first_batch(model, batch_size=batch_size, image_size=spec.image_size, device=dev)
     if spec.adapter is None or spec.checkpoint is None:

@@ -47,6 +47,8 @@ __all__ = [
     "image_folder",
     "read_vtab_list",
     "from_spec",
+    "default_image_size",
+    "BUNDLED_IMAGE_SIZE",
     "stratified_split",
 ]
 
@@ -150,6 +152,17 @@ def lfw(split: str = "train", *, image_size=64, seed: int = 0, mean=None, std=No
     size, mean, std = _resolve_norm(model, image_size, mean, std, 64)
     return ArrayImageDataset(images[idx], labels[idx], image_size=size, mean=mean, std=std,
                              classes=["non-face", "face"], name=f"lfw/{split}")
+
+
+BUNDLED_IMAGE_SIZE = 64  # digits (8 px) and faces (62 x 47) upscaled; the model's size is wasted
+
+
+def default_image_size(spec: str) -> Optional[int]:
+    """The input size a job uses for the data ``spec`` when none is given: 64 px for the
+    bundled sets, None (the model's own input size) for image files. Every job resolves it
+    here, so ``run`` and ``score`` see the same images."""
+    kind = str(spec).partition(":")[0].lower()
+    return BUNDLED_IMAGE_SIZE if kind in ("digits", "lfw") else None
 
 
 def from_spec(spec: str, split: str = "train", *, image_size=None, model=None, seed: int = 0,

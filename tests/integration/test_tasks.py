@@ -125,3 +125,13 @@ def test_model_spec_checks_and_resolves():
         ModelSpec("test_vit", image_size="big")
     with pytest.raises(TypeError, match="a model spec must be"):
         ModelSpec.of(3)
+
+
+def test_score_uses_the_data_sources_default_size_and_records_it(tmp_path):
+    """score on digits runs at 64 px as run does (it ran at the model's 224), and records the
+    size used: layers.json never says null, so prune rebuilds the same model."""
+    with pytest.warns(NoAdaptersWarning):
+        result = score_task(ModelSpec("test_vit"), "digits", str(tmp_path), split="val",
+                            tsne_iter=250, device="cpu", progress=False)
+    assert read_scored(str(tmp_path)).meta["image_size"] == 64
+    assert result.layers.meta["image_size"] == 64
