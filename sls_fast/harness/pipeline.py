@@ -75,7 +75,7 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     from sls_fast.io.artifacts import save_pruned
     from sls_fast.models.adapters import add_adapters
     from sls_fast.models.prune import truncate
-    from sls_fast.models.throughput import compare_throughput
+    from sls_fast.models.throughput import MIN_TIMED_BATCHES, compare_throughput
     from sls_fast.models.train import evaluate, finetune
     from sls_fast.common.utils import device_name, num_classes_of, seed_everything, versions
     from sls_fast.harness.preflight import (check_data, check_device, check_first_batch,
@@ -194,11 +194,17 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     fit_pruned, acc_pruned = trained("retrain", retrain_key, pruned, s.strategy, s.prune_epochs)
     timings["retrain"] = time.perf_counter() - t0
 
-    say(f"[4/6] throughput, full vs pruned (batch {s.batch_size}, "
-        f"{'compiled' if s.compile else 'eager'})")
+    say("[4/6] throughput, full vs pruned: " + (
+        f"batch {s.batch_size}, {'compiled' if s.compile else 'eager'}" if s.timing == "default"
+        else f"the {s.timing} convention") + (
+        f", {s.throughput_iters} timed batches per model (few: the speed-up is marked noisy)"
+        if s.throughput_iters and s.throughput_iters < MIN_TIMED_BATCHES else ""))
     t0 = time.perf_counter()
-    tp = compare_throughput(model, pruned, batch_size=s.batch_size, image_size=size,
-                            compile=s.compile, iters=s.throughput_iters, device=dev, blocks=(depth, L))
+    own = s.timing == "default"  # the default convention times at the job's batch and compile
+    tp = compare_throughput(model, pruned, batch_size=s.batch_size if own else None,
+                            image_size=size, compile=s.compile if own else None,
+                            iters=s.throughput_iters, device=dev, blocks=(depth, L),
+                            convention=s.timing)
     timings["throughput"] = time.perf_counter() - t0
 
     say("[5/6] storing the pruning index + adapters + head")

@@ -24,7 +24,7 @@ __all__ = ["TaskResult", "ScoreResult", "PruneResult", "BenchResult", "write_rep
            "SPEEDUP_KEYS", "speedup_text"]
 
 # what a report keeps of compare_throughput's verdict on the speed-up
-SPEEDUP_KEYS = ("speedup", "measured_speedup", "speedup_ci", "bound", "status", "noisy", "note")
+SPEEDUP_KEYS = ("convention", "speedup", "measured_speedup", "speedup_ci", "bound", "status", "noisy", "note")
 
 
 def speedup_text(tp: Dict[str, Any]) -> str:
@@ -117,7 +117,8 @@ class TaskResult(_HasLayers):
                  f"{rep.scores['silhouette'][0]:.3f} -> {rep.scores['silhouette'][-1]:.3f}"),
                 ("test accuracy full / pruned", f"{acc['full']:.3f} / {acc['pruned']:.3f}"),
                 ("images/s full / pruned", f"{tp['full']:.0f} / {tp['pruned']:.0f}"),
-                ("speed-up (95% interval)", speedup_text(tp)),
+                (f"speed-up (95% interval; {tp.get('convention', 'default')} timing)",
+                 speedup_text(tp)),
                 ("artifact / full model bytes", f"{st['artifact_bytes']:,} / "
                                                 f"{st.get('full_model_bytes') or 0:,}"),
                 ("wall time", f"{self.timings['total']:.0f} s"),

@@ -30,6 +30,7 @@ from sls_fast.method.embed import MAX_ITER, PERPLEXITY, TSNE_BACKENDS
 from sls_fast.io.imagefiles import ON_BAD_IMAGE
 from sls_fast.method.select import ALPHA
 from sls_fast.models.adapters import DEFAULT_DIM
+from sls_fast.models.throughput import CONVENTIONS
 from sls_fast.models.train import STRATEGIES
 from sls_fast.models.zoo import DEFAULT_MODEL
 
@@ -40,7 +41,7 @@ METHODS = ("convpass", "repadapter", "lora")
 MAX_IMAGE_SIZE = 4096  # larger inputs are a typo, not a vision task
 # The reduced setting used by tests and first tries: about a minute on 2 CPU cores.
 QUICK = dict(image_size=32, epochs=1, prune_epochs=1, tsne_iter=300, score_points=400,
-             throughput_iters=3, compile=False)
+             timing="authors", throughput_iters=3, compile=False)  # the cheapest timing
 # The stages of run_task. A setting "affects" a stage when it changes that stage's result
 # directly, its inputs given (the adapted weights, the features, the depth): a stage's cache key
 # is those settings plus the checksums of its inputs.
@@ -112,6 +113,10 @@ class TaskSettings:
     compile: bool = _setting(True, "torch.compile the models for the throughput timing (on the "
                              "command line --no-compile times them eager)", kind=bool,
                              affects=("measure",), flag="--no-compile")
+    timing: str = _setting("default", "throughput convention: default (batch --batch-size, "
+                           "compiled unless --no-compile), authors (batch 1, fp32, eager, 50 + "
+                           "100 passes), timm (batch 256, AMP, channels-last, compiled)",
+                           kind=str, affects=("measure",), choices=tuple(CONVENTIONS))
     throughput_iters: Optional[int] = _setting(None, "timed batches per model (None: the "
                                                "default of measure_throughput)", kind=int,
                                                affects=("measure",), flag="--iters")

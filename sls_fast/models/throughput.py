@@ -22,6 +22,7 @@ checks it against what arithmetic allows:
 from __future__ import annotations
 
 import contextlib
+import copy
 import platform
 import resource
 import statistics
@@ -30,11 +31,23 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 
+from sls_fast.common.checks import check_choice
 from sls_fast.common.utils import autocast, check_amp, model_device
 
 __all__ = ["measure_throughput", "compare_throughput", "sweep_batch_sizes", "model_image_size",
-           "speedup_verdict", "MIN_TIMED_BATCHES", "NOISY_WIDTH", "BOUND_SLACK"]
+           "speedup_verdict", "CONVENTIONS", "MIN_TIMED_BATCHES", "NOISY_WIDTH", "BOUND_SLACK"]
 
+# Named timing conventions: what each community reports. "authors": the SLS authors' script
+# (batch 1, fp32, eager, 50 warm-up and 100 timed passes, latency); "timm": timm's benchmark
+# (batch 256, AMP where supported, channels-last for conv nets, compiled); "default": ours.
+CONVENTIONS: Dict[str, Dict[str, Any]] = {
+    "default": dict(batch_size=64, amp=None, compile=True, channels_last=False, warmup=None,
+                    iters=None),
+    "authors": dict(batch_size=1, amp=None, compile=False, channels_last=False, warmup=50,
+                    iters=100),
+    "timm": dict(batch_size=256, amp="auto", compile=True, channels_last=True, warmup=None,
+                 iters=None),
+}
 MIN_TIMED_BATCHES = 10  # fewer timed batches per model: the speed-up is flagged noisy
 NOISY_WIDTH = 0.10  # a 95 % interval wider than this fraction of the speed-up: noisy
 BOUND_SLACK = 1.10  # cache effects may beat the operation count a little, never by more
@@ -58,7 +71,7 @@ class _Runner:
     """A model prepared for timing: on its device, eval mode, optionally compiled and warmed up."""
 
     def __init__(self, model, *, batch_size, image_size, compile, compile_mode, amp, device,
-                 warmup, channels=3, seed=0):
+                 warmup, channels=3, seed=0, channels_last=False):
         check_amp(amp)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -68,6 +81,10 @@ class _Runner:
         g = torch.Generator(device="cpu").manual_seed(seed)
         self.x = torch.randn(batch_size, channels, self.image_size, self.image_size,
                              generator=g).to(self.device)
+        if channels_last and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+            # a copy: the caller's model keeps its memory format
+            self.model = copy.deepcopy(self.model).to(memory_format=torch.channels_last)
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.amp = amp
         self.compiled = bool(compile)
         self.fn = torch.compile(self.model, mode=compile_mode) if compile else self.model
@@ -301,12 +318,13 @@ def speedup_verdict(speedup: float, ci: Optional[Tuple[float, float]], *, timed:
 
 
 def compare_throughput(full: torch.nn.Module, pruned: torch.nn.Module, *, rounds: int = 3,
-                       batch_size: int = 64,
-                       image_size: Optional[int] = None, compile: bool = True,
+                       batch_size: Optional[int] = None,
+                       image_size: Optional[int] = None, compile: Optional[bool] = None,
                        compile_mode: str = "default", amp: Optional[str] = None,
                        warmup: Optional[int] = None, iters: Optional[int] = None,
                        device: Union[str, torch.device, None] = None,
-                       blocks: Optional[Tuple[int, int]] = None) -> dict:
+                       blocks: Optional[Tuple[int, int]] = None,
+                       convention: str = "default") -> dict:
     """Throughput of ``full`` and ``pruned`` in one run, timed in alternating rounds so that
     both see the same machine state.
 
@@ -315,6 +333,10 @@ def compare_throughput(full: torch.nn.Module, pruned: torch.nn.Module, *, rounds
             batches per model, split over ``rounds``).
         blocks: ``(K, L)``, the blocks the cut keeps and the model's; K = L reports
             "not pruned".
+        convention: ``"default"`` (batch 64, compiled), ``"authors"`` (batch 1, fp32, eager,
+            50 + 100 passes) or ``"timm"`` (batch 256, AMP, channels-last conv nets, compiled)
+            (:data:`CONVENTIONS`); ``batch_size``, ``compile``, ``amp``, ``warmup`` and ``iters``
+            given here override it.
 
     Returns:
         ``{"full": {...}, "pruned": {...}}`` (:func:`measure_throughput`'s records) and
@@ -324,11 +346,17 @@ def compare_throughput(full: torch.nn.Module, pruned: torch.nn.Module, *, rounds
         model's ``flops``, ``weight_bytes`` and ``activation_bytes`` on one image), ``status``,
         ``noisy`` and ``note`` (:func:`speedup_verdict`).
     """
+    check_choice(convention, "convention", tuple(CONVENTIONS))
+    conv = CONVENTIONS[convention]
+    batch_size = conv["batch_size"] if batch_size is None else batch_size
+    compile = conv["compile"] if compile is None else compile
+    amp = conv["amp"] if amp is None else amp
     dev = model_device(full, device)
-    warmup, iters = _defaults(dev, warmup, iters)
+    warmup, iters = _defaults(dev, conv["warmup"] if warmup is None else warmup,
+                              conv["iters"] if iters is None else iters)
     size = image_size or model_image_size(full)
     kw = dict(batch_size=batch_size, image_size=size, compile=compile, compile_mode=compile_mode,
-              amp=amp, device=dev, warmup=warmup)
+              amp=amp, device=dev, warmup=warmup, channels_last=conv["channels_last"])
     with _restored(full, pruned):
         runners = {"full": _Runner(full, **kw), "pruned": _Runner(pruned, **kw)}
         times: Dict[str, List[float]] = {k: [] for k in runners}
@@ -343,7 +371,8 @@ def compare_throughput(full: torch.nn.Module, pruned: torch.nn.Module, *, rounds
     bound = _bound(costs["full"], costs["pruned"])
     ci = _bootstrap_ci(times["full"], times["pruned"])
     kept, total = blocks if blocks else (None, None)
-    out.update(measured_speedup=measured, speedup_ci=list(ci) if ci else None, bound=bound,
+    out.update(convention=convention, measured_speedup=measured,
+               speedup_ci=list(ci) if ci else None, bound=bound,
                costs=costs, **speedup_verdict(measured, ci, timed=min(map(len, times.values())),
                                               bound=bound, kept=kept, total=total))
     return out

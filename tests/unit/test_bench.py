@@ -101,3 +101,21 @@ def test_speedup_verdict(measured, ci, timed, bound, blocks, status):
     assert v["speedup"] == (measured if status in ("ok", "noisy") else None)
     assert v["noisy"] == (status in ("noisy", "measurement error"))
     assert bool(v["note"]) == (status != "ok")
+
+
+def test_named_conventions():
+    """'authors' times batch 1, fp32, eager; 'timm' channels-last conv nets (on a copy: the
+    caller's model keeps its layout); what is given explicitly wins; an unknown name is refused."""
+    full, pruned = tiny_vit(2), tiny_vit(1)
+    res = sls_fast.compare_throughput(full, pruned, convention="authors", warmup=1, iters=2)
+    assert res["convention"] == "authors"
+    assert res["full"]["batch_size"] == 1 and res["full"]["compiled"] is False
+    assert res["full"]["amp"] is None and res["full"]["iters"] == 3  # 2 over 3 rounds, rounded up
+    conv = timm.create_model("resnet18", pretrained=False).eval()
+    cut = sls_fast.truncate(conv, 3)
+    res = sls_fast.compare_throughput(conv, cut, convention="timm", batch_size=2, compile=False,
+                                      image_size=32, warmup=1, iters=2, amp=None)
+    assert res["convention"] == "timm" and res["full"]["batch_size"] == 2
+    assert conv.conv1.weight.is_contiguous()  # not converted in place
+    with pytest.raises(ValueError, match="convention must be one of"):
+        sls_fast.compare_throughput(full, pruned, convention="fast")

@@ -17,7 +17,7 @@ VALUES = dict(model="resnet18", data="lfw", method="lora", alpha=0.45, repeats=3
               tsne_backend="native", tsne_iter=333, perplexity=12.5, strategy="FT", epochs=2, prune_epochs=3,
               image_size=40, batch_size=16, lr=0.005, score_points=50, adapter_dim=4,
               adapter_scale=2.5, num_classes=7, checkpoint="w.pth", compile=False,
-              throughput_iters=5, on_bad_image="skip", seed=3, device="cpu")
+              timing="authors", throughput_iters=5, on_bad_image="skip", seed=3, device="cpu")
 OPTIONS = dict(out="somewhere", address="auto", num_cpus=3, gpus_per_cell=0.5,
                cpus_per_cell=1.5, max_retries=1, retry_failed=True)
 
