@@ -107,7 +107,7 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
 
     t0 = time.perf_counter()
     seed_everything(s.seed)
-    size = s.image_size or default_image_size(s.data)  # None: the model's own input size
+    size = s.image_size or default_image_size(s.data, s.model)  # None: the model's own input size
     model = load(s.model, checkpoint=s.checkpoint, **size_kwargs(s.model, size))
     split = {sp: from_spec(s.data, sp, image_size=size, model=model, seed=s.seed,
                            on_bad_image=s.on_bad_image) for sp in ("train", "val", "test")}

@@ -191,7 +191,7 @@ def score_task(spec: Union[ModelSpec, str, Mapping[str, Any]], data: str, out: s
     say = log or (lambda msg: None)
     seed_everything(seed)
     if spec.image_size is None:  # the data source's default, as run_task's
-        spec = dataclasses.replace(spec, image_size=default_image_size(data))
+        spec = dataclasses.replace(spec, image_size=default_image_size(data, spec.model))
     model = spec.build()
     (dataset,) = _splits(data, [split], model=model, image_size=spec.image_size, seed=seed,
                          on_bad_image=on_bad_image)

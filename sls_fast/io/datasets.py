@@ -157,11 +157,14 @@ def lfw(split: str = "train", *, image_size=64, seed: int = 0, mean=None, std=No
 BUNDLED_IMAGE_SIZE = 64  # digits (8 px) and faces (62 x 47) upscaled; the model's size is wasted
 
 
-def default_image_size(spec: str) -> Optional[int]:
+def default_image_size(spec: str, model: str = "") -> Optional[int]:
     """The input size a job uses for the data ``spec`` when none is given: 64 px for the
-    bundled sets, None (the model's own input size) for image files. Every job resolves it
-    here, so ``run`` and ``score`` see the same images."""
+    bundled sets, None (the model's own input size) for image files and for a transformers
+    model (``hf:FOLDER``: its configuration fixes the size). Every job resolves it here, so
+    ``run`` and ``score`` see the same images."""
     kind = str(spec).partition(":")[0].lower()
+    if str(model).startswith("hf:"):
+        return None
     return BUNDLED_IMAGE_SIZE if kind in ("digits", "lfw") else None
 
 
