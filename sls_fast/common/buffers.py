@@ -8,6 +8,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from sls_fast.common.utils import proc_bytes
+
 __all__ = ["estimate_bytes", "allocate_buffers"]
 
 
@@ -21,14 +23,7 @@ def _free_bytes(device: torch.device) -> Optional[int]:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return proc_bytes("/proc/meminfo", "MemAvailable")
 
 
 def _fmt_bytes(n) -> str:

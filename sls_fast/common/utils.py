@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import Union
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
@@ -177,6 +177,18 @@ def versions() -> dict:
         except Exception:  # noqa: BLE001 - optional
             pass
     return v
+
+
+def proc_bytes(path: str, key: str) -> Optional[int]:
+    """Bytes of the ``key: N kB`` line of a Linux ``/proc`` file (None where there is none)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def resolve_device(device: Union[str, torch.device, None] = None) -> torch.device:

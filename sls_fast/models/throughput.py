@@ -32,7 +32,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 import torch
 
 from sls_fast.common.checks import check_choice
-from sls_fast.common.utils import autocast, check_amp, model_device
+from sls_fast.common.utils import autocast, check_amp, model_device, proc_bytes
 
 __all__ = ["measure_throughput", "compare_throughput", "sweep_batch_sizes", "model_image_size",
            "speedup_verdict", "CONVENTIONS", "MIN_TIMED_BATCHES", "NOISY_WIDTH", "BOUND_SLACK"]
@@ -119,15 +119,8 @@ class _Runner:
     def _read_peak(self, reset: bool) -> int:
         if self.device.type == "cuda":
             return int(torch.cuda.max_memory_allocated(self.device))
-        if reset:
-            try:
-                with open("/proc/self/status") as f:
-                    for line in f:
-                        if line.startswith("VmHWM:"):
-                            return int(line.split()[1]) * 1024
-            except OSError:
-                pass
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        peak = proc_bytes("/proc/self/status", "VmHWM") if reset else None
+        return peak or int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
     def time(self, iters: int) -> List[float]:
         """Seconds per batch for ``iters`` batches; the peak memory of this window is kept."""

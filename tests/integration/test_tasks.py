@@ -83,6 +83,8 @@ def test_prune_task_rebuilds_the_scored_model(scored, pruned):
     assert meta["depth"] == result.depth and meta["meta"]["image_size"] == 32
     assert meta["adapters"]["kind"] == "convpass" and meta["adapters"]["dim"] == 4
     assert 0 <= pruned.accuracy["pruned"] <= 1 and pruned.storage["artifact_bytes"] > 0
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if p.is_file()}
+    assert set(modes.values()) == {0o644}, modes  # the artifact too (safetensors wrote 0600)
     assert json.loads(json.dumps(pruned.to_dict(), default=float))["dataset"] == data
 
 
