@@ -36,6 +36,15 @@ SELECTION_METRIC = "silhouette"  # the paper's; the others are reported
 MAX_LEGEND_CLASSES = 20  # the t-SNE grid names this many classes, with distinct colours
 
 
+def band_note(runs: np.ndarray, axis_span: float, *, share: float = 0.01) -> Optional[str]:
+    """What scores.png says when the runs' bands (``runs``: ``[S, L]``) are thinner than the
+    line on an axis spanning ``axis_span`` (below ``share`` of it); None when they show."""
+    widest = float(np.ptp(np.asarray(runs, np.float64), axis=0).max())
+    if len(runs) < 2 or widest >= share * axis_span:
+        return None
+    return f"the {len(runs)} runs differ by < {widest:.2g}: bands thinner than the line"
+
+
 def class_palette(n: int) -> List[tuple]:
     """``n`` qualitative colours, distinct up to 20: tab10, then tab20's lighter tones (one
     colour per class index, never spread over a colour map's range, where 4 classes would pair
@@ -204,10 +213,9 @@ class LayerReport:
                 ax.fill_between(layers, mean - sd, mean + sd, color="tab:blue", alpha=0.25, lw=0,
                                 label="mean +- sd")
                 low, high = ax.get_ylim()
-                if float(np.ptp(runs, axis=0).max()) < 0.01 * (high - low):  # under a line width
-                    ax.text(0.02, 0.02, f"the {S} runs differ by < {np.ptp(runs, axis=0).max():.2g}:"
-                            " bands thinner than the line", transform=ax.transAxes, fontsize=7,
-                            color="0.3")
+                note = band_note(runs, high - low)
+                if note:
+                    ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize=7, color="0.3")
             ax.set_xlabel("layer (block)")
             ax.set_title(name.replace("_", "-"))
             ax.grid(alpha=0.3)

@@ -316,12 +316,13 @@ def test_a_database_from_before_the_speedup_verdict_opens(tmp_path):
     rows = db.rows()
     db.write(dict(key="b", task="lfw", model="m", method="convpass", alpha=0.3, status="ok",
                   num_layers=12, depth=12, acc_full=0.7, acc_pruned=0.7, img_s_full=100,
-                  img_s_pruned=101, speedup=None, speedup_status="not pruned"))
+                  img_s_pruned=101, speedup=None, speedup_status="not pruned",
+                  settings=dict(timing="authors")))
     both = db.rows()
     db.close()
     assert rows[0]["speedup"] == 1.8 and rows[0]["speedup_status"] is None
     table = summary_table(both)
-    assert "(1.80x)" in table and "(not pruned)" in table
+    assert "(1.80x)" in table and "(not pruned, authors timing)" in table
     assert [os.path.basename(p) for p in plot_results(both, str(tmp_path))] == \
         ["pareto.png", "depths.png"]
     for r in both:

@@ -188,3 +188,14 @@ def test_class_palette_is_distinct_up_to_20_and_tab10_first():
     assert class_palette(4) == [colormaps["tab10"](k) for k in range(4)]
     assert len(set(class_palette(20))) == 20
     assert class_palette(21)[20] == class_palette(21)[0]  # beyond 20 they repeat
+
+
+def test_scores_plot_says_when_the_bands_are_thinner_than_the_line():
+    from sls_fast.method.score import band_note
+
+    flat = np.tile(np.linspace(0.1, 0.5, 6), (8, 1)) + 1e-5 * np.arange(8)[:, None]
+    assert band_note(flat, axis_span=0.45) == \
+        "the 8 runs differ by < 7e-05: bands thinner than the line"
+    spread = flat + np.random.default_rng(0).normal(0, 0.03, flat.shape)
+    assert band_note(spread, axis_span=0.45) is None  # visible bands need no words
+    assert band_note(flat[:1], axis_span=0.45) is None  # one run has no band

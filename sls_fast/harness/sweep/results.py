@@ -136,9 +136,11 @@ def summary_table(rows: List[dict]) -> str:
 def _speedup(row: dict) -> str:
     """The row's speed-up as the table shows it: the ratio, flagged when noisy, or why none."""
     status = row.get("speedup_status")
+    timing = (row.get("settings") or {}).get("timing")
+    named = f", {timing} timing" if timing and timing != "default" else ""
     if row.get("speedup") is None:
-        return status or "-"
-    return f"{row['speedup']:.2f}x" + (" noisy" if status == "noisy" else "")
+        return (status or "-") + named
+    return f"{row['speedup']:.2f}x" + (" noisy" if status == "noisy" else "") + named
 
 
 def write_csv(rows: List[dict], path: str) -> None:
