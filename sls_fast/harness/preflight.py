@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from sls_fast.common.buffers import _fmt_bytes, _free_bytes
 from sls_fast.common.utils import num_classes_of, resolve_device
+from sls_fast.models.throughput import forward_costs
 from sls_fast.models.zoo import check_model_name
 
 __all__ = ["check_out", "check_device", "check_weights", "check_data", "check_first_batch"]
@@ -89,18 +90,18 @@ def check_weights(model: str, checkpoint: Union[str, Mapping[str, Any], None] = 
 
 
 def check_data(splits: Mapping[str, Any], *, scored: Optional[int] = None,
-               perplexity: Optional[float] = None) -> None:
-    """Every split has images, the training split at least 2 classes, and the scored points
-    (``scored``, default all training images) exceed ``perplexity``."""
+               perplexity: Optional[float] = None, scored_split: str = "train") -> None:
+    """Every split has images, the scored split (``scored_split``) at least 2 classes, and its
+    scored points (``scored``, default all its images) exceed ``perplexity``."""
     for name, data in splits.items():
         if len(data) == 0:
             raise ValueError(f"the {name} split has no images")
-    train = splits.get("train")
+    train = splits.get(scored_split)
     if train is not None:
         classes = num_classes_of(train)
         if classes < 2:
-            raise ValueError(f"the training split has {classes} class(es): SLS scores how "
-                             "well features separate classes, so it needs at least 2")
+            raise ValueError(f"the {scored_split} split has {classes} class(es): SLS scores "
+                             "how well features separate classes, so it needs at least 2")
         n = len(train) if scored is None else min(int(scored), len(train))
         if perplexity is not None and n <= perplexity:
             raise ValueError(f"{n} scored images is too few for perplexity {perplexity:g}: "
@@ -111,31 +112,19 @@ def check_data(splits: Mapping[str, Any], *, scored: Optional[int] = None,
 def check_first_batch(model: nn.Module, *, batch_size: int, image_size: Optional[int],
                       device: torch.device, probe_size: int = 32) -> Optional[int]:
     """Refuse a batch whose activations cannot fit: the activation bytes of one image at
-    ``probe_size`` px (the outputs of every leaf module), scaled by the area and the batch,
+    ``probe_size`` px (:func:`sls_fast.models.throughput.forward_costs`), scaled by the area
+    and the batch,
     against :data:`MEMORY_SHARE` of the device's free memory. Returns the estimate (None when
     the size is the model's own and unknown)."""
     if not image_size:
         return None
     size = int(image_size)
     probe = min(size, probe_size)
-    written = [0]
-
-    def count(_m: nn.Module, _i: Any, out: Any) -> None:
-        for t in (out if isinstance(out, (tuple, list)) else [out]):
-            if isinstance(t, torch.Tensor):
-                written[0] += t.numel() * t.element_size()
-
-    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
-    hooks = [m.register_forward_hook(count) for m in leaves]
-    try:
-        with torch.inference_mode():
-            model(torch.zeros(1, 3, probe, probe, device=next(model.parameters()).device))
-    except Exception:  # noqa: BLE001 - a fixed-size model refuses another size: no estimate
+    x = torch.zeros(1, 3, probe, probe, device=next(model.parameters()).device)
+    one = forward_costs(model, x)["activation_bytes"]
+    if one is None:  # a fixed-size model refuses another size: no estimate
         return None
-    finally:
-        for h in hooks:
-            h.remove()
-    need = int(written[0] * (size / probe) ** 2 * batch_size)
+    need = int(one * (size / probe) ** 2 * batch_size)
     free = _free_bytes(device)
     if free is not None and need > MEMORY_SHARE * free:
         raise ValueError(f"image size {size} at batch size {batch_size} needs about "

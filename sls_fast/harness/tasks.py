@@ -199,7 +199,7 @@ def score_task(spec: Union[ModelSpec, str, Mapping[str, Any]], data: str, out: s
     used = used[0] if isinstance(used, (tuple, list)) else used
     if spec.image_size is None and used:
         spec = dataclasses.replace(spec, image_size=int(used))  # recorded as used, never null
-    check_data({"train": dataset}, perplexity=perplexity)
+    check_data({split: dataset}, perplexity=perplexity, scored_split=split)
     check_first_batch(model, batch_size=batch_size, image_size=spec.image_size, device=dev)
     if spec.adapter is None or spec.checkpoint is None:
         warnings.warn("scoring a model without trained adapters: SLS scores the adapted model "

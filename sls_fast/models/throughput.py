@@ -35,7 +35,7 @@ from sls_fast.common.checks import check_choice
 from sls_fast.common.utils import autocast, check_amp, model_device, proc_bytes
 
 __all__ = ["measure_throughput", "compare_throughput", "sweep_batch_sizes", "model_image_size",
-           "speedup_verdict", "CONVENTIONS", "MIN_TIMED_BATCHES", "NOISY_WIDTH", "BOUND_SLACK"]
+           "speedup_verdict", "forward_costs", "CONVENTIONS", "MIN_TIMED_BATCHES", "NOISY_WIDTH", "BOUND_SLACK"]
 
 # Named timing conventions: what each community reports. "authors": the SLS authors' script
 # (batch 1, fp32, eager, 50 warm-up and 100 timed passes, latency); "timm": timm's benchmark
@@ -227,35 +227,41 @@ def sweep_batch_sizes(model: torch.nn.Module, batch_sizes: Iterable[int] = (1, 8
     return [measure_throughput(model, batch_size=b, **kwargs) for b in batch_sizes]
 
 
-def _costs(model: torch.nn.Module, x: torch.Tensor) -> Dict[str, Optional[int]]:
+def forward_costs(model: torch.nn.Module, x: torch.Tensor) -> Dict[str, Optional[int]]:
     """What one forward of ``model`` on ``x`` has to do: floating-point operations (torch's
     ``FlopCounterMode``; None when not countable), bytes of weights read, bytes of activations
-    written (the outputs of every leaf module)."""
+    written (the outputs of every leaf module; None when the forward fails on ``x``, e.g. a
+    fixed-size model given another size)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    written = [0]
+    written: List[Optional[int]] = [0]
 
     def count(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
         for t in (output if isinstance(output, (tuple, list)) else [output]):
-            if isinstance(t, torch.Tensor):
+            if isinstance(t, torch.Tensor) and written[0] is not None:
                 written[0] += t.numel() * t.element_size()
 
     hooks = [m.register_forward_hook(count) for m in model.modules()
              if not any(True for _ in m.children())]
-    flops: Optional[int]
+    flops: Optional[int] = None
     try:
         with torch.inference_mode(), FlopCounterMode(display=False) as counter:
             model(x)
         flops = int(counter.get_total_flops()) or None
-    except Exception:  # noqa: BLE001 - an op the counter cannot trace: no bound from it
-        flops = None
+    except Exception:  # noqa: BLE001 - the counter could not trace an op, or the forward fails
+        written[0] = 0
+        try:
+            with torch.inference_mode():
+                model(x)
+        except Exception:  # noqa: BLE001 - the forward itself fails on x: nothing measured
+            written[0] = None
     finally:
         for h in hooks:
             h.remove()
     weights = sum(t.numel() * t.element_size()
                   for t in (*model.parameters(), *model.buffers()))
     return dict(flops=flops, weight_bytes=int(weights) or None,
-                activation_bytes=int(written[0]) or None)
+                activation_bytes=written[0] or None)
 
 
 def _bound(full: Dict[str, Optional[int]], pruned: Dict[str, Optional[int]]) -> Optional[float]:
@@ -359,7 +365,7 @@ def compare_throughput(full: torch.nn.Module, pruned: torch.nn.Module, *, rounds
                 times[k] += r.time(per_round)
         out: Dict[str, Any] = {k: runners[k].result(times[k]) for k in runners}
         x1 = runners["full"].x[:1]
-        costs = {k: _costs(r.model, x1) for k, r in runners.items()}
+        costs = {k: forward_costs(r.model, x1) for k, r in runners.items()}
     measured = out["pruned"]["images_per_s"] / out["full"]["images_per_s"]
     bound = _bound(costs["full"], costs["pruned"])
     ci = _bootstrap_ci(times["full"], times["pruned"])

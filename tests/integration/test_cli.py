@@ -87,7 +87,9 @@ def test_bench_json(capsys):
     assert res["full"]["image_size"] == res["pruned"]["image_size"] == 32
     assert res["measured_speedup"] == pytest.approx(
         res["pruned"]["images_per_s"] / res["full"]["images_per_s"])
-    assert res["status"] == "noisy" and res["speedup"] == res["measured_speedup"]  # 3 batches
+    # 3 timed batches: never a clean result; which verdict depends on the machine's load
+    assert res["noisy"] and res["status"] in ("noisy", "measurement error")
+    assert res["speedup"] == (res["measured_speedup"] if res["status"] == "noisy" else None)
 
 
 @pytest.mark.parametrize("bad", ["0", "-3", "two"])

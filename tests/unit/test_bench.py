@@ -37,8 +37,9 @@ def test_compare_runs_both_and_gives_models_back():
         assert KEYS <= set(res[k]) and res[k]["iters"] == 6 and res[k]["batch_size"] == 4
     measured = res["pruned"]["images_per_s"] / res["full"]["images_per_s"]
     assert res["measured_speedup"] == pytest.approx(measured)
-    assert res["status"] == "noisy" and res["noisy"]  # 6 timed batches < MIN_TIMED_BATCHES
-    assert res["speedup"] == res["measured_speedup"]
+    # 6 timed batches < MIN_TIMED_BATCHES: never "ok"; a loaded machine may even exceed the bound
+    assert res["noisy"] and res["status"] in ("noisy", "measurement error")
+    assert res["speedup"] == (res["measured_speedup"] if res["status"] == "noisy" else None)
     lo, hi = res["speedup_ci"]
     assert 0 < lo <= hi
     # the bound is the largest cost ratio: 3 of tiny_vit's blocks against 1 (+ embedding, head)
