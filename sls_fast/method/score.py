@@ -45,6 +45,15 @@ def band_note(runs: np.ndarray, axis_span: float, *, share: float = 0.01) -> Opt
     return f"the {len(runs)} runs differ by < {widest:.2g}: bands thinner than the line"
 
 
+def legend_labels(classes: np.ndarray, names: List[str]) -> List[str]:
+    """The legend's text for each label value in ``classes`` (sorted): its class name when the
+    labels index ``names`` (every label below ``len(names)``), else the label itself."""
+    values = [int(c) for c in classes]
+    if values and max(values) < len(names) and min(values) >= 0:
+        return [str(names[c]) for c in values]
+    return [str(c) for c in values]
+
+
 def class_palette(n: int) -> List[tuple]:
     """``n`` qualitative colours, distinct up to 20: tab10, then tab20's lighter tones (one
     colour per class index, never spread over a colour map's range, where 4 classes would pair
@@ -259,10 +268,9 @@ class LayerReport:
                 ax.scatter(e[:, 0], e[:, 1], c=point_colours, s=2, linewidths=0)
                 title = f"{i + 1}" + (f": {sil[i]:.2f}" if sil is not None else "")
                 ax.set_title(title, fontsize=8, color="black" if i < self.depth else "0.5")
-            names = self.meta.get("class_names") or []
-            handles = [Line2D([], [], ls="", marker="o", ms=5, color=palette[k],
-                              label=str(names[c]) if 0 <= c < len(names) else str(c))
-                       for k, c in enumerate(classes.tolist()[:MAX_LEGEND_CLASSES])]
+            shown = legend_labels(classes, self.meta.get("class_names") or [])
+            handles = [Line2D([], [], ls="", marker="o", ms=5, color=palette[k], label=text)
+                       for k, text in enumerate(shown[:MAX_LEGEND_CLASSES])]
             fig.legend(handles=handles, loc="lower center", ncol=min(10, len(handles)),
                        fontsize=7, frameon=False, title=None if len(classes) <=
                        MAX_LEGEND_CLASSES else f"first {MAX_LEGEND_CLASSES} of {len(classes)} "

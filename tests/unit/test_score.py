@@ -199,3 +199,14 @@ def test_scores_plot_says_when_the_bands_are_thinner_than_the_line():
     spread = flat + np.random.default_rng(0).normal(0, 0.03, flat.shape)
     assert band_note(spread, axis_span=0.45) is None  # visible bands need no words
     assert band_note(flat[:1], axis_span=0.45) is None  # one run has no band
+
+
+def test_tsne_legend_names_only_labels_that_index_them():
+    """Class names label the legend only when the labels index them; labels {1, 3} with two
+    names keep their values (the names cannot be told apart from a misalignment)."""
+    from sls_fast.method.score import legend_labels
+
+    assert legend_labels(np.array([0, 1]), ["cat", "dog"]) == ["cat", "dog"]
+    assert legend_labels(np.array([0, 2]), ["cat", "dog", "bird"]) == ["cat", "bird"]
+    assert legend_labels(np.array([1, 3]), ["a", "b"]) == ["1", "3"]
+    assert legend_labels(np.array([0, 1]), []) == ["0", "1"]
