@@ -13,23 +13,23 @@ that apply to it, before it writes anything:
 * :func:`check_data`: at least 2 classes, every split non-empty, more scored points than the
   perplexity (scikit-learn's rule; the neighbour-based backends say when they need 3 x);
 * :func:`check_first_batch`: the first batch's activations fit in the device's free memory,
-  estimated from one image at a small size.
+  from shapes traced on fake tensors at the real size (:func:`first_batch_bytes`).
 """
 from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
 
 from sls_fast.common.buffers import _fmt_bytes, _free_bytes
 from sls_fast.common.utils import num_classes_of, resolve_device
-from sls_fast.models.throughput import forward_costs
 from sls_fast.models.zoo import check_model_name
 
-__all__ = ["check_out", "check_device", "check_weights", "check_data", "check_first_batch"]
+__all__ = ["check_out", "check_device", "check_weights", "check_data", "check_first_batch",
+           "first_batch_bytes"]
 
 MEMORY_SHARE = 0.8  # the first batch may use at most this share of the free memory
 
@@ -109,25 +109,53 @@ def check_data(splits: Mapping[str, Any], *, scored: Optional[int] = None,
                              "images, or lower --perplexity)")
 
 
+def first_batch_bytes(model: nn.Module, image_size: int) -> Optional[int]:
+    """A lower bound on the activation memory one image needs in ``model``'s forward at
+    ``image_size`` px: the largest input + output of any leaf module, which must be alive
+    together. Shapes come from a forward on fake tensors (torch's ``FakeTensorMode``): exact
+    at the real size, for fixed-size models and attention alike, and nothing is allocated.
+    None when the forward cannot run on fake tensors or refuses the size."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    def nbytes(value: Any) -> Dict[int, int]:
+        items = value if isinstance(value, (tuple, list)) else [value]
+        return {id(t): t.numel() * t.element_size() for t in items if isinstance(t, torch.Tensor)}
+
+    largest = [0]
+
+    def count(_module: nn.Module, inputs: Any, output: Any) -> None:
+        live = {**nbytes(inputs), **nbytes(output)}  # an in-place op's output is its input
+        largest[0] = max(largest[0], sum(live.values()))
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if not any(True for _ in m.children())]
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True), torch.inference_mode():
+            model(torch.empty(1, 3, int(image_size), int(image_size)))
+    except Exception:  # noqa: BLE001 - an op without a fake kernel, or a size the model refuses
+        return None
+    finally:
+        for h in hooks:
+            h.remove()
+    return largest[0] or None
+
+
 def check_first_batch(model: nn.Module, *, batch_size: int, image_size: Optional[int],
-                      device: torch.device, probe_size: int = 32) -> Optional[int]:
-    """Refuse a batch whose activations cannot fit: the activation bytes of one image at
-    ``probe_size`` px (:func:`sls_fast.models.throughput.forward_costs`), scaled by the area
-    and the batch,
-    against :data:`MEMORY_SHARE` of the device's free memory. Returns the estimate (None when
-    the size is the model's own and unknown)."""
+                      device: torch.device) -> Optional[int]:
+    """Refuse a first batch that cannot fit: :func:`first_batch_bytes` times the batch size
+    against :data:`MEMORY_SHARE` of the device's free memory. A lower bound, so nothing that
+    fits is refused. Returns the estimate (None when the size is the model's own and unknown,
+    or the forward cannot be traced)."""
     if not image_size:
         return None
     size = int(image_size)
-    probe = min(size, probe_size)
-    x = torch.zeros(1, 3, probe, probe, device=next(model.parameters()).device)
-    one = forward_costs(model, x)["activation_bytes"]
-    if one is None:  # a fixed-size model refuses another size: no estimate
+    one = first_batch_bytes(model, size)
+    if one is None:
         return None
-    need = int(one * (size / probe) ** 2 * batch_size)
+    need = one * int(batch_size)
     free = _free_bytes(device)
     if free is not None and need > MEMORY_SHARE * free:
-        raise ValueError(f"image size {size} at batch size {batch_size} needs about "
+        raise ValueError(f"image size {size} at batch size {batch_size} needs at least "
                          f"{_fmt_bytes(need)} of activations for the first batch; "
                          f"{device.type} has {_fmt_bytes(free)} free: lower --image-size or "
                          "--batch-size")

@@ -9,7 +9,8 @@ import timm
 import torch
 
 from sls_fast.cli import main
-from sls_fast.harness.preflight import check_first_batch, check_out
+from sls_fast.harness.preflight import check_first_batch, check_out, first_batch_bytes
+from sls_fast.models.throughput import forward_costs
 from sls_fast.harness.settings import TaskSettings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -94,9 +95,28 @@ def test_a_first_batch_that_cannot_fit_is_refused():
     model = timm.create_model("resnet18", pretrained=False).eval()
     need = check_first_batch(model, batch_size=2, image_size=64, device=torch.device("cpu"))
     assert need is not None and need > 0
-    with pytest.raises(ValueError, match=r"image size 4096 at batch size 4096 needs about .* "
+    with pytest.raises(ValueError, match=r"image size 4096 at batch size 4096 needs at least .* "
                                          r"of activations"):
         check_first_batch(model, batch_size=4096, image_size=4096, device=torch.device("cpu"))
+
+
+def test_the_first_batch_estimate_is_a_lower_bound_traced_at_the_real_size():
+    """A fixed-size model (a ViT built for its size) is traced at that size on fake tensors:
+    the estimate lies between the largest single activation and the sum of all of them."""
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=96).eval()
+    one = first_batch_bytes(model, 96)
+    tokens, hidden = (96 // 16) ** 2 + 1, 4 * 192
+    assert one is not None and one >= 2 * tokens * hidden * 4  # fc1's output and GELU's
+    total = forward_costs(model, torch.zeros(1, 3, 96, 96))["activation_bytes"]
+    assert total is not None and one < total
+    assert first_batch_bytes(model, 64) is None  # a size the model refuses: no estimate
+
+
+def test_a_fixed_size_model_too_large_for_memory_is_refused_before_compute(tmp_path, capsys):
+    out = tmp_path / "out"
+    _refused(capsys, ["run", "--model", "vit_tiny_patch16_224", "--image-size", "4096",
+                      "--batch-size", "512", "--data", "digits", "--out", str(out)],
+             "image size 4096 at batch size 512 needs at least", out)
 
 
 def test_api_refusals():
