@@ -16,7 +16,7 @@ import timm
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from sls_fast.models.families import find_blocks
+from sls_fast.models.families import family_of, find_blocks
 from sls_fast.method.extract import extract_features, pool_output
 from utils import machine
 
@@ -50,14 +50,15 @@ def plain_forward(model, ds):
 
 def per_layer_reextraction(model, ds):
     """The reference's way: for each layer, hook it and run the whole model over all data."""
-    nhwc = getattr(model, "output_fmt", "NCHW") == "NHWC"
+    layouts = [p.layout for p in family_of(model).probe(model)]  # the probed block layouts
     pool = "cls" if getattr(model, "cls_token", None) is not None else "mean"
     npt = getattr(model, "num_prefix_tokens", 0)
     out = []
-    for blk in find_blocks(model):
+    for blk, layout in zip(find_blocks(model), layouts):
         feats = []
         h = blk.module.register_forward_hook(
-            lambda m, i, o: feats.append(pool_output(o, pool, nhwc=nhwc, num_prefix_tokens=npt).float()))
+            lambda m, i, o, layout=layout: feats.append(
+                pool_output(o, pool, layout=layout, num_prefix_tokens=npt).float()))
         try:
             plain_forward(model, ds)
         finally:

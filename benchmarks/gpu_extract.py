@@ -49,16 +49,17 @@ def _first(batch):
 
 def _reference(model, x, batch):
     """CPU, float32: hook every block, full forward, pool by hand."""
-    from sls_fast.models.families import find_blocks
+    from sls_fast.models.families import family_of, find_blocks
     from sls_fast.method.extract import pool_output
 
-    nhwc = getattr(model, "output_fmt", "NCHW") == "NHWC"
+    layouts = [p.layout for p in family_of(model).probe(model)]  # the probed block layouts
     pool = "cls" if getattr(model, "cls_token", None) is not None else "mean"
     npt = getattr(model, "num_prefix_tokens", 0)
     blocks = find_blocks(model)
     outs = [[] for _ in blocks]
     hooks = [b.module.register_forward_hook(
-        lambda m, i, o, k=k: outs[k].append(pool_output(o, pool, nhwc=nhwc, num_prefix_tokens=npt).float()))
+        lambda m, i, o, k=k: outs[k].append(
+            pool_output(o, pool, layout=layouts[k], num_prefix_tokens=npt).float()))
         for k, b in enumerate(blocks)]
     try:
         with torch.no_grad():

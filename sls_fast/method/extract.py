@@ -31,6 +31,7 @@ from sls_fast.common.buffers import allocate_buffers, estimate_bytes
 from sls_fast.common.arrays import to_numpy as host_numpy
 from sls_fast.common.utils import as_loader, autocast, check_amp, model_device, progress_bar, split_batch
 from sls_fast.models.families import find_blocks, find_family, pool_output
+from sls_fast.models.families.probe import Recorder
 
 __all__ = ["LayerFeatures", "extract_features", "estimate_bytes", "pool_output"]
 
@@ -114,13 +115,6 @@ def _resolve_pool(model, family, pool: str) -> str:
     if pool == "cls" and auto != "cls":
         raise ValueError(f"pool='cls' but {type(model).__name__} has no class token; use 'mean' or 'auto'")
     return auto if pool == "auto" else pool
-
-
-def _is_nhwc(model, family) -> bool:
-    fmt = getattr(model, "output_fmt", None)
-    if fmt is not None:
-        return str(getattr(fmt, "value", fmt)).upper() == "NHWC"
-    return bool(family is not None and family.nhwc)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -297,7 +291,6 @@ def extract_features(model: nn.Module, data: Union[DataLoader, Dataset], *, pool
     names, modules, all_blocks = _resolve_layers(model, layers)
     family = find_family(model)
     pool_kind = _resolve_pool(model, family, pool)
-    nhwc = _is_nhwc(model, family)
     if pool_kind == "merged":
         assert family is not None  # _resolve_pool refuses "merged" without a family
         merges = family.merged_pool_modules(model, modules)
@@ -306,12 +299,13 @@ def extract_features(model: nn.Module, data: Union[DataLoader, Dataset], *, pool
     npt = int(getattr(model, "num_prefix_tokens", 0) or 0)
     use_fi = _use_intermediates(model, family, all_blocks, method)
     kind = "mean" if pool_kind == "merged" else pool_kind  # merged: mean after the merge
+    layouts: List[Optional[str]] = [None] * len(modules)  # probed on the first batch
     if family is not None and all_blocks:
-        def pool_fn(out):
-            return family.pool(out, kind, model=model)
+        def pool_fn(i, out):
+            return family.pool(out, kind, model=model, layout=layouts[i])
     else:
-        def pool_fn(out):
-            return pool_output(out, kind, nhwc=nhwc, num_prefix_tokens=npt)
+        def pool_fn(i, out):
+            return pool_output(out, kind, layout=layouts[i], num_prefix_tokens=npt)
 
     if device is not None:
         device = torch.device(device)
@@ -342,11 +336,15 @@ def extract_features(model: nn.Module, data: Union[DataLoader, Dataset], *, pool
 
     def make_hook(i):
         def hook(_m, _inp, out):
+            if recorder is not None and recorder.busy:  # the probe's second reading
+                return
             if state["fired"] & (1 << i):
                 raise ValueError(f"layer {names[i]} ran twice in one forward pass; pass distinct layers")
             if merges[i] is not None:
                 out = merges[i](out[0] if isinstance(out, (tuple, list)) else out)
-            write(i, pool_fn(out))
+            if recorder is not None and layouts[i] is None:
+                layouts[i] = recorder.probe(i).layout
+            write(i, pool_fn(i, out))
             state["fired"] |= 1 << i
             if state["fired"] == (1 << L) - 1:
                 raise _StopForward
@@ -377,6 +375,9 @@ def extract_features(model: nn.Module, data: Union[DataLoader, Dataset], *, pool
                              f"{type(model).__name__}")
 
     training = [m for m in model.modules() if m.training]  # restored exactly afterwards
+    # the first batch's forward also probes every block's layout (checked against its weights);
+    # the recorder's hooks go first, so a block's record is complete when its feature is pooled
+    recorder = None if use_fi else Recorder(model, modules, names)
     handles = [] if use_fi else [m.register_forward_hook(make_hook(i)) for i, m in enumerate(modules)]
     labels: List[torch.Tensor] = []
     n = 0
@@ -408,11 +409,15 @@ def extract_features(model: nn.Module, data: Union[DataLoader, Dataset], *, pool
                 bufs.ensure(n + b)
                 for i in range(L):
                     bufs.views[i][n:n + b].copy_(pending.pop(i))
+                if recorder is not None:
+                    recorder.close()  # probed: later batches run without its hooks
             labels.append(y)
             n += b
     finally:
         for h in handles:
             h.remove()
+        if recorder is not None:
+            recorder.close()
         for m in training:
             m.training = True
         _restore_weights(channels_last)

@@ -43,7 +43,9 @@ def test_each_family_detects_blocks_and_pools(name):
     h = blocks[-1].module.register_forward_hook(lambda mod, i, o: outs.setdefault("o", o))
     m(torch.randn(2, 3, SIZES[name], SIZES[name]))
     h.remove()
-    pooled = fam.pool(outs["o"], fam.default_pool(m), model=m)
+    layout = fam.probe(m)[-1].layout
+    assert layout == {"vit": "tokens", "swin": "nhwc"}.get(name, "nchw")
+    pooled = fam.pool(outs["o"], fam.default_pool(m), model=m, layout=layout)
     assert pooled.shape[0] == 2 and pooled.ndim == 2 and torch.isfinite(pooled).all()
 
 

@@ -43,18 +43,28 @@ def is_container(m) -> bool:
     return isinstance(m, (nn.Sequential, nn.ModuleList))
 
 
-def pool_output(out, pool: str, *, nhwc: bool = False, num_prefix_tokens: int = 0) -> torch.Tensor:
+def pool_output(out, pool: str, *, layout: Optional[str] = None,
+                num_prefix_tokens: int = 0) -> torch.Tensor:
     """Pool one block output to ``[B, D]`` (float32 accumulation for means).
 
-    * ``[B, T, D]`` tokens: "cls" -> token 0; "mean" -> mean over the tokens after the
+    ``layout`` is the block's probed layout (:func:`sls_fast.models.families.probe.probe_blocks`):
+
+    * ``"tokens"`` ``[B, N, D]``: "cls" -> token 0; "mean" -> mean over the tokens after the
       ``num_prefix_tokens`` prefix (class / register / distillation tokens), like timm's avg pool;
-    * ``[B, H, W, C]`` (``nhwc=True``, Swin) or ``[B, C, H, W]``: "mean" over spatial positions;
-    * ``[B, D]``: unchanged.
+    * ``"nchw"`` ``[B, C, H, W]`` or ``"nhwc"`` ``[B, H, W, C]``: "mean" over spatial positions;
+    * ``"vector"`` ``[B, D]``: unchanged.
+
+    Without a layout, 3-D outputs are read as tokens and 2-D as vectors; a map is refused
+    (its channel axis is never guessed).
     """
-    if isinstance(out, (tuple, list)):
-        out = next((o for o in out if isinstance(o, torch.Tensor)), None)
+    from sls_fast.models.families.probe import first_tensor
+
+    out = first_tensor(out)
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"a block returned {type(out).__name__}, expected a tensor")
+        raise TypeError("a block returned no tensor")
+    expected = {"vector": 2, "tokens": 3, "nchw": 4, "nhwc": 4}
+    if layout is not None and expected.get(layout) != out.ndim:
+        raise ValueError(f"a block probed as {layout!r} returned shape {tuple(out.shape)}")
     if out.ndim == 2:
         return out
     if out.ndim == 3:
@@ -65,7 +75,10 @@ def pool_output(out, pool: str, *, nhwc: bool = False, num_prefix_tokens: int = 
         if pool == "cls":
             raise ValueError(f"pool='cls' needs token outputs [B, T, D]; a block returned a "
                              f"feature map {tuple(out.shape)}")
-        return out.mean(dim=(1, 2) if nhwc else (2, 3), dtype=torch.float32)
+        if layout is None:
+            raise ValueError(f"a feature map {tuple(out.shape)} needs its probed layout "
+                             "('nchw' or 'nhwc') to be pooled")
+        return out.mean(dim=(1, 2) if layout == "nhwc" else (2, 3), dtype=torch.float32)
     raise ValueError(f"cannot pool a block output of shape {tuple(out.shape)}")
 
 
@@ -78,7 +91,6 @@ class Family:
         layout: where the blocks are, e.g. ``model.blocks[i]``.
         feature: the per-layer feature (class token, mean over positions).
         adapter_kinds: adapter kinds :meth:`insert_adapters` accepts.
-        nhwc: block outputs are ``[B, H, W, C]`` maps (Swin).
         uses_intermediates: extraction may use timm's ``forward_intermediates``.
         lora_targets: the linear layers inside a block that LoRA adapts by default.
         reference_keys: ``{kind: [(their substring, our substring), ...]}`` mapping the authors'
@@ -90,7 +102,6 @@ class Family:
     layout: str = ""
     feature: str = "mean over positions"
     adapter_kinds: Tuple[str, ...] = ()
-    nhwc: bool = False
     uses_intermediates: bool = False
     reference_keys: Dict[str, List[Tuple[str, str]]] = {}
     lora_targets: Tuple[str, ...] = ()
@@ -115,10 +126,23 @@ class Family:
         raise ValueError(f"pool='merged' is the authors' Swin pooling; {self.name} models have "
                          "no patch merging to pool after: use 'auto' or 'mean'")
 
-    def pool(self, output, kind: str = "mean", *, model: Optional[nn.Module] = None) -> torch.Tensor:
-        """One block output -> ``[B, D]`` features (see :func:`pool_output`)."""
-        npt = int(getattr(model, "num_prefix_tokens", 0) or 0) if model is not None else 0
-        return pool_output(output, kind, nhwc=self.nhwc, num_prefix_tokens=npt)
+    def num_prefix_tokens(self, model: nn.Module) -> int:
+        """Tokens before the patch tokens (class, register, distillation) in block outputs."""
+        return int(getattr(model, "num_prefix_tokens", 0) or 0)
+
+    def pool(self, output, kind: str = "mean", *, model: Optional[nn.Module] = None,
+             layout: Optional[str] = None) -> torch.Tensor:
+        """One block output of the probed ``layout`` -> ``[B, D]`` features (see
+        :func:`pool_output`)."""
+        npt = self.num_prefix_tokens(model) if model is not None else 0
+        return pool_output(output, kind, layout=layout, num_prefix_tokens=npt)
+
+    def probe(self, model: nn.Module, x: Optional[torch.Tensor] = None) -> list:
+        """Every block's probed layout and width (:func:`~sls_fast.models.families.probe.probe_blocks`)."""
+        from sls_fast.models.families.probe import probe_blocks
+
+        blocks = self.blocks(model)
+        return probe_blocks(model, [b.module for b in blocks], [b.name for b in blocks], x)
 
     # ------------------------------------------------------------------ adapters
     def check_adapter_kind(self, kind: str) -> None:

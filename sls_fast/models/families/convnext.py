@@ -5,7 +5,6 @@ import torch.nn as nn
 
 from sls_fast.models.families._conv import ConvFamily
 from sls_fast.models.families.base import Block, is_container
-from sls_fast.models.families.shapes import block_shapes
 
 __all__ = ["ConvNeXtFamily"]
 
@@ -32,7 +31,7 @@ class ConvNeXtFamily(ConvFamily):
             return [], self._set_head(model, num_classes)
         from timm.layers import NormMlpClassifierHead
 
-        width = block_shapes(self, model, blocks)[depth - 1]["out_ch"]
+        width = self.probe(model)[depth - 1].width
         s, j = blocks[depth - 1].stage, blocks[depth - 1].index + 1
         model.stages[s].blocks = model.stages[s].blocks[:j]
         model.stages = model.stages[:s + 1]

@@ -5,7 +5,6 @@ import torch.nn as nn
 
 from sls_fast.models.families._conv import ConvFamily
 from sls_fast.models.families.base import Block, is_container
-from sls_fast.models.families.shapes import block_shapes
 
 __all__ = ["ResNetFamily"]
 
@@ -37,7 +36,7 @@ class ResNetFamily(ConvFamily):
         blocks = self.blocks(model)
         if depth == len(blocks):
             return [], self._set_head(model, num_classes)
-        width = block_shapes(self, model, blocks)[depth - 1]["out_ch"]
+        width = self.probe(model)[depth - 1].width
         s, j = blocks[depth - 1].stage, blocks[depth - 1].index + 1
         stage = getattr(model, _STAGES[s])
         setattr(model, _STAGES[s], stage[:j])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from sls_fast.models.families._transformer import TransformerFamily, new_like_norm
 from sls_fast.models.families.base import Block, is_container
-from sls_fast.models.families.shapes import block_shapes, stage_cut
+from sls_fast.models.families.probe import stage_cut
 
 __all__ = ["SwinFamily"]
 
@@ -12,7 +12,6 @@ class SwinFamily(TransformerFamily):
     name = "swin"
     models = "Swin Transformer (timm)"
     layout = "model.layers[s].blocks[j]"
-    nhwc = True
     # The authors' Swin Convpass carries an extra channel attention: no layout of ours matches it.
     reference_keys = {"repadapter": []}
 
@@ -55,7 +54,7 @@ class SwinFamily(TransformerFamily):
         blocks = self.blocks(model)
         new, fresh = [], False
         if depth < len(blocks):
-            width = block_shapes(self, model, blocks)[depth - 1]["out_ch"]
+            width = self.probe(model)[depth - 1].width
             s, j = stage_cut([len(st.blocks) for st in model.layers], depth)
             model.layers[s].blocks = model.layers[s].blocks[:j]
             model.layers = model.layers[:s + 1]
