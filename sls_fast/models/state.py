@@ -98,7 +98,10 @@ def model_name(model: nn.Module) -> str:
 
 
 def classifier_name(model: nn.Module) -> Optional[str]:
-    """Module path of the final linear classifier (``model.get_classifier()``), or None."""
+    """Module path of the final linear classifier (``model.get_classifier()``; a generically
+    cut model's ``sls_head.fc``), or None."""
+    if isinstance(getattr(getattr(model, "sls_head", None), "fc", None), nn.Linear):
+        return "sls_head.fc"
     get = getattr(model, "get_classifier", None)
     clf = get() if callable(get) else None
     if clf is None:

@@ -21,6 +21,7 @@ from sls_fast.models.families.base import Block, Family, pool_output
 from sls_fast.models.state import SLSState, base_checksum, get_state, model_name
 from sls_fast.models.families.convnext import ConvNeXtFamily
 from sls_fast.models.families.efficientnet import EfficientNetFamily
+from sls_fast.models.families.generic import GenericFamily
 from sls_fast.models.families.hf_clip import HFCLIPFamily
 from sls_fast.models.families.hf_dinov2 import HFDinov2Family
 from sls_fast.models.families.hf_vit import HFViTFamily
@@ -31,19 +32,22 @@ from sls_fast.models.families.vit import ViTFamily
 __all__ = ["Block", "Family", "FAMILIES", "family_of", "find_family", "ensure_state", "register",
            "find_blocks", "support_table", "pool_output"]
 
-# Detection order: the transformers families (config.model_type; ViT's ``layers`` would look like
-# Swin's) first, EfficientNet (blocks[s][j]) before ViT (blocks[i]).
+# Detection order: the transformers families (config.model_type), then the timm families (by
+# class), then any other model whose blocks sit in a usual container (probed, generic cut).
 FAMILIES: List[Family] = [HFViTFamily(), HFDinov2Family(), HFCLIPFamily(), EfficientNetFamily(),
-                          ViTFamily(), SwinFamily(), ConvNeXtFamily(), ResNetFamily()]
+                          ViTFamily(), SwinFamily(), ConvNeXtFamily(), ResNetFamily(),
+                          GenericFamily()]
 
 
 def register(family: Family, *, first: bool = False) -> Family:
-    """Add a family to the registry (``first=True``: tried before the others). Returns it."""
+    """Add a family to the registry (``first=True``: tried before the others; otherwise after
+    the built-in families, before the generic fallback). Returns it."""
     if not isinstance(family, Family):
         raise TypeError(f"register needs a Family instance, got {type(family).__name__}")
     if any(f.name == family.name for f in FAMILIES):
         raise ValueError(f"a family named {family.name!r} is already registered")
-    FAMILIES.insert(0, family) if first else FAMILIES.append(family)
+    fallback = len(FAMILIES) - int(bool(FAMILIES) and isinstance(FAMILIES[-1], GenericFamily))
+    FAMILIES.insert(0 if first else fallback, family)  # the generic family stays the fallback
     return family
 
 

@@ -11,12 +11,14 @@ __all__ = ["ConvNeXtFamily"]
 
 class ConvNeXtFamily(ConvFamily):
     name = "convnext"
-    models = "ConvNeXt and other staged models (timm)"
+    models = "ConvNeXt (timm)"
     layout = "model.stages[s].blocks[j]"
 
     def detect(self, model):
+        from timm.models.convnext import ConvNeXt
+
         stages = getattr(model, "stages", None)
-        return (is_container(stages) and len(stages) > 0
+        return (isinstance(model, ConvNeXt) and is_container(stages) and len(stages) > 0
                 and all(hasattr(s, "blocks") for s in stages))
 
     def blocks(self, model):

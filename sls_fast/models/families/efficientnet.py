@@ -15,8 +15,11 @@ class EfficientNetFamily(ConvFamily):
     layout = "model.blocks[s][j]"
 
     def detect(self, model):
+        from timm.models.efficientnet import EfficientNet
+        from timm.models.mobilenetv3 import MobileNetV3
+
         blocks = getattr(model, "blocks", None)
-        return is_container(blocks) and len(blocks) > 0 and all(is_container(s) for s in blocks)
+        return isinstance(model, (EfficientNet, MobileNetV3)) and is_container(blocks) and len(blocks) > 0 and all(is_container(s) for s in blocks)
 
     def blocks(self, model):
         return [Block(f"blocks.{s}.{j}", b, s, j)
@@ -36,8 +39,9 @@ class EfficientNetFamily(ConvFamily):
         if hasattr(model, "stage_ends"):
             model.stage_ends = [e for e in model.stage_ends if e <= s + 1]
         model.conv_head = nn.Identity()
-        if hasattr(model, "bn2"):
-            model.bn2 = nn.Identity()
+        for later in ("bn2", "norm_head"):  # EfficientNet's / MobileNetV3-V4's head norm
+            if hasattr(model, later):
+                setattr(model, later, nn.Identity())
         model.num_features = model.head_hidden_size = width
         model.reset_classifier(num_classes)
         return [], True

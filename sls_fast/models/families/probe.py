@@ -75,19 +75,44 @@ def declared_width(module: nn.Module) -> Optional[int]:
     return None
 
 
-def probe_size(model: nn.Module) -> Tuple[int, int]:
-    """An input size the model accepts: the size it was built for where it records one (a
-    patch embedding's ``img_size``, ``model.img_size``, a transformers config's
-    ``image_size``), else 64 x 64."""
+def _recorded_sizes(model: nn.Module) -> List[Tuple[int, int]]:
+    """Input sizes the model records (a patch embedding's ``img_size``, ``model.img_size``, a
+    transformers config's ``image_size``, timm's ``pretrained_cfg`` input size), then 64 px."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
     candidates = (getattr(getattr(model, "patch_embed", None), "img_size", None),
                   getattr(model, "img_size", None),
-                  getattr(getattr(model, "config", None), "image_size", None))
+                  getattr(getattr(model, "config", None), "image_size", None),
+                  cfg.get("input_size") if isinstance(cfg, dict) else None, 64)
+    out: List[Tuple[int, int]] = []
     for size in candidates:
         if isinstance(size, (tuple, list)) and len(size) >= 2:
-            return int(size[-2]), int(size[-1])
-        if isinstance(size, int) and size > 0:
-            return size, size
-    return 64, 64
+            hw = (int(size[-2]), int(size[-1]))
+        elif isinstance(size, int) and size > 0:
+            hw = (size, size)
+        else:
+            continue
+        if hw not in out:
+            out.append(hw)
+    return out
+
+
+def probe_size(model: nn.Module) -> Tuple[int, int]:
+    """An input size the model accepts: the first of the sizes it records (see
+    :func:`_recorded_sizes`) that a forward of one zero image runs at. ValueError when none
+    does."""
+    p = next(iter(model.parameters()))
+    sizes = _recorded_sizes(model)
+    first_error: Optional[BaseException] = None
+    for hw in sizes:
+        if len(sizes) == 1:
+            return hw
+        try:
+            _forward(model, torch.zeros(1, 3, *hw, device=p.device, dtype=p.dtype))
+            return hw
+        except Exception as exc:  # noqa: BLE001 - a size this model refuses: try the next
+            first_error = first_error or exc
+    raise ValueError(f"{type(model).__name__} runs at none of the input sizes it records "
+                     f"{sizes}: {type(first_error).__name__}: {str(first_error)[:200]}")
 
 
 class Recorder:
@@ -123,6 +148,8 @@ class Recorder:
 
     def _block_hook(self, i):
         def fn(_mod, args, out):
+            if self.busy:  # the second reading records into its own Recorder
+                return
             t_in, t_out = first_tensor(args), first_tensor(out)
             rec = self.seen.setdefault(i, {})
             if "out" in rec:
@@ -133,7 +160,7 @@ class Recorder:
 
     def _leaf_hook(self, i):
         def fn(mod, _args, _out):
-            w = declared_width(mod)
+            w = None if self.busy else declared_width(mod)
             if w is not None:
                 self.seen.setdefault(i, {})["declared"] = w
         return fn

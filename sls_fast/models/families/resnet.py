@@ -17,8 +17,10 @@ class ResNetFamily(ConvFamily):
     layout = "model.layer1..layer4[j]"
 
     def detect(self, model):
+        from timm.models.resnet import ResNet
+
         first = getattr(model, "layer1", None)
-        return is_container(first) and len(first) > 0 and all(
+        return isinstance(model, ResNet) and is_container(first) and len(first) > 0 and all(
             is_container(getattr(model, s, None)) or isinstance(getattr(model, s, None), nn.Identity)
             for s in _STAGES)
 

@@ -16,8 +16,10 @@ class SwinFamily(TransformerFamily):
     reference_keys = {"repadapter": []}
 
     def detect(self, model):
+        from timm.models.swin_transformer import SwinTransformer
+
         layers = getattr(model, "layers", None)
-        return (is_container(layers) and len(layers) > 0
+        return (isinstance(model, SwinTransformer) and is_container(layers) and len(layers) > 0
                 and all(hasattr(s, "blocks") for s in layers))
 
     def blocks(self, model):

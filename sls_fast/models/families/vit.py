@@ -14,7 +14,7 @@ def _has_cls_token(model) -> bool:
 
 class ViTFamily(TransformerFamily):
     name = "vit"
-    models = "ViT, DeiT, EVA (timm)"
+    models = "ViT, DeiT, DeiT III (timm)"
     layout = "model.blocks[i]"
     feature = "class token (mean over patch tokens without one)"
     uses_intermediates = True
@@ -24,9 +24,10 @@ class ViTFamily(TransformerFamily):
                       "repadapter": []}
 
     def detect(self, model):
+        from timm.models.vision_transformer import VisionTransformer
+
         blocks = getattr(model, "blocks", None)
-        return (is_container(blocks) and len(blocks) > 0
-                and not all(is_container(s) for s in blocks))
+        return isinstance(model, VisionTransformer) and is_container(blocks) and len(blocks) > 0
 
     def blocks(self, model):
         return [Block(f"blocks.{i}", b, 0, i) for i, b in enumerate(model.blocks)]
