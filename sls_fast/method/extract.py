@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -299,13 +299,17 @@ def extract_features(model: nn.Module, data: Union[DataLoader, Dataset], *, pool
     npt = int(getattr(model, "num_prefix_tokens", 0) or 0)
     use_fi = _use_intermediates(model, family, all_blocks, method)
     kind = "mean" if pool_kind == "merged" else pool_kind  # merged: mean after the merge
-    layouts: List[Optional[str]] = [None] * len(modules)  # probed on the first batch
+    probes: List[Any] = [None] * len(modules)  # probed on the first batch
     if family is not None and all_blocks:
+        npt = family.num_prefix_tokens(model)
+
         def pool_fn(i, out):
-            return family.pool(out, kind, model=model, layout=layouts[i])
+            return family.pool(out, kind, model=model, layout=probes[i].layout,
+                               prefix=probes[i].prefix)
     else:
         def pool_fn(i, out):
-            return pool_output(out, kind, layout=layouts[i], num_prefix_tokens=npt)
+            return pool_output(out, kind, layout=probes[i].layout,
+                               num_prefix_tokens=probes[i].prefix)
 
     if device is not None:
         device = torch.device(device)
@@ -342,8 +346,8 @@ def extract_features(model: nn.Module, data: Union[DataLoader, Dataset], *, pool
                 raise ValueError(f"layer {names[i]} ran twice in one forward pass; pass distinct layers")
             if merges[i] is not None:
                 out = merges[i](out[0] if isinstance(out, (tuple, list)) else out)
-            if recorder is not None and layouts[i] is None:
-                layouts[i] = recorder.probe(i).layout
+            if recorder is not None and probes[i] is None:
+                probes[i] = recorder.probe(i)
             write(i, pool_fn(i, out))
             state["fired"] |= 1 << i
             if state["fired"] == (1 << L) - 1:
@@ -377,7 +381,7 @@ def extract_features(model: nn.Module, data: Union[DataLoader, Dataset], *, pool
     training = [m for m in model.modules() if m.training]  # restored exactly afterwards
     # the first batch's forward also probes every block's layout (checked against its weights);
     # the recorder's hooks go first, so a block's record is complete when its feature is pooled
-    recorder = None if use_fi else Recorder(model, modules, names)
+    recorder = None if use_fi else Recorder(model, modules, names, prefix_tokens=npt)
     handles = [] if use_fi else [m.register_forward_hook(make_hook(i)) for i, m in enumerate(modules)]
     labels: List[torch.Tensor] = []
     n = 0

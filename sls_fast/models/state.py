@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["AdapterConfig", "SLSState", "get_state", "model_name",
-           "classifier_name", "base_checksum", "ADAPTER_KEY"]
+           "classifier_name", "classifier_names", "base_checksum", "ADAPTER_KEY"]
 
 ADAPTER_KEY = ".adapter"  # every adapter module's name starts with "adapter" (adapter, adapter_attn, ...)
 LORA_KEY = ".lora_"  # peft's LoRA tensors (lora_A, lora_B, ...); their base is under ".base_layer"
@@ -97,22 +97,27 @@ def model_name(model: nn.Module) -> str:
     return str(cfg.get("architecture") or type(model).__name__)
 
 
-def classifier_name(model: nn.Module) -> Optional[str]:
-    """Module path of the final linear classifier (``model.get_classifier()``; a generically
-    cut model's ``sls_head.fc``), or None."""
+def classifier_names(model: nn.Module) -> List[str]:
+    """Module paths of every final linear classifier: ``model.get_classifier()`` (a tuple for
+    DeiT's distilled models: the class and distillation heads), a generically cut model's
+    ``sls_head.fc``, else the first of ``head`` / ``classifier`` / ``fc`` that is linear."""
     if isinstance(getattr(getattr(model, "sls_head", None), "fc", None), nn.Linear):
-        return "sls_head.fc"
+        return ["sls_head.fc"]
     get = getattr(model, "get_classifier", None)
     clf = get() if callable(get) else None
     if clf is None:
-        for name in ("head", "classifier", "fc"):
-            if isinstance(getattr(model, name, None), nn.Linear):
-                return name
-        return None
-    for name, m in model.named_modules():
-        if m is clf and name:
-            return name
-    return None
+        return [n for n in ("head", "classifier", "fc")
+                if isinstance(getattr(model, n, None), nn.Linear)][:1]
+    wanted = list(clf) if isinstance(clf, (tuple, list)) else [clf]
+    names = {id(m): n for n, m in model.named_modules() if n}
+    return [names[id(m)] for m in wanted if id(m) in names]
+
+
+def classifier_name(model: nn.Module) -> Optional[str]:
+    """Module path of the final linear classifier (the first of :func:`classifier_names`),
+    or None."""
+    names = classifier_names(model)
+    return names[0] if names else None
 
 
 def _frozen_items(model: nn.Module, exclude_prefixes: Iterable[str]):
@@ -138,8 +143,7 @@ def base_checksum(model: nn.Module, exclude: Iterable[str] = ()) -> str:
         64
     """
     h = hashlib.sha256()
-    clf = classifier_name(model)
-    for k, v in _frozen_items(model, list(exclude) + ([clf] if clf else [])):
+    for k, v in _frozen_items(model, list(exclude) + classifier_names(model)):
         t = v.detach().to("cpu").contiguous().reshape(-1)
         h.update(f"{k}|{t.dtype}|{tuple(v.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes())

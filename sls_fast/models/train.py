@@ -42,7 +42,7 @@ from sls_fast.models.adapters import adapter_modules, set_trainable
 from sls_fast.models.families import family_of
 from sls_fast.models.petl.lora import reset_lora
 from sls_fast.models.petl.modules import ADAPTER_TYPES
-from sls_fast.models.state import classifier_name, get_state
+from sls_fast.models.state import classifier_name, classifier_names, get_state
 
 __all__ = ["finetune", "evaluate", "probe_head", "STRATEGIES"]
 
@@ -171,9 +171,12 @@ def probe_head(model: nn.Module, data, *, l2: float = 1e-3, max_iter: int = 200,
     with torch.no_grad():
         Wf = W / sd
         bf = b - Wf @ mu
-        head.weight.copy_(Wf.to(head.weight.dtype))
-        if head.bias is not None:
-            head.bias.copy_(bf.to(head.bias.dtype))
+        for name in classifier_names(model):  # DeiT's distilled models: both heads
+            clf = model.get_submodule(name)
+            if isinstance(clf, nn.Linear) and clf.weight.shape == Wf.shape:
+                clf.weight.copy_(Wf.to(clf.weight.dtype))
+                if clf.bias is not None:
+                    clf.bias.copy_(bf.to(clf.bias.dtype))
         acc = ((Z @ W.T + b).argmax(1) == y).double().mean().item()
     _set_head_fresh(model, False)
     return acc
@@ -213,8 +216,7 @@ def _reinit(model: nn.Module) -> None:
     for m in adapter_modules(model).values():
         if isinstance(m, ADAPTER_TYPES):
             m.reset_parameters()
-    name = classifier_name(model)
-    if name:
+    for name in classifier_names(model):
         head = model.get_submodule(name)
         if isinstance(head, nn.Linear):
             nn.init.trunc_normal_(head.weight, std=0.02)

@@ -23,8 +23,8 @@ from sls_fast.models.families.convnext import ConvNeXtFamily
 from sls_fast.models.families.efficientnet import EfficientNetFamily
 from sls_fast.models.families.generic import GenericFamily
 from sls_fast.models.families.hf_clip import HFCLIPFamily
-from sls_fast.models.families.hf_dinov2 import HFDinov2Family
-from sls_fast.models.families.hf_vit import HFViTFamily
+from sls_fast.models.families.hf_dinov2 import HFDinov2Family, HFDinov2RegistersFamily
+from sls_fast.models.families.hf_vit import HFDeiTFamily, HFViTFamily
 from sls_fast.models.families.resnet import ResNetFamily
 from sls_fast.models.families.swin import SwinFamily
 from sls_fast.models.families.vit import ViTFamily
@@ -34,7 +34,8 @@ __all__ = ["Block", "Family", "FAMILIES", "family_of", "find_family", "ensure_st
 
 # Detection order: the transformers families (config.model_type), then the timm families (by
 # class), then any other model whose blocks sit in a usual container (probed, generic cut).
-FAMILIES: List[Family] = [HFViTFamily(), HFDinov2Family(), HFCLIPFamily(), EfficientNetFamily(),
+FAMILIES: List[Family] = [HFViTFamily(), HFDeiTFamily(), HFDinov2Family(),
+                          HFDinov2RegistersFamily(), HFCLIPFamily(), EfficientNetFamily(),
                           ViTFamily(), SwinFamily(), ConvNeXtFamily(), ResNetFamily(),
                           GenericFamily()]
 

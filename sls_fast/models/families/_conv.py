@@ -26,7 +26,10 @@ __all__ = ["ConvFamily", "parallel_adapter", "serial_adapter", "SequentialWithAd
 
 
 def parallel_adapter(module, args, output):
-    """Forward hook of a block with Convpass beside it: ``block(x) + adapter(x)``."""
+    """Forward hook of a block with Convpass beside it: ``block(x) + adapter(x)`` (a block
+    that returns a tuple, as transformers layers do: added to its first element)."""
+    if isinstance(output, tuple):
+        return (output[0] + module.adapter(args[0]), *output[1:])
     return output + module.adapter(args[0])
 
 
@@ -59,7 +62,7 @@ def insert_block_adapters(fam: Family, model: nn.Module, kind: str, blocks: List
     """Convpass beside / RepAdapter before each block in ``layers``, shaped by its probe.
     Refuses (ValueError naming the block) a layout the adapter is not defined for."""
     p = next(iter(model.parameters()))
-    npt = fam.num_prefix_tokens(model)
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
     made = []
     for i in layers:
         blk, pr = blocks[i].module, probes[i]
@@ -72,8 +75,11 @@ def insert_block_adapters(fam: Family, model: nn.Module, kind: str, blocks: List
                 adapter: nn.Module = ConvpassConv(pr.in_width, pr.width, dim, stride=pr.stride,
                                                   dropout=dropout, scale=scale)
             elif pr.layout in ("tokens", "nhwc") and same:
-                adapter = Convpass(pr.width, dim, num_prefix_tokens=npt if pr.layout == "tokens"
-                                   else 0, dropout=dropout, scale=scale)
+                fits = (pr.layout == "tokens" and isinstance(grid, (tuple, list))
+                        and pr.tokens == pr.prefix + int(grid[0]) * int(grid[1]))
+                adapter = Convpass(pr.width, dim, num_prefix_tokens=pr.prefix,
+                                   grid_size=tuple(grid) if fits else None, dropout=dropout,
+                                   scale=scale)
             else:
                 raise ValueError(f"Convpass cannot sit beside {where}: it maps width "
                                  f"{pr.in_width} to {pr.width} (stride {pr.stride})")

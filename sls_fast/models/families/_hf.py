@@ -101,6 +101,9 @@ class HFFamily(Family):
     def default_pool(self, model):
         return "cls"
 
+    def num_prefix_tokens(self, model):
+        return 1  # the class token (DeiT and DINOv2 with registers say more)
+
     # ------------------------------------------------------------------ head
     def head_input(self, model: nn.Module, last_hidden_state: torch.Tensor) -> torch.Tensor:
         """What the classifier reads from the backbone's ``last_hidden_state`` ``[B, T, D]``."""
@@ -200,9 +203,10 @@ class HFFamily(Family):
         cfg = _config(backbone)
         grid = (cfg.image_size // cfg.patch_size,) * 2  # other sizes: a square grid is inferred
         p = next(iter(model.parameters()))
+        prefix = self.num_prefix_tokens(model)
         if kind == "convpass":
             def make():
-                return Convpass(cfg.hidden_size, dim, num_prefix_tokens=1, grid_size=grid,
+                return Convpass(cfg.hidden_size, dim, num_prefix_tokens=prefix, grid_size=grid,
                                 dropout=dropout, scale=scale)
         else:
             def make():

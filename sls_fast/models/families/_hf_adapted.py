@@ -13,17 +13,21 @@ adds its own residual. Base forwards:
 from __future__ import annotations
 
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+from transformers.models.deit.modeling_deit import DeiTLayer
 from transformers.models.dinov2.modeling_dinov2 import Dinov2Layer
+from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import (
+    Dinov2WithRegistersLayer)
 from transformers.models.vit.modeling_vit import ViTLayer
 
 __all__ = ["ConvpassHFViTLayer", "RepAdapterHFViTLayer", "ConvpassDinov2Layer",
-           "RepAdapterDinov2Layer", "ConvpassCLIPLayer", "RepAdapterCLIPLayer"]
+           "RepAdapterDinov2Layer", "ConvpassCLIPLayer", "RepAdapterCLIPLayer",
+           "ConvpassHFDeiTLayer", "RepAdapterHFDeiTLayer", "ConvpassDinov2RegistersLayer",
+           "RepAdapterDinov2RegistersLayer"]
 
 
-class ConvpassHFViTLayer(ViTLayer):
-    """``x + attn(ln(x)) + s * convpass(ln(x))``, then the same around the MLP."""
-
-    sls_base_class = ViTLayer
+class _ConvpassViTForward:
+    """``x + attn(ln(x)) + s * convpass(ln(x))``, then the same around the MLP (ViT's and
+    DeiT's layers: ``layernorm_before`` / ``attention`` / ``layernorm_after`` / ``mlp``)."""
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
         h = self.layernorm_before(hidden_states)
@@ -33,10 +37,8 @@ class ConvpassHFViTLayer(ViTLayer):
         return self.dropout(self.mlp(h)) + x + self.adapter_mlp(h)
 
 
-class RepAdapterHFViTLayer(ViTLayer):
+class _RepAdapterViTForward:
     """``x + attn(repadapter(ln(x)))``, then the same around the MLP."""
-
-    sls_base_class = ViTLayer
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
         attn, _ = self.attention(self.adapter_attn(self.layernorm_before(hidden_states)),
@@ -45,10 +47,9 @@ class RepAdapterHFViTLayer(ViTLayer):
         return self.dropout(self.mlp(self.adapter_mlp(self.layernorm_after(x)))) + x
 
 
-class ConvpassDinov2Layer(Dinov2Layer):
-    """``x + ls1(attn(norm1(x))) + s * convpass(norm1(x))``, then the same around the MLP."""
-
-    sls_base_class = Dinov2Layer
+class _ConvpassDinov2Forward:
+    """``x + ls1(attn(norm1(x))) + s * convpass(norm1(x))``, then the same around the MLP
+    (DINOv2's layers, with or without registers)."""
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
         h = self.norm1(hidden_states)
@@ -60,16 +61,46 @@ class ConvpassDinov2Layer(Dinov2Layer):
                 + self.drop_path(self.adapter_mlp(h)))
 
 
-class RepAdapterDinov2Layer(Dinov2Layer):
+class _RepAdapterDinov2Forward:
     """``x + ls1(attn(repadapter(norm1(x))))``, then the same around the MLP."""
-
-    sls_base_class = Dinov2Layer
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
         attn, _ = self.attention(self.adapter_attn(self.norm1(hidden_states)),
                                  attention_mask=attention_mask, **kwargs)
         x = self.drop_path(self.layer_scale1(attn)) + hidden_states
         return self.drop_path(self.layer_scale2(self.mlp(self.adapter_mlp(self.norm2(x))))) + x
+
+
+class ConvpassHFViTLayer(_ConvpassViTForward, ViTLayer):
+    sls_base_class = ViTLayer
+
+
+class RepAdapterHFViTLayer(_RepAdapterViTForward, ViTLayer):
+    sls_base_class = ViTLayer
+
+
+class ConvpassHFDeiTLayer(_ConvpassViTForward, DeiTLayer):
+    sls_base_class = DeiTLayer
+
+
+class RepAdapterHFDeiTLayer(_RepAdapterViTForward, DeiTLayer):
+    sls_base_class = DeiTLayer
+
+
+class ConvpassDinov2Layer(_ConvpassDinov2Forward, Dinov2Layer):
+    sls_base_class = Dinov2Layer
+
+
+class RepAdapterDinov2Layer(_RepAdapterDinov2Forward, Dinov2Layer):
+    sls_base_class = Dinov2Layer
+
+
+class ConvpassDinov2RegistersLayer(_ConvpassDinov2Forward, Dinov2WithRegistersLayer):
+    sls_base_class = Dinov2WithRegistersLayer
+
+
+class RepAdapterDinov2RegistersLayer(_RepAdapterDinov2Forward, Dinov2WithRegistersLayer):
+    sls_base_class = Dinov2WithRegistersLayer
 
 
 class ConvpassCLIPLayer(CLIPEncoderLayer):

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from sls_fast.models.petl.modules import adapter_parts
-from sls_fast.models.state import classifier_name, get_state
+from sls_fast.models.state import classifier_names, get_state
 
 __all__ = ["Block", "Family", "is_container", "pool_output"]
 
@@ -131,18 +131,23 @@ class Family:
         return int(getattr(model, "num_prefix_tokens", 0) or 0)
 
     def pool(self, output, kind: str = "mean", *, model: Optional[nn.Module] = None,
-             layout: Optional[str] = None) -> torch.Tensor:
-        """One block output of the probed ``layout`` -> ``[B, D]`` features (see
-        :func:`pool_output`)."""
-        npt = self.num_prefix_tokens(model) if model is not None else 0
-        return pool_output(output, kind, layout=layout, num_prefix_tokens=npt)
+             layout: Optional[str] = None, prefix: Optional[int] = None) -> torch.Tensor:
+        """One block output of the probed ``layout`` and ``prefix`` tokens -> ``[B, D]``
+        features (see :func:`pool_output`). "cls" on a block whose tokens carry no class token
+        (CaiT's patch blocks) is the mean over its tokens."""
+        if prefix is None:
+            prefix = self.num_prefix_tokens(model) if model is not None else 0
+        if kind == "cls" and layout == "tokens" and prefix == 0:
+            kind = "mean"
+        return pool_output(output, kind, layout=layout, num_prefix_tokens=prefix)
 
     def probe(self, model: nn.Module, x: Optional[torch.Tensor] = None) -> list:
         """Every block's probed layout and width (:func:`~sls_fast.models.families.probe.probe_blocks`)."""
         from sls_fast.models.families.probe import probe_blocks
 
         blocks = self.blocks(model)
-        return probe_blocks(model, [b.module for b in blocks], [b.name for b in blocks], x)
+        return probe_blocks(model, [b.module for b in blocks], [b.name for b in blocks], x,
+                            prefix_tokens=self.num_prefix_tokens(model))
 
     # ------------------------------------------------------------------ adapters
     def check_adapter_kind(self, kind: str) -> None:
@@ -215,9 +220,7 @@ class Family:
         """Module paths that train and that an artifact stores: every adapter, the classifier and
         the modules truncation created (outermost paths only, sorted)."""
         names = list(adapter_parts(model))
-        clf = classifier_name(model)
-        if clf:
-            names.append(clf)
+        names += classifier_names(model)
         st = get_state(model)
         if st is not None:
             names += list(st.new_modules)

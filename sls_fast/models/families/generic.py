@@ -16,7 +16,7 @@ everything else comes from what the blocks compute (:mod:`sls_fast.models.famili
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn as nn
@@ -28,58 +28,99 @@ from sls_fast.models.families.probe import first_tensor, probe_size
 __all__ = ["GenericFamily", "CutHead", "BLOCK_PATHS"]
 
 # Where models keep their blocks: (stage containers, attribute inside a stage holding blocks).
-# "" means the stage container holds the blocks itself.
+# "" means the stage container holds the blocks itself (or is the flat list of blocks).
 BLOCK_PATHS: Tuple[Tuple[str, str], ...] = (
     ("stages", "blocks"), ("layers", "blocks"), ("levels", "blocks"), ("stages", "layers"),
-    ("blocks", ""), ("stages", ""), ("layers", ""), ("features", ""),
+    ("levels", "transformer_encoder"), ("blocks", ""), ("stages", ""), ("layers", ""),
+    ("network", ""), ("features", ""),
 )
+# Where a transformers model keeps them: under its backbone's ``encoder``.
+_BACKBONE_PREFIXES = ("", "encoder.")
 
 
-def _container(model: nn.Module, path: str) -> Optional[nn.Module]:
-    m = getattr(model, path, None)
-    return m if is_container(m) and len(m) > 0 else None
+def _composite(m: nn.Module) -> bool:
+    return any(True for _ in m.children())
 
 
-def _find(model: nn.Module) -> Optional[List[Block]]:
-    """The blocks of ``model`` by :data:`BLOCK_PATHS` (then numbered stages ``s1.b1``), or
-    None."""
-    numbered = _numbered(model)
-    if numbered:
-        return numbered
+def _is_stage(m: nn.Module) -> bool:
+    """A container of blocks (every child composite), as opposed to one block written as an
+    ``nn.Sequential`` of steps (a norm, an activation: leaf modules)."""
+    return is_container(m) and len(m) > 0 and all(_composite(c) for c in m.children())
+
+
+def _at(model: nn.Module, path: str) -> Optional[nn.Module]:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _scan(root: nn.Module, pre: str) -> Optional[List[Block]]:
+    """Blocks under ``root`` (module path prefix ``pre``) by :data:`BLOCK_PATHS`, or None."""
     for outer, inner in BLOCK_PATHS:
-        stages = _container(model, outer)
-        if stages is None:
+        stages = _at(root, outer)
+        if not (is_container(stages) and len(stages) > 0):
             continue
+        assert stages is not None
         if inner:
-            if not all(is_container(getattr(s, inner, None)) for s in stages):
+            if not all(is_container(getattr(st, inner, None)) for st in stages):
                 continue
-            found = [Block(f"{outer}.{s}.{inner}.{j}", b, s, j)
+            found = [Block(f"{pre}{outer}.{s}.{inner}.{j}", b, s, j)
                      for s, st in enumerate(stages) for j, b in enumerate(getattr(st, inner))]
-        elif all(is_container(s) and not _is_block_like(s) for s in stages):
-            found = [Block(f"{outer}.{s}.{j}", b, s, j)
-                     for s, st in enumerate(stages) for j, b in enumerate(st)]
-        else:
-            found = [Block(f"{outer}.{i}", b, 0, i) for i, b in enumerate(stages)]
+        elif all(_is_stage(st) for st in stages) or (
+                sum(_is_stage(st) for st in stages) >= 2
+                and all(_is_stage(st) or (_composite(st) and not is_container(st))
+                        for st in stages)):
+            # stages of blocks; a module between stages (VOLO's downsampling) is not a block
+            found = [Block(f"{pre}{outer}.{s}.{j}", b, s, j)
+                     for s, st in enumerate(stages) if _is_stage(st) for j, b in enumerate(st)]
+        elif all(_composite(b) for b in stages):  # one flat list of blocks
+            found = [Block(f"{pre}{outer}.{i}", b, 0, i) for i, b in enumerate(stages)]
+        else:  # leaf layers (a stem's conv, a norm) in the list: not a list of blocks
+            continue
         if found:
             return found
     return None
 
 
 def _numbered(model: nn.Module) -> List[Block]:
-    """Blocks ``b1, b2, ...`` of stages ``s1, s2, ...`` (timm's RegNet)."""
-    stages = [(n, m) for n, m in model.named_children() if re.fullmatch(r"s\d+", n)]
+    """Blocks of numbered stage attributes: ``s1.b1`` (timm's RegNet), ``stage1.0``
+    (Visformer)."""
+    stages = [(n, m) for n, m in model.named_children() if re.fullmatch(r"(s|stage)\d+", n)]
     found = []
     for s, (sn, st) in enumerate(stages):
-        found += [Block(f"{sn}.{bn}", b, s, j) for j, (bn, b) in enumerate(
-            (bn, b) for bn, b in st.named_children() if re.fullmatch(r"b\d+", bn))]
+        kids = [(bn, b) for bn, b in st.named_children() if re.fullmatch(r"b?\d+", bn)
+                and _composite(b)]
+        found += [Block(f"{sn}.{bn}", b, s, j) for j, (bn, b) in enumerate(kids)]
     return found
 
 
-def _is_block_like(m: nn.Module) -> bool:
-    """A container that is itself one block (an ``nn.Sequential`` of different steps), as
-    opposed to a stage holding repeated blocks of one class."""
-    kinds = {type(c) for c in m.children()}
-    return len(kinds) > 1
+def _backbones(model: nn.Module):
+    """(module, path prefix) where blocks may live: the model, then a transformers backbone
+    (a child that has an ``encoder``)."""
+    yield model, ""
+    for name, child in model.named_children():
+        if isinstance(getattr(child, "encoder", None), nn.Module):
+            yield child, f"{name}."
+
+
+def _find(model: nn.Module) -> Optional[List[Block]]:
+    """The blocks of ``model``, or None (also for a two-tower model such as CLIP's, whose text
+    tower is not an image model)."""
+    if hasattr(model, "text_model"):
+        return None
+    numbered = _numbered(model)
+    if numbered:
+        return numbered
+    for root, pre in _backbones(model):
+        for sub in _BACKBONE_PREFIXES:
+            inner = _at(root, sub[:-1]) if sub else root
+            if inner is None:
+                continue
+            found = _scan(inner, pre + sub)
+            if found:
+                return found
+    return None
 
 
 def _cut_exit(module, args, output):
@@ -166,26 +207,40 @@ class GenericFamily(Family):
         insert_block_adapters(self, model, kind, self.blocks(model), self.probe(model), layers,
                               dim=dim, scale=scale, dropout=dropout, groups=groups)
 
+    def default_lora_targets(self, model):
+        """Every ``nn.Linear`` inside the blocks (paths relative to a block, first seen first)."""
+        out: List[str] = []
+        for b in self.blocks(model):
+            out += [n for n, m in b.module.named_modules()
+                    if isinstance(m, nn.Linear) and n and n not in out]
+        return tuple(out)
+
     def insert_lora(self, model, layers, *, rank, alpha, dropout, targets=None):
-        """peft LoRA on ``targets`` (paths inside a block) or, by default, on every
-        ``nn.Linear`` inside each adapted block. Returns the targets used."""
+        """peft LoRA on ``targets`` (paths inside a block) where a block has them or, by
+        default, on every ``nn.Linear`` inside each adapted block; blocks without linear layers
+        (convolutional stages) stay as they are. Returns the targets used (relative paths)."""
         from sls_fast.models.petl.lora import insert_lora
 
         blocks = self.blocks(model)
-        if targets:
-            return super().insert_lora(model, layers, rank=rank, alpha=alpha, dropout=dropout,
-                                       targets=targets)
-        paths, rel = [], []
+        paths: List[str] = []
+        used: List[str] = []
         for i in layers:
-            names = [n for n, m in blocks[i].module.named_modules()
-                     if isinstance(m, nn.Linear) and n]
-            if not names:
-                raise ValueError(f"LoRA needs nn.Linear layers; block {blocks[i].name} "
-                                 f"({type(blocks[i].module).__name__}) has none")
+            linears = [n for n, m in blocks[i].module.named_modules()
+                       if isinstance(m, nn.Linear) and n]
+            names = [t for t in targets if t in linears] if targets else linears
             paths += [f"{blocks[i].name}.{n}" for n in names]
-            rel += [n for n in names if n not in rel]
+            used += [n for n in names if n not in used]
+        if targets and not used:
+            if set(targets) & set(self.default_lora_targets(model)):
+                return used  # only blocks not adapted have them (a cut model's LoRA layers)
+            raise ValueError(f"LoRA targets {sorted(targets)} are linear layers of none of the "
+                             "model's blocks")
+        if not paths:
+            kinds = sorted({type(blocks[i].module).__name__ for i in layers})
+            raise ValueError(f"LoRA goes on nn.Linear layers; the adapted blocks ({', '.join(kinds)}) "
+                             "have none: use convpass")
         insert_lora(model, paths, rank=rank, alpha=alpha, dropout=dropout)
-        return rel
+        return used
 
     # ------------------------------------------------------------------ the cut
     def truncate(self, model, depth, num_classes):
@@ -195,13 +250,13 @@ class GenericFamily(Family):
         probes = self.probe(model)
         last = blocks[depth - 1]
         doomed = _after(model, last.module)
-        _delete(model, doomed)
+        holders = {b.name.rsplit(".", k)[0] for b in blocks for k in range(b.name.count(".") + 1)}
+        _delete(model, doomed, sliceable=holders)
         pr = probes[depth - 1]
-        pool = self.default_pool(model) if pr.layout == "tokens" else "mean"
+        pool = self.default_pool(model) if pr.layout == "tokens" and pr.prefix else "mean"
         ref = next(iter(model.parameters()))
         model.sls_head = CutHead(pr.layout, pr.width, num_classes, pool=pool,
-                                 num_prefix_tokens=self.num_prefix_tokens(model)
-                                 ).to(device=ref.device, dtype=ref.dtype)
+                                 num_prefix_tokens=pr.prefix).to(device=ref.device, dtype=ref.dtype)
         last.module.register_forward_hook(_cut_exit)
         object.__setattr__(model, "forward", CutForward(model))
         kept = self.blocks(model)
@@ -213,17 +268,40 @@ class GenericFamily(Family):
         return ["sls_head"], True
 
     def pre_logits(self, model, x):
+        """The classifier's input: the cut head's, timm's ``forward_head(pre_logits=True)``,
+        or (any other model) what the model's own classifier receives in a forward."""
         cut = model.__dict__.get("forward")
         if isinstance(cut, CutForward):
             return model.sls_head.pre_logits(cut.features(x))
-        return super().pre_logits(model, x)
+        if hasattr(model, "forward_head"):
+            return super().pre_logits(model, x)
+        from sls_fast.models.state import classifier_name
+
+        name = classifier_name(model)
+        if name is None:
+            raise TypeError(f"{type(model).__name__} has no linear classifier to read features for")
+        seen: List[torch.Tensor] = []
+        hook = model.get_submodule(name).register_forward_pre_hook(
+            lambda _m, args: seen.append(args[0]))
+        try:
+            model(x)
+        finally:
+            hook.remove()
+        return seen[0]
 
     def reset_head(self, model, num_classes):
         head = getattr(model, "sls_head", None)
-        if isinstance(head, CutHead):
-            old = head.fc
-            head.fc = nn.Linear(old.in_features, int(num_classes)).to(
-                device=old.weight.device, dtype=old.weight.dtype)
+        old = head.fc if isinstance(head, CutHead) else getattr(model, "classifier", None)
+        if isinstance(old, nn.Linear) and (head is not None or not hasattr(model, "reset_classifier")):
+            new = nn.Linear(old.in_features, int(num_classes)).to(device=old.weight.device,
+                                                                   dtype=old.weight.dtype)
+            if isinstance(head, CutHead):
+                head.fc = new
+            else:  # a transformers classifier
+                model.classifier = new
+                cfg = getattr(model, "config", None)
+                if cfg is not None and hasattr(cfg, "num_labels"):
+                    cfg.num_labels = int(num_classes)
             return
         super().reset_head(model, num_classes)
 
@@ -258,20 +336,29 @@ def _after(model: nn.Module, last: nn.Module) -> List[str]:
         for m in training:
             m.training = True
     end = done[0]
-    later = [n for n, m in model.named_modules() if n and order.get(id(m), -1) >= end]
-    return [n for n in later if not any(n.startswith(q + ".") for q in later if q != n)]
+    named = [(n, m) for n, m in model.named_modules() if n]
+    later = {n for n, m in named if order.get(id(m), -1) >= end}
+    for n, m in reversed(named):  # a list never called itself goes when all it holds goes
+        kids = [f"{n}.{k}" for k, _ in m.named_children()]
+        if id(m) not in order and kids and all(k in later for k in kids):
+            later.add(n)
+    return sorted(n for n in later if not any(n.startswith(q + ".") for q in later if q != n))
 
 
-def _delete(model: nn.Module, paths: Sequence[str]) -> None:
-    """Delete ``paths``: trailing entries of a ModuleList / Sequential are sliced off, any other
-    module becomes ``nn.Identity`` (it never runs: the forward stops before it)."""
+def _delete(model: nn.Module, paths: Sequence[str], *, sliceable: Set[str]) -> None:
+    """Delete ``paths``: blocks and stages (``sliceable``) at the end of their ModuleList /
+    Sequential are sliced off; any other module becomes ``nn.Identity`` in place, keeping the
+    lists the forward zips together (Twins' ``pos_block``) at their length. Nothing deleted
+    runs: the forward stops before it."""
     by_parent: Dict[str, List[str]] = {}
     for p in paths:
         parent, _, leaf = p.rpartition(".")
         by_parent.setdefault(parent, []).append(leaf)
     for parent_path, leaves in by_parent.items():
         parent = model.get_submodule(parent_path) if parent_path else model
-        if is_container(parent) and all(leaf.isdigit() for leaf in leaves):
+        full = [f"{parent_path}.{leaf}" if parent_path else leaf for leaf in leaves]
+        if is_container(parent) and all(leaf.isdigit() for leaf in leaves) and all(
+                f in sliceable for f in full):
             idx = sorted(int(leaf) for leaf in leaves)
             if idx == list(range(len(parent) - len(idx), len(parent))):
                 keep = parent[:idx[0]]

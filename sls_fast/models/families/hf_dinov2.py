@@ -16,7 +16,7 @@ import torch
 
 from sls_fast.models.families._hf import IMAGENET_MEAN_STD, HFFamily
 
-__all__ = ["HFDinov2Family"]
+__all__ = ["HFDinov2Family", "HFDinov2RegistersFamily"]
 
 
 class HFDinov2Family(HFFamily):
@@ -53,3 +53,35 @@ class HFDinov2Family(HFFamily):
         from sls_fast.models.families._hf_adapted import ConvpassDinov2Layer, Dinov2Layer, RepAdapterDinov2Layer
 
         return Dinov2Layer, {"convpass": ConvpassDinov2Layer, "repadapter": RepAdapterDinov2Layer}
+
+
+class HFDinov2RegistersFamily(HFDinov2Family):
+    """transformers DINOv2 with registers (``Dinov2WithRegistersModel`` /
+    ``...ForImageClassification``): DINOv2's layers, with ``num_register_tokens`` after the class
+    token; the classifier reads ``[class token, mean of the patch tokens]``, registers left out."""
+
+    name = "hf-dinov2-registers"
+    models = "Dinov2WithRegistersModel, Dinov2WithRegistersForImageClassification (transformers)"
+    layout = "model.dinov2_with_registers.encoder.layer[i]"
+    model_types = ("dinov2_with_registers",)
+    backbone_attr = "dinov2_with_registers"
+    head_class = "Dinov2WithRegistersForImageClassification"
+
+    def _registers(self, model) -> int:
+        return int(getattr(self.backbone(model)[0].config, "num_register_tokens", 0) or 0)
+
+    def num_prefix_tokens(self, model):
+        return 1 + self._registers(model)
+
+    def head_input(self, model, last_hidden_state):
+        start = 1 + self._registers(model)
+        return torch.cat([last_hidden_state[:, 0], last_hidden_state[:, start:].mean(dim=1)],
+                         dim=1)
+
+    def _adapted_classes(self):
+        from sls_fast.models.families._hf_adapted import (ConvpassDinov2RegistersLayer,
+                                                          Dinov2WithRegistersLayer,
+                                                          RepAdapterDinov2RegistersLayer)
+
+        return Dinov2WithRegistersLayer, {"convpass": ConvpassDinov2RegistersLayer,
+                                          "repadapter": RepAdapterDinov2RegistersLayer}

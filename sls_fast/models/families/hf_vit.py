@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from sls_fast.models.families._hf import HFFamily
 
-__all__ = ["HFViTFamily"]
+__all__ = ["HFViTFamily", "HFDeiTFamily"]
 
 
 class HFViTFamily(HFFamily):
@@ -38,3 +38,25 @@ class HFViTFamily(HFFamily):
         from sls_fast.models.families._hf_adapted import ConvpassHFViTLayer, RepAdapterHFViTLayer, ViTLayer
 
         return ViTLayer, {"convpass": ConvpassHFViTLayer, "repadapter": RepAdapterHFViTLayer}
+
+
+class HFDeiTFamily(HFViTFamily):
+    """transformers DeiT (``DeiTModel`` / ``DeiTForImageClassification``): ViT's layer layout
+    under ``deit``, with a distillation token after the class token; the classifier reads the
+    class token."""
+
+    name = "hf-deit"
+    models = "DeiTModel, DeiTForImageClassification (transformers)"
+    layout = "model.deit.layers[i]"
+    model_types = ("deit",)
+    backbone_attr = "deit"
+    head_class = "DeiTForImageClassification"
+
+    def num_prefix_tokens(self, model):
+        return 2  # class and distillation tokens
+
+    def _adapted_classes(self):
+        from sls_fast.models.families._hf_adapted import (ConvpassHFDeiTLayer, DeiTLayer,
+                                                          RepAdapterHFDeiTLayer)
+
+        return DeiTLayer, {"convpass": ConvpassHFDeiTLayer, "repadapter": RepAdapterHFDeiTLayer}

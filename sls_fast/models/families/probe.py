@@ -32,7 +32,8 @@ LAYOUTS = ("tokens", "nchw", "nhwc", "vector")
 @dataclass(frozen=True)
 class BlockProbe:
     """One block's probed output: layout, channel width, input width and spatial stride
-    (1 for tokens and vectors), spatial grid (H, W) or token count N, at the probe's size."""
+    (1 for tokens and vectors), spatial grid (H, W) or token count N at the probe's size, and
+    the prefix tokens (class, register, distillation) the block's tokens start with."""
 
     name: str
     layout: str
@@ -41,6 +42,7 @@ class BlockProbe:
     stride: int
     grid: Optional[Tuple[int, int]] = None
     tokens: Optional[int] = None
+    prefix: int = 0
 
 
 def first_tensor(value: Any) -> Optional[torch.Tensor]:
@@ -79,8 +81,10 @@ def _recorded_sizes(model: nn.Module) -> List[Tuple[int, int]]:
     """Input sizes the model records (a patch embedding's ``img_size``, ``model.img_size``, a
     transformers config's ``image_size``, timm's ``pretrained_cfg`` input size), then 64 px."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
+    embeds = (m for m in model.modules() if hasattr(m, "img_size") and m is not model)
     candidates = (getattr(getattr(model, "patch_embed", None), "img_size", None),
                   getattr(model, "img_size", None),
+                  getattr(next(embeds, None), "img_size", None),
                   getattr(getattr(model, "config", None), "image_size", None),
                   cfg.get("input_size") if isinstance(cfg, dict) else None, 64)
     out: List[Tuple[int, int]] = []
@@ -121,10 +125,10 @@ class Recorder:
     :meth:`probe` then reads block i's layout; use as a context manager (hooks removed on exit)."""
 
     def __init__(self, model: nn.Module, blocks: Sequence[nn.Module],
-                 names: Optional[Sequence[str]] = None):
+                 names: Optional[Sequence[str]] = None, *, prefix_tokens: int = 0):
         from sls_fast.models.petl.modules import ADAPTER_TYPES
 
-        self.model, self.blocks = model, list(blocks)
+        self.model, self.blocks, self.prefix_tokens = model, list(blocks), int(prefix_tokens)
         self.names = list(names) if names is not None else [f"block {i}" for i in
                                                             range(len(self.blocks))]
         self.seen: Dict[int, dict] = {}
@@ -132,7 +136,11 @@ class Recorder:
         self._other: Optional[Dict[int, dict]] = None
         self.busy = False  # True during the second reading's forward
         self.handles: list = []
+        self.patches: Optional[int] = None  # tokens the patch embedding makes (no prefix)
         self.handles.append(model.register_forward_pre_hook(self._model_input))
+        embed = getattr(model, "patch_embed", None)
+        if isinstance(embed, nn.Module):
+            self.handles.append(embed.register_forward_hook(self._patches))
         for i, blk in enumerate(self.blocks):
             skip = {id(m) for a in blk.modules() if isinstance(a, ADAPTER_TYPES)
                     for m in a.modules()}
@@ -145,6 +153,15 @@ class Recorder:
         t = first_tensor(args)
         if t is not None and self.input_shape is None:
             self.input_shape = tuple(t.shape)
+
+    def _patches(self, _mod, _args, out):
+        t = first_tensor(out)
+        if t is not None and self.patches is None and t.ndim in (3, 4):
+            self.patches = int(t.shape[1]) if t.ndim == 3 else None
+            if t.ndim == 4:  # a map: channels are the axis the embedding's weights declare
+                w = declared_width(_mod) if not any(True for _ in _mod.children()) else None
+                c = 1 if w is None or t.shape[1] == w else 3
+                self.patches = int(t.shape[2] * (t.shape[3] if c == 1 else t.shape[1]))
 
     def _block_hook(self, i):
         def fn(_mod, args, out):
@@ -185,7 +202,8 @@ class Recorder:
                 h, w = self.input_shape[-2:]
                 x = torch.zeros(1, self.input_shape[1], 2 * h, 2 * w, device=p.device,
                                 dtype=p.dtype)
-                again = Recorder(self.model, self.blocks, self.names)
+                again = Recorder(self.model, self.blocks, self.names,
+                                 prefix_tokens=self.prefix_tokens)
                 self.busy = True
                 try:
                     _forward(self.model, x)
@@ -196,6 +214,14 @@ class Recorder:
                     self.busy = False
                     again.close()
         return self._other.get(i, {}).get("out")
+
+    def _prefix(self, n: int) -> int:
+        """Prefix tokens of a block with ``n`` tokens: what exceeds the patch embedding's
+        tokens (a block that runs before the class token is added, as in CaiT and XCiT, has
+        none), else the model's."""
+        if self.patches is not None and 0 <= n - self.patches <= self.prefix_tokens:
+            return n - self.patches
+        return self.prefix_tokens if n > self.prefix_tokens else 0
 
     def probe(self, i: int) -> BlockProbe:
         """Block i's :class:`BlockProbe`; ValueError naming the block when the block did not run,
@@ -216,7 +242,8 @@ class Recorder:
                 raise ValueError(f"{what}: block {nm} returns {list(shape)} whose channels seem "
                                  f"to be on axis 1 (its parameters declare width {declared}); "
                                  "sls_fast reads tokens as [B, N, C] and will not guess")
-            return BlockProbe(nm, "tokens", shape[2], ishape[-1], 1, tokens=shape[1])
+            return BlockProbe(nm, "tokens", shape[2], ishape[-1], 1, tokens=shape[1],
+                              prefix=self._prefix(shape[1]))
         if len(shape) != 4:
             raise ValueError(f"{what}: block {nm} returns a {len(shape)}-D tensor "
                              f"{list(shape)}; sls_fast pools tokens [B, N, C] or maps")
@@ -265,14 +292,14 @@ def _map_layout(out: Tuple[int, ...], declared: Optional[int],
 
 def probe_blocks(model: nn.Module, blocks: Sequence[nn.Module],
                  names: Optional[Sequence[str]] = None,
-                 x: Optional[torch.Tensor] = None) -> List[BlockProbe]:
+                 x: Optional[torch.Tensor] = None, *, prefix_tokens: int = 0) -> List[BlockProbe]:
     """The layout, width and stride of every block of ``model`` from one forward pass of ``x``
     (default: one zero image at :func:`probe_size`), checked against each block's parameters
     (:meth:`Recorder.probe`)."""
     if x is None:
         p = next(iter(model.parameters()))
         x = torch.zeros(1, 3, *probe_size(model), device=p.device, dtype=p.dtype)
-    with Recorder(model, blocks, names) as rec:
+    with Recorder(model, blocks, names, prefix_tokens=prefix_tokens) as rec:
         _forward(model, x[:1])
         return [rec.probe(i) for i in range(len(rec.blocks))]
 
