@@ -5,6 +5,9 @@ caller's RNG alone, and torch.compile of the adapted models (ViT: adapted block 
 the adapter hook) against eager. Called by benchmarks/gpu_check.py as ``run(report, mode)``; a
 dry run takes tiny configurations on the CPU and skips torch.compile.
 
+Then the zoo (:func:`zoo`): every architecture of ``sls_fast.harness.support.ZOO`` through
+every step on the device (a few in the dry run).
+
     python benchmarks/gpu_check.py --only gpu_families        # about 2-4 minutes on an H100
 """
 import copy
@@ -91,3 +94,29 @@ def run(report, mode):
             report(SECTION, f"{fam}: torch.compile vs eager (cut model)", ok=diff < 1e-3,
                    max_err=diff)
         report(SECTION, f"{fam}: wall time", ms=(time.perf_counter() - t0) * 1e3)
+    zoo(report, mode)
+
+
+# the CPU dry run: a few architectures of each kind; the device runs them all
+DRY_ZOO = ("vit", "eva02", "mambaout", "focalnet", "pvt_v2", "hf_swin")
+
+
+def zoo(report, mode):
+    """The zoo (sls_fast.harness.support, the same list as tests/integration/test_zoo.py) on
+    the device: every architecture through every step, none broken."""
+    from sls_fast.harness.support import ZOO, check_architecture
+
+    labels = mode.pick(list(ZOO), list(ZOO), list(DRY_ZOO))
+    for label in labels:
+        t0 = time.perf_counter()
+        try:
+            res = check_architecture(label, device=mode.device)
+        except ImportError as exc:  # transformers missing on the device
+            report(SECTION, f"zoo {label}", ok=None, note=f"skipped: {exc}")
+            continue
+        broken = {s: o.message for s, o in res.items() if o.status == "broken"}
+        refused = sorted(s for s, o in res.items() if o.status == "refused")
+        note = (f"broken: {broken}" if broken else
+                f"refused: {', '.join(refused)}" if refused else "all steps ok")
+        report(SECTION, f"zoo {label}", ok=not broken, ms=(time.perf_counter() - t0) * 1e3,
+               note=note[:300])

@@ -13,7 +13,7 @@ module-level functions, so adapted models pickle.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
@@ -21,8 +21,8 @@ from sls_fast.models.petl.modules import Convpass, ConvpassConv, RepAdapter
 from sls_fast.models.families.base import Block, Family
 from sls_fast.models.families.probe import BlockProbe
 
-__all__ = ["ConvFamily", "parallel_adapter", "serial_adapter", "SequentialWithAdapter",
-           "insert_block_adapters"]
+__all__ = ["ConvFamily", "BlockAdapters", "parallel_adapter", "serial_adapter",
+           "SequentialWithAdapter", "insert_block_adapters"]
 
 
 def parallel_adapter(module, args, output):
@@ -102,17 +102,63 @@ def insert_block_adapters(fam: Family, model: nn.Module, kind: str, blocks: List
             blk.register_forward_pre_hook(serial_adapter)
 
 
-class ConvFamily(Family):
-    """Blocks that map ``[B, C, H, W]`` to ``[B, C', H', W']``: Convpass (the feature-map variant)
-    runs beside the whole block, ``block(x) + s * convpass(x)``, added by a forward hook."""
+class BlockAdapters:
+    """Adapters for a family whose blocks are known only by what they compute: Convpass /
+    RepAdapter around whole blocks (:func:`insert_block_adapters`), LoRA (peft) on every
+    ``nn.Linear`` inside the adapted blocks. Mixed into :class:`Family` subclasses."""
 
-    adapter_kinds = ("convpass",)
+    def insert_adapters(self: Any, model, kind, layers: Sequence[int], *, dim, scale, dropout,
+                        groups, targets: Optional[Sequence[str]] = None):
+        self.check_adapter_kind(kind)
+        if kind == "lora":
+            self.insert_lora(model, layers, rank=dim, alpha=scale, dropout=dropout,
+                             targets=targets)
+            return
+        insert_block_adapters(self, model, kind, self.blocks(model), self.probe(model), layers,
+                              dim=dim, scale=scale, dropout=dropout, groups=groups)
+
+    def default_lora_targets(self: Any, model) -> Tuple[str, ...]:
+        """Every ``nn.Linear`` inside the blocks (paths relative to a block, first seen first)."""
+        out: List[str] = []
+        for b in self.blocks(model):
+            out += [n for n, m in b.module.named_modules()
+                    if isinstance(m, nn.Linear) and n and n not in out]
+        return tuple(out)
+
+    def insert_lora(self: Any, model, layers, *, rank, alpha, dropout, targets=None):
+        """peft LoRA on ``targets`` (paths inside a block) where a block has them or, by
+        default, on every ``nn.Linear`` inside each adapted block; blocks without linear layers
+        (convolutional stages) stay as they are. Returns the targets used (relative paths)."""
+        from sls_fast.models.petl.lora import insert_lora
+
+        blocks = self.blocks(model)
+        paths: List[str] = []
+        used: List[str] = []
+        for i in layers:
+            linears = [n for n, m in blocks[i].module.named_modules()
+                       if isinstance(m, nn.Linear) and n]
+            names = [t for t in targets if t in linears] if targets else linears
+            paths += [f"{blocks[i].name}.{n}" for n in names]
+            used += [n for n in names if n not in used]
+        if targets and not used:
+            if set(targets) & set(self.default_lora_targets(model)):
+                return used  # only blocks not adapted have them (a cut model's LoRA layers)
+            raise ValueError(f"LoRA targets {sorted(targets)} are linear layers of none of the "
+                             "model's blocks")
+        if not paths:
+            kinds = sorted({type(blocks[i].module).__name__ for i in layers})
+            raise ValueError(f"LoRA goes on nn.Linear layers; the adapted blocks "
+                             f"({', '.join(kinds)}) have none: use convpass")
+        insert_lora(model, paths, rank=rank, alpha=alpha, dropout=dropout)
+        return used
+
+
+class ConvFamily(BlockAdapters, Family):
+    """Convolutional blocks: Convpass (the feature-map variant) beside the whole block,
+    ``block(x) + s * convpass(x)`` (a forward hook), LoRA on the linear layers a block has
+    (ConvNeXt's MLP)."""
+
+    adapter_kinds = ("convpass", "lora")
 
     def default_dropout(self, kind):
         return 0.0
-
-    def insert_adapters(self, model, kind, layers: Sequence[int], *, dim, scale, dropout, groups,
-                        targets: Optional[Sequence[str]] = None):  # targets: LoRA's, not taken here
-        self.check_adapter_kind(kind)
-        insert_block_adapters(self, model, kind, self.blocks(model), self.probe(model), layers,
-                              dim=dim, scale=scale, dropout=dropout, groups=groups)

@@ -15,9 +15,13 @@ from __future__ import annotations
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 from transformers.models.deit.modeling_deit import DeiTLayer
 from transformers.models.dinov2.modeling_dinov2 import Dinov2Layer
-from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import (
-    Dinov2WithRegistersLayer)
 from transformers.models.vit.modeling_vit import ViTLayer
+
+try:  # transformers >= 4.48
+    from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import (
+        Dinov2WithRegistersLayer)
+except ImportError:  # pragma: no cover - an older transformers has no such model to adapt
+    Dinov2WithRegistersLayer = Dinov2Layer
 
 __all__ = ["ConvpassHFViTLayer", "RepAdapterHFViTLayer", "ConvpassDinov2Layer",
            "RepAdapterDinov2Layer", "ConvpassCLIPLayer", "RepAdapterCLIPLayer",

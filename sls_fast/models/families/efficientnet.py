@@ -13,6 +13,7 @@ class EfficientNetFamily(ConvFamily):
     name = "efficientnet"
     models = "EfficientNet, EfficientNet-Lite, MobileNet (timm)"
     layout = "model.blocks[s][j]"
+    adapter_kinds = ("convpass",)  # no linear layers in the blocks: no LoRA
 
     def detect(self, model):
         from timm.models.efficientnet import EfficientNet

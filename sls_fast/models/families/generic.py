@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 import torch
 import torch.nn as nn
 
-from sls_fast.models.families._conv import insert_block_adapters
+from sls_fast.models.families._conv import BlockAdapters
 from sls_fast.models.families.base import Block, Family, is_container, pool_output
 from sls_fast.models.families.probe import first_tensor, probe_size
 
@@ -175,11 +175,12 @@ class CutForward:
         return head(self.features(x, *args, **kwargs))
 
 
-class GenericFamily(Family):
+class GenericFamily(BlockAdapters, Family):
     name = "generic"
-    models = "any model with blocks in stages[s].blocks[j], layers[s].blocks[j], blocks[i], " \
-             "blocks[s][j], stages[s][j], features[i] or s1.b1 (timm), probed"
-    layout = " | ".join(f"model.{o}[s].{i}[j]" if i else f"model.{o}[i]" for o, i in BLOCK_PATHS)
+    models = "any other timm or transformers model whose blocks sit in a usual container " \
+             "(the zoo table below)"
+    layout = ", ".join(f"{o}[s].{i}[j]" if i else f"{o}[i]" for o, i in BLOCK_PATHS) \
+        + ", s1.b1, stage1[j]; also under a transformers backbone's encoder"
     feature = "as probed: class token, mean over tokens or over positions"
     adapter_kinds = ("convpass", "repadapter", "lora")
 
@@ -195,52 +196,6 @@ class GenericFamily(Family):
 
     def default_dropout(self, kind):
         return 0.0 if kind == "lora" else 0.1
-
-    # ------------------------------------------------------------------ adapters
-    def insert_adapters(self, model, kind, layers: Sequence[int], *, dim, scale, dropout, groups,
-                        targets=None):
-        self.check_adapter_kind(kind)
-        if kind == "lora":
-            self.insert_lora(model, layers, rank=dim, alpha=scale, dropout=dropout,
-                             targets=targets)
-            return
-        insert_block_adapters(self, model, kind, self.blocks(model), self.probe(model), layers,
-                              dim=dim, scale=scale, dropout=dropout, groups=groups)
-
-    def default_lora_targets(self, model):
-        """Every ``nn.Linear`` inside the blocks (paths relative to a block, first seen first)."""
-        out: List[str] = []
-        for b in self.blocks(model):
-            out += [n for n, m in b.module.named_modules()
-                    if isinstance(m, nn.Linear) and n and n not in out]
-        return tuple(out)
-
-    def insert_lora(self, model, layers, *, rank, alpha, dropout, targets=None):
-        """peft LoRA on ``targets`` (paths inside a block) where a block has them or, by
-        default, on every ``nn.Linear`` inside each adapted block; blocks without linear layers
-        (convolutional stages) stay as they are. Returns the targets used (relative paths)."""
-        from sls_fast.models.petl.lora import insert_lora
-
-        blocks = self.blocks(model)
-        paths: List[str] = []
-        used: List[str] = []
-        for i in layers:
-            linears = [n for n, m in blocks[i].module.named_modules()
-                       if isinstance(m, nn.Linear) and n]
-            names = [t for t in targets if t in linears] if targets else linears
-            paths += [f"{blocks[i].name}.{n}" for n in names]
-            used += [n for n in names if n not in used]
-        if targets and not used:
-            if set(targets) & set(self.default_lora_targets(model)):
-                return used  # only blocks not adapted have them (a cut model's LoRA layers)
-            raise ValueError(f"LoRA targets {sorted(targets)} are linear layers of none of the "
-                             "model's blocks")
-        if not paths:
-            kinds = sorted({type(blocks[i].module).__name__ for i in layers})
-            raise ValueError(f"LoRA goes on nn.Linear layers; the adapted blocks ({', '.join(kinds)}) "
-                             "have none: use convpass")
-        insert_lora(model, paths, rank=rank, alpha=alpha, dropout=dropout)
-        return used
 
     # ------------------------------------------------------------------ the cut
     def truncate(self, model, depth, num_classes):

@@ -15,6 +15,7 @@ class ResNetFamily(ConvFamily):
     name = "resnet"
     models = "ResNet, ResNeXt, SE-ResNet (timm)"
     layout = "model.layer1..layer4[j]"
+    adapter_kinds = ("convpass",)  # no linear layers in the blocks: no LoRA
 
     def detect(self, model):
         from timm.models.resnet import ResNet
