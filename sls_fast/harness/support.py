@@ -250,9 +250,10 @@ def randomise_near_constant(model: nn.Module, seed: int = 0) -> None:
         else:
             p.copy_(1.0 + 0.3 * noise)
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None:
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+        var, mean = getattr(m, "running_var", None), getattr(m, "running_mean", None)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and var is not None and mean is not None:
+            var.copy_(torch.rand(var.shape, generator=g) + 0.5)
+            mean.copy_(0.1 * torch.randn(mean.shape, generator=g))
 
 
 def _sls_raised(exc: BaseException) -> bool:

@@ -7,10 +7,11 @@ For each batch the model runs once; every block's output is pooled to one vector
 moment it is produced and written straight into preallocated buffers on the model's device; the
 pass stops after the last requested block (final norm and head never run).
 
-* ViT / DeiT / EVA (flat ``model.blocks``): timm's ``forward_intermediates`` (block granularity,
+* timm ViT / DeiT (flat ``model.blocks``): timm's ``forward_intermediates`` (block granularity,
   ``stop_early``, class token split off with ``return_prefix_tokens``).
-* Everything else (Swin, EfficientNet / MobileNet, ConvNeXt, ResNet, explicit ``layers=``): one
-  forward hook per block, the pass cut short by the last block's hook.
+* Everything else (Swin, EfficientNet / MobileNet, ConvNeXt, ResNet, the generic family,
+  explicit ``layers=``): one forward hook per block, the pass cut short by the last block's
+  hook; each block pooled as its probed layout says (:mod:`sls_fast.models.families.probe`).
 
 Buffers: ``[N, D_i]`` per layer, or one ``[L, N, D]`` when all widths agree. On CUDA they are
 CuPy arrays (written through torch views obtained with DLPack, no host round trip) when CuPy

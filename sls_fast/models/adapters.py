@@ -93,9 +93,10 @@ def add_adapters(model: nn.Module, kind: str = "convpass", dim: int = DEFAULT_DI
 
     Args:
         model: a model of a supported family (:func:`sls_fast.models.families.support_table`): timm
-            ViT/DeiT (``vision_transformer.Block``), Swin, EfficientNet/MobileNet, ConvNeXt or
-            ResNet. Convolutional models accept only ``kind="convpass"`` (the feature-map variant,
-            parallel to each block).
+            ViT/DeiT (``vision_transformer.Block``), Swin, EfficientNet/MobileNet, ConvNeXt,
+            ResNet, or the generic family (Convpass beside / RepAdapter before whole blocks as
+            their probed layout allows, LoRA on their linear layers). EfficientNet and ResNet
+            take only ``kind="convpass"`` (the feature-map variant, parallel to each block).
         kind: ``"convpass"``, ``"repadapter"`` or ``"lora"`` (peft's LoRA, :mod:`sls_fast.models.petl.lora`;
             needs ``pip install "sls_fast[peft]"``).
         dim: bottleneck width (8 in the paper); for LoRA the rank (also ``rank=``).

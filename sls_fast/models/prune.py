@@ -24,6 +24,7 @@ def truncate(model: nn.Module, depth: int, num_classes: Optional[int] = None, *,
 
     Args:
         model: a model of a supported family (ViT/DeiT, Swin, EfficientNet/MobileNet, ConvNeXt,
+            the generic family: any model whose blocks sit in a usual container,
             ResNet, transformers ViT / DINOv2 / CLIP vision;
             :func:`sls_fast.models.families.support_table`), adapted or not;
             a peft LoRA model (``get_peft_model``) is cut through the wrapper and the result is
@@ -45,6 +46,10 @@ def truncate(model: nn.Module, depth: int, num_classes: Optional[int] = None, *,
       (EfficientNet's ``conv_head`` + ``bn2``; ConvNeXt's head norm, replaced by a new
       ``NormMlpClassifierHead``); then global pooling and a **new** linear head of the width of
       block K.
+
+    * generic: the model's own forward runs up to block K and stops there (a hook); every module
+      that would run only after block K is deleted; a **new** head (pooling as probed, a
+      LayerNorm, a linear layer; ``model.sls_head``) reads block K's output.
 
     The model's :class:`sls_fast.models.state.SLSState` records ``depth``, ``num_classes``, the new
     modules (trainable, stored with the head) and ``head_fresh`` when the head is new

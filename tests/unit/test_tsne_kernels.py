@@ -172,15 +172,24 @@ def test_native_optimizer_follows_float64_reference(S, L, N, dense, rng):
     (2 threads). The run stays short because t-SNE is chaotic: the gains' +0.2 / x0.8 choice
     follows the sign of update x gradient, and once float32 and float64 disagree on a sign
     near zero the runs part. Measured over 300 fresh draws per case: 8 steps, largest
-    error 5.6e-6 (every case); 14 steps, 0.3-3.7% of draws above 2e-4. Long runs are
-    compared by quality, in test_tsne.py."""
+    error 5.6e-6 (every case); 14 steps, 0.3-3.7% of draws above 2e-4. Rarer draws part even
+    within 8 steps (seed 3803388526, (8, 2, 77) dense: one of 16 problems at 1.5e-2 from step 4
+    on, the other 15 below 1e-6), so one problem may part; a bug in the kernel moves many.
+    Long runs are compared by quality, in test_tsne.py."""
     y0, aff = _problem(rng, L, N, 9, 7.0, dense)
     y = K.repeat_starts(y0, S, int(rng.integers(1000))) if S > 1 else y0
     ref = _reference_schedule(y, aff, max_iter=8, exploration_iter=4, lr=40.0)
     got = K.tsne_optimize(y.clone(), aff, max_iter=8, exploration_iter=4, learning_rate=40.0,
                           forces="native", num_threads=2)
     assert got.dtype == torch.float32 and got.shape == y.shape
-    assert_close(got, ref, 2e-4, f"native optimiser (dense={dense}) after 8 steps")
+    assert not torch.isnan(got).any()
+    scale = ref.double().abs().max()
+    per_problem = ((got.double() - ref.double()).abs().amax(dim=(1, 2)) / scale).tolist()
+    parted = [i for i, e in enumerate(per_problem) if e > 2e-4]
+    assert len(parted) <= 1, (f"native optimiser (dense={dense}) after 8 steps: problems "
+                              f"{parted} of {len(per_problem)} above 2e-4: {per_problem}")
+    kept = [e for i, e in enumerate(per_problem) if i not in parted]
+    assert max(kept) <= 2e-4
 
 
 @pytest.mark.parametrize("L,N", [(2, 301), (17, 67)])  # row blocks per step / one task per problem

@@ -44,7 +44,7 @@ class SequentialWithAdapter(nn.Sequential):
 
     sls_base_class = nn.Sequential
 
-    def forward(self, x):  # type: ignore[override]
+    def forward(self, x):
         for name, step in self._modules.items():
             if name != "adapter" and step is not None:
                 x = step(x)
@@ -78,7 +78,8 @@ def insert_block_adapters(fam: Family, model: nn.Module, kind: str, blocks: List
                 fits = (pr.layout == "tokens" and isinstance(grid, (tuple, list))
                         and pr.tokens == pr.prefix + int(grid[0]) * int(grid[1]))
                 adapter = Convpass(pr.width, dim, num_prefix_tokens=pr.prefix,
-                                   grid_size=tuple(grid) if fits else None, dropout=dropout,
+                                   grid_size=tuple(grid) if fits and grid is not None else None,
+                                   dropout=dropout,
                                    scale=scale)
             else:
                 raise ValueError(f"Convpass cannot sit beside {where}: it maps width "
@@ -158,7 +159,7 @@ class ConvFamily(BlockAdapters, Family):
     ``block(x) + s * convpass(x)`` (a forward hook), LoRA on the linear layers a block has
     (ConvNeXt's MLP)."""
 
-    adapter_kinds = ("convpass", "lora")
+    adapter_kinds: Tuple[str, ...] = ("convpass", "lora")
 
     def default_dropout(self, kind):
         return 0.0

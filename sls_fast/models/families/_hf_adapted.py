@@ -21,7 +21,7 @@ try:  # transformers >= 4.48
     from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import (
         Dinov2WithRegistersLayer)
 except ImportError:  # pragma: no cover - an older transformers has no such model to adapt
-    Dinov2WithRegistersLayer = Dinov2Layer
+    Dinov2WithRegistersLayer = Dinov2Layer  # type: ignore[misc, assignment]
 
 __all__ = ["ConvpassHFViTLayer", "RepAdapterHFViTLayer", "ConvpassDinov2Layer",
            "RepAdapterDinov2Layer", "ConvpassCLIPLayer", "RepAdapterCLIPLayer",

@@ -45,7 +45,8 @@ def _composite(m: nn.Module) -> bool:
 def _is_stage(m: nn.Module) -> bool:
     """A container of blocks (every child composite), as opposed to one block written as an
     ``nn.Sequential`` of steps (a norm, an activation: leaf modules)."""
-    return is_container(m) and len(m) > 0 and all(_composite(c) for c in m.children())
+    return is_container(m) and any(True for _ in m.children()) and all(
+        _composite(c) for c in m.children())
 
 
 def _at(model: nn.Module, path: str) -> Optional[nn.Module]:
@@ -58,10 +59,9 @@ def _at(model: nn.Module, path: str) -> Optional[nn.Module]:
 def _scan(root: nn.Module, pre: str) -> Optional[List[Block]]:
     """Blocks under ``root`` (module path prefix ``pre``) by :data:`BLOCK_PATHS`, or None."""
     for outer, inner in BLOCK_PATHS:
-        stages = _at(root, outer)
+        stages: Any = _at(root, outer)  # a ModuleList / Sequential when it passes the check
         if not (is_container(stages) and len(stages) > 0):
             continue
-        assert stages is not None
         if inner:
             if not all(is_container(getattr(st, inner, None)) for st in stages):
                 continue
@@ -178,7 +178,7 @@ class CutForward:
 class GenericFamily(BlockAdapters, Family):
     name = "generic"
     models = "any other timm or transformers model whose blocks sit in a usual container " \
-             "(the zoo table below)"
+             "(probed; README's zoo table lists those tested)"
     layout = ", ".join(f"{o}[s].{i}[j]" if i else f"{o}[i]" for o, i in BLOCK_PATHS) \
         + ", s1.b1, stage1[j]; also under a transformers backbone's encoder"
     feature = "as probed: class token, mean over tokens or over positions"
@@ -306,11 +306,11 @@ def _delete(model: nn.Module, paths: Sequence[str], *, sliceable: Set[str]) -> N
     lists the forward zips together (Twins' ``pos_block``) at their length. Nothing deleted
     runs: the forward stops before it."""
     by_parent: Dict[str, List[str]] = {}
-    for p in paths:
-        parent, _, leaf = p.rpartition(".")
-        by_parent.setdefault(parent, []).append(leaf)
+    for path in paths:
+        owner_path, _, leaf = path.rpartition(".")
+        by_parent.setdefault(owner_path, []).append(leaf)
     for parent_path, leaves in by_parent.items():
-        parent = model.get_submodule(parent_path) if parent_path else model
+        parent: Any = model.get_submodule(parent_path) if parent_path else model
         full = [f"{parent_path}.{leaf}" if parent_path else leaf for leaf in leaves]
         if is_container(parent) and all(leaf.isdigit() for leaf in leaves) and all(
                 f in sliceable for f in full):

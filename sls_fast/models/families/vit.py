@@ -1,4 +1,5 @@
-"""ViT / DeiT / EVA: flat ``model.blocks[i]``, the class token as the layer feature."""
+"""timm's VisionTransformer (ViT, DeiT, DeiT III): flat ``model.blocks[i]``, the class token as
+the layer feature. EVA, BEiT and other flat token models go to the generic family."""
 from __future__ import annotations
 
 from sls_fast.models.petl.modules import Convpass
