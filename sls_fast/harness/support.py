@@ -217,6 +217,8 @@ def build(label: str) -> Tuple[nn.Module, int]:
     else:
         import transformers
 
+        if not hasattr(transformers, name) or not hasattr(transformers, options["config"]):
+            raise ImportError(f"transformers {transformers.__version__} has no {name}")
         config_class = getattr(transformers, options["config"])
         model = getattr(transformers, name)(config_class(**{k: v for k, v in options.items()
                                                              if k != "config"}))
