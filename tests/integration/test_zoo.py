@@ -32,6 +32,7 @@ def test_the_zoo_is_broad():
         assert label in ZOO, label
 
 
+@pytest.mark.slow  # about 45 s for the whole zoo on one thread
 @pytest.mark.parametrize("label", list(ZOO))
 def test_every_step_is_ok_or_a_clear_refusal(label):
     res = check_architecture(label)
@@ -41,6 +42,7 @@ def test_every_step_is_ok_or_a_clear_refusal(label):
     assert set(res) == set(STEPS)
 
 
+@pytest.mark.slow
 def test_readme_zoo_table_is_this_runs_result():
     if set(RESULTS) != set(ZOO):
         pytest.skip("needs every architecture's run above (run the whole file)")

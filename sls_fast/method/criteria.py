@@ -1,0 +1,343 @@
+"""Layer-importance criteria beside SLS's, on the same one-pass features, batched over layers.
+
+Each criterion turns the per-layer features ``[L] x [N, D_l]`` (and the labels) into a curve
+``[L]`` and a depth K by its own rule. The table (also in the README) with each rule's
+parameter and source:
+
+================  =========================================================  ==============================
+criterion         curve / depth rule (parameter, default)                    source
+================  =========================================================  ==============================
+sls               silhouette of the t-SNE embedding; the alpha walk           Han & Tang, ECCV 2024
+                  (``alpha``, 0.3): :func:`sls_fast.score_features`
+silhouette-raw    silhouette of the raw features (no t-SNE); the alpha walk   the ablation of SLS
+                  (``alpha``, 0.3)
+knn               leave-one-out k-NN accuracy, cosine distance (``k``, 10);   k-NN probing
+                  smallest K within ``tolerance`` (0.01) of the best layer
+linear-probe      multinomial logistic regression per layer on a stratified   P3B, arXiv 2506.23675
+                  ``val_share`` (0.3) split of the points, L2 ``l2`` (1e-3);
+                  smallest K within ``tolerance`` (0.01) of the best
+cka               linear CKA of each layer with the last; smallest K with     Kornblith et al. 2019;
+                  CKA >= ``threshold`` (0.9)                                  arXiv 2405.17081
+block-influence   1 - mean cos(h_{l-1}, h_l) (layer 1, or a width change:     ShortGPT, arXiv 2403.03853
+                  undefined, never dropped); from L down, drop layers while
+                  BI < ``fraction`` (0.1) x the largest BI
+angular           mean arccos(cos(h_l, h_L)) / pi (a width other than the     Gromov et al., arXiv 2403.17887
+                  last: undefined); smallest K with distance <= ``threshold``
+                  (0.2)
+last-fraction     keep the first round((1 - ``fraction``) L) layers (0.25)    arXiv 2411.15558
+================  =========================================================  ==============================
+
+Curves are computed in torch on the features' device (CPU or CUDA), one batched call over
+layers where the widths agree (per layer otherwise); k-NN streams row blocks so memory stays
+O(block x N). ``sls`` needs the t-SNE and lives in :mod:`sls_fast.method.score`; here it is
+only named.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from sls_fast.common.arrays import ArrayLike, as_tensor as _as_tensor_lib
+from sls_fast.method.select import ALPHA, select_depth
+
+def as_tensor(x: Any) -> torch.Tensor:
+    return _as_tensor_lib(x)[0]
+
+
+__all__ = ["CRITERIA", "Criterion", "criterion_curve", "criterion_depth", "apply_criterion",
+           "check_criterion"]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A criterion's name, the kind of its curve, its parameters' defaults and its source."""
+
+    name: str
+    kind: str  # "separation" (alpha walk), "accuracy", "similarity", "distance", "influence", "fixed"
+    defaults: Mapping[str, float]
+    rule: str
+    source: str
+
+
+CRITERIA: Dict[str, Criterion] = {c.name: c for c in (
+    Criterion("sls", "separation", {"alpha": ALPHA},
+              "silhouette of the t-SNE embedding; the alpha walk", "Han & Tang, ECCV 2024"),
+    Criterion("silhouette-raw", "separation", {"alpha": ALPHA},
+              "silhouette of the raw features; the alpha walk", "the ablation of SLS"),
+    Criterion("knn", "accuracy", {"k": 10, "tolerance": 0.01},
+              "leave-one-out k-NN accuracy (cosine); smallest K within tolerance of the best",
+              "k-NN probing"),
+    Criterion("linear-probe", "accuracy", {"tolerance": 0.01, "val_share": 0.3, "l2": 1e-3},
+              "logistic-regression accuracy on a held-out share; smallest K within tolerance "
+              "of the best", "P3B, arXiv 2506.23675"),
+    Criterion("cka", "similarity", {"threshold": 0.9},
+              "linear CKA with the last layer; smallest K at or above the threshold",
+              "Kornblith et al. 2019; arXiv 2405.17081"),
+    Criterion("block-influence", "influence", {"fraction": 0.1},
+              "1 - cos(h_{l-1}, h_l); from L down, drop while below fraction x the largest",
+              "ShortGPT, arXiv 2403.03853"),
+    Criterion("angular", "distance", {"threshold": 0.2},
+              "arccos(cos(h_l, h_L)) / pi; smallest K at or below the threshold",
+              "Gromov et al., arXiv 2403.17887"),
+    Criterion("last-fraction", "fixed", {"fraction": 0.25},
+              "keep the first round((1 - fraction) L) layers", "arXiv 2411.15558"),
+)}
+
+_RANGES = {"alpha": (0.0, 1.0), "tolerance": (0.0, 1.0), "val_share": (0.0, 1.0),
+           "threshold": (0.0, 1.0), "fraction": (0.0, 1.0), "l2": (0.0, math.inf),
+           "k": (1, math.inf)}
+
+
+def check_criterion(name: str, params: Optional[Mapping[str, Any]] = None) -> Dict[str, float]:
+    """The criterion's parameters: its defaults updated by ``params``, each checked.
+    ValueError for an unknown criterion (naming the known ones) or parameter, or a value out
+    of range."""
+    if name not in CRITERIA:
+        raise ValueError(f"unknown criterion {name!r}; known: {', '.join(CRITERIA)}")
+    out = dict(CRITERIA[name].defaults)
+    for key, value in dict(params or {}).items():
+        if key not in out:
+            raise ValueError(f"criterion {name!r} has no parameter {key!r}; it takes "
+                             f"{', '.join(out) or 'none'}")
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"criterion {name!r}: {key} must be a number, got {value!r}") from None
+        low, high = _RANGES[key]
+        if not (low < v <= high) or math.isnan(v):
+            raise ValueError(f"criterion {name!r}: {key} must be in ({low:g}, {high:g}], got {v:g}")
+        if key == "k" and v != int(v):
+            raise ValueError(f"criterion {name!r}: k must be an integer, got {v:g}")
+        out[key] = int(v) if key == "k" else v
+    return out
+
+
+def _layers(features: Any) -> List[torch.Tensor]:
+    """``[L]`` tensors ``[N, D_l]`` from a LayerFeatures, an ``[L, N, D]`` array or a list."""
+    feats = getattr(features, "features", features)
+    if isinstance(feats, (list, tuple)):
+        out = [as_tensor(f) for f in feats]
+    else:
+        t = as_tensor(feats)
+        if t.ndim != 3:
+            raise ValueError(f"features must be [L, N, D] or a list of [N, D], got shape "
+                             f"{tuple(t.shape)}")
+        out = list(t.unbind(0))
+    if not out:
+        raise ValueError("no layers")
+    n = out[0].shape[0]
+    for i, f in enumerate(out):
+        if f.ndim != 2 or f.shape[0] != n:
+            raise ValueError(f"layer {i} has shape {tuple(f.shape)}; every layer must be [N, D] "
+                             f"with N = {n}")
+        if not torch.isfinite(f).all():
+            raise ValueError(f"layer {i} has NaN or infinite features")
+    return [f.float() for f in out]
+
+
+def _labels(labels: Optional[ArrayLike], n: int, device: torch.device) -> torch.Tensor:
+    if labels is None:
+        raise ValueError("this criterion needs the class labels")
+    y = as_tensor(labels).reshape(-1).to(device)
+    if y.shape[0] != n:
+        raise ValueError(f"{y.shape[0]} labels for {n} points")
+    _, y = torch.unique(y, return_inverse=True)
+    if int(y.max()) < 1:
+        raise ValueError("the labels hold one class; criteria compare at least 2")
+    return y.long()
+
+
+def _groups(layers: List[torch.Tensor]) -> List[List[int]]:
+    """Layer indices grouped by width, in order (one batched call per group)."""
+    groups: Dict[int, List[int]] = {}
+    for i, f in enumerate(layers):
+        groups.setdefault(int(f.shape[1]), []).append(i)
+    return list(groups.values())
+
+
+# --------------------------------------------------------------------------- curves
+def _knn(layers, y, k: int, block: int = 1024) -> np.ndarray:
+    """Leave-one-out k-NN accuracy with cosine distance, majority vote (ties: the smaller
+    label, as scikit-learn), row blocks of ``block`` points against all."""
+    n = y.shape[0]
+    if k >= n:
+        raise ValueError(f"knn: k = {k} needs more than {k} points, got {n}")
+    classes = int(y.max()) + 1
+    out = np.zeros(len(layers))
+    for group in _groups(layers):
+        x = torch.nn.functional.normalize(torch.stack([layers[i] for i in group]), dim=-1)
+        correct = torch.zeros(len(group), device=x.device)
+        for s in range(0, n, block):
+            e = min(n, s + block)
+            sim = x[:, s:e] @ x.transpose(1, 2)  # [G, b, N]
+            sim[:, torch.arange(e - s), torch.arange(s, e)] = -math.inf  # leave one out
+            idx = sim.topk(k, dim=-1).indices  # [G, b, k]
+            votes = torch.zeros(len(group), e - s, classes, device=x.device)
+            votes.scatter_add_(2, y[idx], torch.ones_like(idx, dtype=votes.dtype))
+            correct += (votes.argmax(-1) == y[s:e]).float().sum(-1)
+        out[group] = (correct / n).cpu().numpy()
+    return out
+
+
+def _split(y: torch.Tensor, share: float, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A stratified split: (train indices, val indices), ``share`` of each class to val."""
+    g = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    yc = y.cpu()
+    for c in torch.unique(yc):
+        idx = (yc == c).nonzero().reshape(-1)
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        m = int(round(share * len(idx))) if len(idx) > 1 else 0
+        val.append(idx[:m])
+        train.append(idx[m:])
+    return torch.cat(train).to(y.device), torch.cat(val).to(y.device)
+
+
+def _probe(layers, y, *, val_share: float, l2: float, max_iter: int = 200) -> np.ndarray:
+    """Held-out accuracy of a multinomial logistic regression per layer (standardised
+    features, L2 ``l2`` on the mean loss), all layers of a width as one full-batch L-BFGS."""
+    tr, va = _split(y, val_share)
+    if len(va) == 0 or len(tr) == 0:
+        raise ValueError("linear-probe: too few points per class for a held-out share")
+    classes = int(y.max()) + 1
+    out = np.zeros(len(layers))
+    for group in _groups(layers):
+        x = torch.stack([layers[i] for i in group]).double()  # [G, N, D]
+        mu = x[:, tr].mean(1, keepdim=True)
+        sd = x[:, tr].std(1, keepdim=True).clamp_min(1e-6)
+        z = (x - mu) / sd
+        w = torch.zeros(len(group), z.shape[-1], classes, dtype=z.dtype, device=z.device,
+                        requires_grad=True)
+        b = torch.zeros(len(group), 1, classes, dtype=z.dtype, device=z.device,
+                        requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20,
+                                line_search_fn="strong_wolfe")
+        ztr, ytr = z[:, tr], y[tr]
+
+        def closure():
+            opt.zero_grad()
+            logits = ztr @ w + b  # [G, n, C]
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, classes), ytr.repeat(len(group)), reduction="sum") / len(tr)
+            loss = loss + 0.5 * l2 * (w * w).sum()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            opt.step(closure)
+        with torch.no_grad():
+            pred = (z[:, va] @ w + b).argmax(-1)
+            out[group] = (pred == y[va]).double().mean(-1).cpu().numpy()
+    return out
+
+
+def _cka(layers) -> np.ndarray:
+    """Linear CKA of each layer with the last: ||Y'X||^2 / (||X'X|| ||Y'Y||), centred."""
+    def centred(t):
+        t = t.double()
+        return t - t.mean(0, keepdim=True)
+
+    last = centred(layers[-1])
+    yy = torch.linalg.matrix_norm(last.T @ last)
+    out = []
+    for f in layers:
+        x = centred(f)
+        xy = torch.linalg.matrix_norm(last.T @ x) ** 2
+        xx = torch.linalg.matrix_norm(x.T @ x)
+        out.append(float(xy / (xx * yy).clamp_min(1e-300)))
+    return np.asarray(out)
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1, eps=1e-12)
+
+
+def _block_influence(layers) -> np.ndarray:
+    out = np.full(len(layers), np.nan)
+    for i in range(1, len(layers)):
+        if layers[i].shape[1] == layers[i - 1].shape[1]:
+            out[i] = float(1.0 - _cos(layers[i - 1], layers[i]).mean())
+    return out
+
+
+def _angular(layers) -> np.ndarray:
+    last = layers[-1]
+    out = np.full(len(layers), np.nan)
+    for i, f in enumerate(layers):
+        if f.shape[1] == last.shape[1]:
+            out[i] = float((torch.arccos(_cos(f, last).clamp(-1, 1)) / math.pi).mean())
+    return out
+
+
+def criterion_curve(name: str, features: Any, labels: Optional[ArrayLike] = None,
+                    **params: Any) -> np.ndarray:
+    """The per-layer curve ``[L]`` (float64) of criterion ``name`` (not ``sls``: its curve
+    needs the t-SNE, :func:`sls_fast.score_features`)."""
+    p = check_criterion(name, params)
+    if name == "sls":
+        raise ValueError("the sls curve is the silhouette of the t-SNE: use "
+                         "sls_fast.score_features (criterion='sls')")
+    layers = _layers(features)
+    if name == "last-fraction":
+        keep = criterion_depth(name, np.zeros(len(layers)), **p)
+        return (np.arange(1, len(layers) + 1) <= keep).astype(np.float64)
+    if name in ("cka", "block-influence", "angular"):
+        return {"cka": _cka, "block-influence": _block_influence, "angular": _angular}[name](layers)
+    y = _labels(labels, layers[0].shape[0], layers[0].device)
+    if name == "knn":
+        return _knn(layers, y, int(p["k"]))
+    if name == "linear-probe":
+        return _probe(layers, y, val_share=p["val_share"], l2=p["l2"])
+    from sls_fast.method.metrics import silhouette_score
+
+    return np.asarray([float(silhouette_score(f, y, backend="torch")) for f in layers],
+                      np.float64)
+
+
+def criterion_depth(name: str, curve: ArrayLike, **params: Any) -> int:
+    """The depth K (1..L) criterion ``name`` chooses on its ``curve`` (see the module's table)."""
+    p = check_criterion(name, params)
+    c = as_tensor(curve).double().cpu().numpy().reshape(-1)
+    L = len(c)
+    if L == 0:
+        raise ValueError("an empty curve")
+    kind = CRITERIA[name].kind
+    if kind == "separation":
+        return select_depth(c, p["alpha"])
+    if kind == "fixed":
+        return max(1, min(L, int(round((1.0 - p["fraction"]) * L))))
+    if kind == "accuracy":
+        best = np.nanmax(c)
+        return int(np.flatnonzero(c >= best - p["tolerance"])[0]) + 1
+    if kind == "similarity":
+        hits = np.flatnonzero(c >= p["threshold"])
+        return int(hits[0]) + 1 if len(hits) else L
+    if kind == "distance":
+        hits = np.flatnonzero(c <= p["threshold"])
+        return int(hits[0]) + 1 if len(hits) else L
+    # influence: from the top, drop layers while their influence stays small
+    top = np.nanmax(c) if np.isfinite(c).any() else 0.0
+    k = L
+    while k > 1 and np.isfinite(c[k - 1]) and c[k - 1] < p["fraction"] * top:
+        k -= 1
+    return k
+
+
+def apply_criterion(name: str, features: Any, labels: Optional[ArrayLike] = None,
+                    **params: Any) -> Tuple[np.ndarray, int]:
+    """``(curve, depth)`` of criterion ``name`` on the features (see the module's table).
+
+    Example:
+        >>> import numpy as np, sls_fast
+        >>> rng = np.random.default_rng(0); y = np.arange(120) % 3
+        >>> X = rng.normal(size=(6, 120, 8)) + np.linspace(0, 3, 6)[:, None, None] * np.eye(8)[y]
+        >>> curve, depth = apply_criterion("knn", X.astype(np.float32), y)
+        >>> curve.shape, 1 <= depth <= 6
+        ((6,), True)
+    """
+    curve = criterion_curve(name, features, labels, **params)
+    return curve, criterion_depth(name, curve, **params)

@@ -1,0 +1,171 @@
+"""Layer-importance criteria (sls_fast.method.criteria) against independent references on
+fresh random inputs of odd sizes, on synthetic layer profiles whose answer is known, and
+their refusals."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sls_fast.method.criteria import (CRITERIA, apply_criterion, check_criterion,
+                                      criterion_curve, criterion_depth)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _clusters(rng, L, N, D, C, strength):
+    y = np.arange(N) % C
+    means = rng.normal(size=(C, D))
+    X = np.stack([rng.normal(size=(N, D)) + s * means[y] for s in strength]).astype(np.float32)
+    return X, y
+
+
+def test_knn_matches_scikit_learn_leave_one_out(rng):
+    from sklearn.neighbors import NearestNeighbors
+
+    X, y = _clusters(rng, 3, 137, 13, 4, [0.3, 0.8, 1.5])
+    k = 7
+    ours = criterion_curve("knn", X, y, k=k)
+    for layer in range(3):
+        nn_ = NearestNeighbors(n_neighbors=k + 1, metric="cosine", algorithm="brute")
+        idx = nn_.fit(X[layer].astype(np.float64)).kneighbors(return_distance=False,
+                                                               n_neighbors=k)
+        # kneighbors() without X leaves each point out of its own neighbours
+        pred = np.array([np.bincount(y[row], minlength=4).argmax() for row in idx])
+        ref = float((pred == y).mean())
+        assert abs(ours[layer] - ref) <= 1.0 / len(y) + 1e-12, (layer, ours[layer], ref)
+
+
+def test_linear_probe_within_one_point_of_scikit_learn(rng):
+    from sklearn.linear_model import LogisticRegression
+
+    from sls_fast.method.criteria import _split
+
+    X, y = _clusters(rng, 2, 611, 9, 3, [0.4, 1.0])
+    l2 = 1e-3
+    ours = criterion_curve("linear-probe", X, y, l2=l2)
+    tr, va = (t.numpy() for t in _split(torch.as_tensor(y), 0.3))
+    for layer in range(2):
+        x = X[layer].astype(np.float64)
+        mu, sd = x[tr].mean(0), x[tr].std(0, ddof=1)
+        z = (x - mu) / sd
+        # ours: mean cross-entropy + l2 / 2 |W|^2  ==  sklearn's C sum CE + 1/2 |W|^2, C = 1/(l2 n)
+        clf = LogisticRegression(C=1.0 / (l2 * len(tr)), max_iter=2000, tol=1e-8)
+        ref = clf.fit(z[tr], y[tr]).score(z[va], y[va])
+        assert abs(ours[layer] - ref) <= 0.01, (layer, ours[layer], ref)
+
+
+def test_cka_matches_the_gram_matrix_form_in_float64(rng):
+    X = [rng.normal(size=(83, d)).astype(np.float32) for d in (5, 11, 7)]
+    X[1][:, :5] += 2 * X[2][:, :5]  # some shared structure with the last layer
+    ours = criterion_curve("cka", X)
+
+    def hsic(K, L):
+        n = len(K)
+        H = np.eye(n) - 1.0 / n
+        return np.trace(K @ H @ L @ H)
+
+    last = X[-1].astype(np.float64)
+    Ly = last @ last.T
+    for i, x in enumerate(X):
+        Kx = x.astype(np.float64) @ x.astype(np.float64).T
+        ref = hsic(Kx, Ly) / math.sqrt(hsic(Kx, Kx) * hsic(Ly, Ly))
+        assert abs(ours[i] - ref) <= 1e-9, (i, ours[i], ref)
+    assert abs(ours[-1] - 1.0) <= 1e-12
+
+
+def test_block_influence_and_angular_match_direct_formulas(rng):
+    X = [rng.normal(size=(51, 6)).astype(np.float32) for _ in range(3)] + \
+        [rng.normal(size=(51, 4)).astype(np.float32)] + [rng.normal(size=(51, 4)).astype(np.float32)]
+
+    def cos(a, b):
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+    bi = criterion_curve("block-influence", X)
+    assert np.isnan(bi[0]) and np.isnan(bi[3])  # layer 1 and the width change: undefined
+    for i in (1, 2, 4):
+        assert abs(bi[i] - (1 - cos(X[i - 1], X[i]).mean())) <= 1e-9
+    ang = criterion_curve("angular", X)
+    assert np.isnan(ang[:3]).all()  # widths other than the last's
+    for i in (3, 4):
+        assert abs(ang[i] - (np.arccos(np.clip(cos(X[i], X[-1]), -1, 1)) / np.pi).mean()) <= 1e-9
+
+
+def test_silhouette_raw_matches_scikit_learn(rng):
+    from sklearn.metrics import silhouette_score
+
+    X, y = _clusters(rng, 2, 97, 7, 3, [0.5, 2.0])
+    ours = criterion_curve("silhouette-raw", X, y)
+    for i in range(2):
+        assert abs(ours[i] - silhouette_score(X[i].astype(np.float64), y)) <= 1e-5
+
+
+def _rise_then_flat(rng, L=10, top=5, N=300, C=4, D=16):
+    """Class separation rises until layer ``top`` and stays flat after it."""
+    y = np.arange(N) % C
+    means = rng.normal(size=(C, D))
+    X = np.stack([rng.normal(size=(N, D)) + min(i, top) / top * means[y]
+                  for i in range(1, L + 1)]).astype(np.float32)
+    for i in range(top, L):
+        X[i] = X[top - 1]  # flat: later layers carry the same features
+    return X, y
+
+
+@pytest.mark.parametrize("name", ["knn", "linear-probe", "cka"])
+def test_a_rise_then_plateau_is_cut_at_the_plateau(name, rng):
+    X, y = _rise_then_flat(rng)
+    _, depth = apply_criterion(name, X, y)
+    assert abs(depth - 5) <= 1, depth
+
+
+@pytest.mark.parametrize("name", ["knn", "linear-probe"])
+def test_a_sagging_top_is_not_cut_below_the_sag(name, rng):
+    """Separation rises to layer 6 and sags over layers 7-10: keep at least the peak."""
+    N, C, D = 300, 4, 16
+    y = np.arange(N) % C
+    means = rng.normal(size=(C, D))
+    strength = [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 0.7, 0.5, 0.4, 0.3]
+    X = np.stack([rng.normal(size=(N, D)) + s * means[y] for s in strength]).astype(np.float32)
+    _, depth = apply_criterion(name, X, y)
+    assert depth >= 5, depth  # within tolerance of the peak at 6, never in the sag's wake
+
+
+def test_block_influence_drops_layers_that_do_little():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(40, 8)).astype(np.float32)
+    X = [rng.normal(size=(40, 8)).astype(np.float32) for _ in range(4)]
+    X += [X[-1] + 1e-3 * rng.normal(size=(40, 8)).astype(np.float32) for _ in range(3)]
+    X[0] = base
+    curve, depth = apply_criterion("block-influence", X)
+    assert depth == 4, (depth, curve)
+
+
+def test_last_fraction_and_the_rules_on_given_curves():
+    assert criterion_depth("last-fraction", np.zeros(12)) == 9
+    assert criterion_depth("last-fraction", np.zeros(12), fraction=0.5) == 6
+    assert criterion_depth("knn", [0.2, 0.5, 0.895, 0.9, 0.88]) == 3
+    assert criterion_depth("cka", [0.1, 0.95, 0.5, 1.0]) == 2
+    assert criterion_depth("angular", [0.5, 0.3, 0.1, 0.0]) == 3
+    assert criterion_depth("silhouette-raw", [0.1, 0.2, 0.05, 0.3], alpha=0.3) == 4
+
+
+def test_bad_criteria_and_parameters_are_refused():
+    with pytest.raises(ValueError, match="unknown criterion 'tsne'; known: sls, silhouette-raw"):
+        check_criterion("tsne")
+    with pytest.raises(ValueError, match="has no parameter 'kk'; it takes k, tolerance"):
+        check_criterion("knn", {"kk": 3})
+    with pytest.raises(ValueError, match="tolerance must be in"):
+        check_criterion("knn", {"tolerance": 2})
+    with pytest.raises(ValueError, match="k must be an integer"):
+        check_criterion("knn", {"k": 2.5})
+    X = np.zeros((2, 10, 3), np.float32)
+    with pytest.raises(ValueError, match="k = 10 needs more than 10 points"):
+        criterion_curve("knn", X + np.arange(3), np.arange(10) % 2)
+    with pytest.raises(ValueError, match="one class"):
+        criterion_curve("knn", X, np.zeros(10), k=3)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        criterion_curve("cka", X * np.nan)
+    with pytest.raises(ValueError, match="the sls curve is the silhouette of the t-SNE"):
+        criterion_curve("sls", X)
+    assert list(CRITERIA)[0] == "sls" and len(CRITERIA) == 8
