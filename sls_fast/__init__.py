@@ -26,6 +26,7 @@ _WHERE = {
     "extract_features": ".method.extract", "LayerFeatures": ".method.extract",
     "tsne": ".method.embed", "select_depth": ".method.select",
     "score_layers": ".method.score", "score_features": ".method.score", "LayerReport": ".method.score",
+    "CRITERIA": ".method.criteria", "apply_criterion": ".method.criteria",
     "add_adapters": ".models.adapters", "merge_adapters": ".models.adapters",
     "trainable_parameters": ".models.adapters", "truncate": ".models.prune",
     "save_pruned": ".io.artifacts", "load_pruned": ".io.artifacts", "storage_report": ".io.artifacts",

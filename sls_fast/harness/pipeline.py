@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import TYPE_CHECKING, Callable, Dict, Optional, Union
 
 import torch
@@ -86,6 +87,7 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     from sls_fast.io.datasets import default_image_size, from_spec
     from sls_fast.method.extract import extract_features
     from sls_fast.models.zoo import load
+    from sls_fast.method.criteria import parse_criteria
     from sls_fast.method.score import LayerReport, score_features
     from sls_fast.models.state import base_checksum
     from sls_fast.io.artifacts import storage_report
@@ -177,7 +179,9 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
         timings["score_extract"] = time.perf_counter() - t0
         report = score_features(feats, alpha=s.alpha, seed=s.seed, max_iter=s.tsne_iter,
                                 perplexity=s.perplexity, tsne_backend=s.tsne_backend,
-                                repeats=s.repeats, progress=progress)
+                                repeats=s.repeats, progress=progress,
+                                criteria=parse_criteria(s.criteria),
+                                criterion_params=_named_params(s))
         timings.update({f"score_{k}": v for k, v in report.timings.items()})
         if cache is not None:
             cache.put(score_key, "scores", None, dict(report=report.to_json()))
@@ -238,3 +242,16 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
                    layers=os.path.join(out, "layers.json")))
     write_report(result)
     return result
+
+
+def _named_params(s: TaskSettings) -> Dict[str, Dict[str, float]]:
+    """The criterion parameters of the criteria ``s`` names; others warn and are left out."""
+    from sls_fast.method.criteria import parse_criteria, parse_criterion_params
+
+    named = set(parse_criteria(s.criteria))
+    params = parse_criterion_params(s.criterion_params)
+    unused = sorted(set(params) - named)
+    if unused:
+        warnings.warn(f"criterion_params for {', '.join(unused)}, which criteria does not name: "
+                      "ignored", UserWarning, stacklevel=3)
+    return {k: v for k, v in params.items() if k in named}

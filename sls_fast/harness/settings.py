@@ -85,6 +85,16 @@ class TaskSettings:
     perplexity: float = _setting(PERPLEXITY, "t-SNE perplexity (the authors': scikit-learn's "
                                  "default); the scored images must exceed it",
                                  kind=float, affects=("score",))
+    criteria: str = _setting("", "other layer-importance criteria scored beside SLS's on the same "
+                             "features, comma-separated (knn, linear-probe, cka, "
+                             "block-influence, angular, last-fraction, silhouette-raw) or all; "
+                             "each curve and depth goes into layers.json and scores.png (the "
+                             "depth kept stays SLS's)", kind=str, affects=("score",),
+                             metavar="NAMES")
+    criterion_params: str = _setting("", "parameters of those criteria, NAME.PARAM=VALUE,... "
+                                     "(e.g. knn.k=5,cka.threshold=0.8; defaults in "
+                                     "sls_fast.CRITERIA)", kind=str, affects=("score",),
+                                     metavar="SPEC")
     strategy: str = _setting("CLR", "retraining of the pruned model: FT (constant small lr), "
                              "CLR (warm-up + cosine), TFS (from scratch)", kind=str,
                              affects=("retrain",), choices=STRATEGIES)
@@ -147,6 +157,10 @@ class TaskSettings:
             raise TypeError(f"compile must be True or False, got {self.compile!r}")
         self.alpha = cast(float, check_number(self.alpha, "alpha", low=0, low_open=True, high=1))
         self.perplexity = cast(float, check_number(self.perplexity, "perplexity", low=1))
+        from sls_fast.method.criteria import parse_criteria, parse_criterion_params
+
+        parse_criteria(self.criteria)  # names and values checked here; a parameter of a
+        parse_criterion_params(self.criterion_params)  # criterion not named warns at scoring
         self.lr = cast(float, check_number(self.lr, "lr", low=0, low_open=True))
         self.adapter_scale = check_number(self.adapter_scale, "adapter_scale", low=0,
                                           low_open=True, allow_none=True)

@@ -21,7 +21,7 @@ import dataclasses
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 import torch.nn as nn
 
@@ -160,6 +160,8 @@ def score_task(spec: Union[ModelSpec, str, Mapping[str, Any]], data: str, out: s
                tsne_backend: str = "auto", repeats: int = 1,
                batch_size: int = default_of("batch_size"), pool: str = "auto",
                device: Optional[str] = None, on_bad_image: str = ON_BAD_IMAGE[0],
+               criteria: Union[str, Sequence[str]] = (),
+               criterion_params: Union[str, Mapping[str, Mapping[str, Any]], None] = None,
                progress: bool = True, log: Log = None) -> ScoreResult:
     """Score every block of the model ``spec`` on one split of ``data`` (no pruning) and write
     ``out/report.json``, ``out/layers.json`` and the two plots.
@@ -174,6 +176,9 @@ def score_task(spec: Union[ModelSpec, str, Mapping[str, Any]], data: str, out: s
             :func:`sls_fast.score_layers` (alpha in (0, 1]).
         batch_size, pool, device: of the feature extraction (:func:`sls_fast.extract_features`).
         on_bad_image: an unreadable image file: "fail" (with its name) or "skip" (with a warning).
+        criteria, criterion_params: other layer-importance criteria scored beside SLS's
+            (:func:`sls_fast.score_features`; as text: "knn,cka" / "all" and
+            "knn.k=5,cka.threshold=0.8").
         progress: show progress bars; log: called with one line per stage.
 
     Returns:
@@ -185,6 +190,11 @@ def score_task(spec: Union[ModelSpec, str, Mapping[str, Any]], data: str, out: s
     spec = ModelSpec.of(spec)
     check_number(alpha, "alpha", low=0, low_open=True, high=1)
     check_number(perplexity, "perplexity", low=1)
+    from sls_fast.method.criteria import parse_criteria, parse_criterion_params
+
+    criteria = parse_criteria(criteria if isinstance(criteria, str) else ",".join(criteria))
+    if isinstance(criterion_params, str) or criterion_params is None:
+        criterion_params = parse_criterion_params(criterion_params or "")
     check_out(out)  # preflight: before any compute (sls_fast.harness.preflight)
     dev = check_device(device)
     check_weights(spec.model, spec.checkpoint, spec.base_checkpoint)
@@ -209,7 +219,8 @@ def score_task(spec: Union[ModelSpec, str, Mapping[str, Any]], data: str, out: s
     report = score_layers(model, dataset, alpha=alpha, seed=seed, max_iter=tsne_iter,
                           perplexity=perplexity,
                           tsne_backend=tsne_backend, progress=progress, device=dev,
-                          batch_size=batch_size, repeats=repeats, pool=pool)
+                          batch_size=batch_size, repeats=repeats, pool=pool, criteria=criteria,
+                          criterion_params=criterion_params)
     report.meta.update(spec.to_meta(), data=data, split=split, seed=seed,
                        on_bad_image=on_bad_image, title=f"{spec.model} on {data}",
                        class_names=[str(c) for c in getattr(dataset, "classes", None) or []])

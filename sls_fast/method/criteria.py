@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ def as_tensor(x: Any) -> torch.Tensor:
 
 
 __all__ = ["CRITERIA", "Criterion", "criterion_curve", "criterion_depth", "apply_criterion",
-           "check_criterion"]
+           "check_criterion", "parse_criteria", "parse_criterion_params"]
 
 
 @dataclass(frozen=True)
@@ -341,3 +341,31 @@ def apply_criterion(name: str, features: Any, labels: Optional[ArrayLike] = None
     """
     curve = criterion_curve(name, features, labels, **params)
     return curve, criterion_depth(name, curve, **params)
+
+
+def parse_criteria(text: str) -> List[str]:
+    """Criteria named on the command line: ``"knn,cka"``, ``"all"`` (every one but ``sls``) or
+    ``""`` (none). ValueError for an unknown name (naming the known ones)."""
+    names = [t.strip() for t in str(text or "").split(",") if t.strip()]
+    if names == ["all"]:
+        return [c for c in CRITERIA if c != "sls"]
+    for n in names:
+        check_criterion(n)
+    return list(dict.fromkeys(n for n in names if n != "sls"))
+
+
+def parse_criterion_params(text: str) -> Dict[str, Dict[str, float]]:
+    """``"knn.k=5,cka.threshold=0.8"`` as ``{"knn": {"k": 5}, "cka": {"threshold": 0.8}}``,
+    each value checked (:func:`check_criterion`)."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for item in (t.strip() for t in str(text or "").split(",")):
+        if not item:
+            continue
+        name, dot, rest = item.partition(".")
+        key, eq, value = rest.partition("=")
+        if not (dot and eq and key and value):
+            raise ValueError(f"criterion parameter {item!r}: write NAME.PARAM=VALUE "
+                             "(e.g. knn.k=5)")
+        out.setdefault(name.strip(), {})[key.strip()] = value.strip()
+    return {name: {k: v for k, v in check_criterion(name, params).items() if k in params}
+            for name, params in out.items()}

@@ -13,7 +13,8 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import (TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple,
+                    Union)
 
 import numpy as np
 
@@ -63,6 +64,11 @@ def class_palette(n: int) -> List[tuple]:
     tab20 = colormaps["tab20"]
     order = list(range(0, 20, 2)) + list(range(1, 20, 2))  # tab10's tones first, then light
     return [tab20(order[k % 20]) for k in range(n)]
+
+
+def _finite_or_none(values: Any) -> List[Optional[float]]:
+    """A curve as JSON numbers, undefined (NaN) entries as null (strict JSON has no NaN)."""
+    return [float(v) if np.isfinite(v) else None for v in np.asarray(values, np.float64)]
 
 
 @dataclass
@@ -143,6 +149,13 @@ class LayerReport:
                                    run_depths=None, confidence=None,
                                    timings=dict(self.timings), meta=dict(self.meta))
 
+    def criterion_depths(self) -> Dict[str, int]:
+        """``{criterion: depth}``: SLS's (``"sls"``, the depth kept) and every other criterion
+        scored beside it (``score_features(criteria=...)``)."""
+        out = {"sls": int(self.depth)}
+        out.update({c: int(v["depth"]) for c, v in self.meta.get("criteria", {}).items()})
+        return out
+
     def decision(self) -> dict:
         """The depth decision with its measured stability (the fields of ``report.json``)."""
         runs, spread, run_depths = self._filled()
@@ -155,10 +168,11 @@ class LayerReport:
         d = dict(schema_version=SCHEMA_VERSION, num_layers=self.num_layers,
                  depth=int(self.depth), alpha=float(self.alpha),
                  selection_metric=SELECTION_METRIC, layer_names=list(self.layer_names),
-                 scores={k: [float(v) for v in np.asarray(s)] for k, s in self.scores.items()},
+                 scores={k: _finite_or_none(s) for k, s in self.scores.items()},
                  repeats=self.repeats, confidence=self.confidence,
                  run_depths=list(run_depths), spread=[float(v) for v in spread],
-                 runs={k: np.asarray(r, np.float64).tolist() for k, r in runs.items()},
+                 runs={k: [_finite_or_none(row) for row in np.asarray(r, np.float64)]
+                       for k, r in runs.items()},
                  timings={k: float(v) for k, v in self.timings.items()}, meta=self.meta)
         if include_embeddings and self.embeddings is not None:
             d["embeddings"] = np.round(np.asarray(self.embeddings, np.float64), 6).tolist()
@@ -180,11 +194,14 @@ class LayerReport:
                 text_or_path = f.read()
         d = json.loads(text_or_path)
         emb = d.get("embeddings")
+        runs = d.get("runs")
+        if runs is not None:  # null: a criterion's undefined layer (block influence of layer 1)
+            runs = {k: np.asarray(v, dtype=np.float64) for k, v in runs.items()}
         return cls(scores={k: np.asarray(v, np.float64) for k, v in d["scores"].items()},
                    depth=int(d["depth"]), alpha=float(d["alpha"]), layer_names=d["layer_names"],
                    embeddings=None if emb is None else np.asarray(emb, np.float32),
                    labels=None if d.get("labels") is None else np.asarray(d["labels"], np.int64),
-                   timings=d.get("timings", {}), meta=d.get("meta", {}), runs=d.get("runs"),
+                   timings=d.get("timings", {}), meta=d.get("meta", {}), runs=runs,
                    spread=d.get("spread"), run_depths=d.get("run_depths"),
                    confidence=d.get("confidence"))
 
@@ -209,9 +226,13 @@ class LayerReport:
         paths = []
         layers = np.arange(1, self.num_layers + 1)
         names = list(self.scores)
-        fig, axes = subplots(1, len(names), (5 * len(names), 4.8))
+        ncols = min(4, len(names))  # metrics and criteria: rows of at most 4
+        nrows = -(-len(names) // ncols)
+        fig, axes = subplots(nrows, ncols, (5 * ncols, 4.8 * nrows))
+        for ax in axes.flat[len(names):]:
+            ax.set_visible(False)
         S = self.repeats
-        for ax, name in zip(axes[0], names):
+        for ax, name in zip(axes.flat, names):
             mean, runs = self.scores[name], all_runs[name]
             label = "score" if S == 1 else f"mean of {S} runs"
             ax.plot(layers, mean, "o-", lw=1.5, ms=4, label=label)
@@ -226,6 +247,7 @@ class LayerReport:
                 if note:
                     ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize=7, color="0.3")
             ax.set_xlabel("layer (block)")
+            ax.set_xlim(0.5, self.num_layers + 0.5)
             ax.set_title(name.replace("_", "-"))
             ax.grid(alpha=0.3)
             if name == SELECTION_METRIC:
@@ -240,6 +262,12 @@ class LayerReport:
                 ax.axvline(self.depth, color="tab:green", ls=":", label=kept)
                 ax.axvspan(self.depth + 0.5, self.num_layers + 0.5, color="0.85", alpha=0.5,
                            label="removed")
+                ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+            elif name in self.meta.get("criteria", {}):  # another criterion: its own depth
+                k = self.meta["criteria"][name]["depth"]
+                ax.axvline(k, color="tab:purple", ls=":", label=f"{name} would keep K = {k}")
+                ax.axvspan(k + 0.5, self.num_layers + 0.5, color="0.85", alpha=0.5,
+                           label="it would remove")
                 ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
         fig.suptitle(self.meta.get("title", "SLS layer scores"))
         fig.tight_layout()
@@ -312,6 +340,10 @@ class LayerReport:
                          f"of {S} runs keep {self.depth})")
         else:
             lines.append("one t-SNE run: its depth is one draw (repeats=8 measures the spread)")
+        others = {c: k for c, k in self.criterion_depths().items() if c != "sls"}
+        if others:
+            lines.append("other criteria would keep: " + ", ".join(
+                f"{c} {k}" for c, k in others.items()) + " (rules: sls_fast.CRITERIA)")
         return "\n".join(lines)
 
 
@@ -333,7 +365,9 @@ def score_layers(model: nn.Module, data: Union[DataLoader, Dataset], *,
                  metrics: Iterable[str] = METRICS, tsne_backend: str = "auto",
                  metric_backend: str = "auto", alpha: float = ALPHA, seed: int = 0,
                  perplexity: float = PERPLEXITY, max_iter: int = MAX_ITER, repeats: int = 1,
-                 progress: bool = True, **extract_options: Any) -> LayerReport:
+                 progress: bool = True, criteria: Sequence[str] = (),
+                 criterion_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                 **extract_options: Any) -> LayerReport:
     """Score every block of ``model`` on ``data`` and pick the SLS depth.
 
     extract (one forward pass per batch, all blocks) -> t-SNE of all layers (normalised per
@@ -351,6 +385,8 @@ def score_layers(model: nn.Module, data: Union[DataLoader, Dataset], *,
             run's scores (``runs``), the per-layer ``spread``, the per-run depths and the
             ``confidence``. On the batched backends ("native", "triton", "torch") the S x L
             runs are one problem sharing each layer's affinities; see :func:`sls_fast.tsne`.
+        criteria, criterion_params: other layer-importance criteria scored beside SLS's on
+            the same features (:func:`score_features`).
         extract_options: passed to :func:`sls_fast.extract_features` (``device``, ``batch_size``,
             ``pool``, ``dtype``, ``amp``, ``layers``, ...).
 
@@ -376,7 +412,8 @@ def score_layers(model: nn.Module, data: Union[DataLoader, Dataset], *,
     report = score_features(feats, metrics=metrics, tsne_backend=tsne_backend,
                             metric_backend=metric_backend, alpha=alpha, seed=seed,
                             perplexity=perplexity, max_iter=max_iter, repeats=repeats,
-                            progress=progress)
+                            progress=progress, criteria=criteria,
+                            criterion_params=criterion_params)
     report.timings = dict(extract=extract_s, **report.timings)
     report.meta["model"] = getattr(getattr(model, "pretrained_cfg", None) or {}, "get",
                                    lambda k: None)("architecture") or type(model).__name__
@@ -392,14 +429,29 @@ def score_features(feats: LayerFeatures, *, metrics: Iterable[str] = METRICS,
                    tsne_backend: str = "auto",
                    metric_backend: str = "auto", alpha: float = ALPHA, seed: int = 0,
                    perplexity: float = PERPLEXITY, max_iter: int = MAX_ITER, repeats: int = 1,
-                   progress: bool = True) -> LayerReport:
+                   progress: bool = True, criteria: Sequence[str] = (),
+                   criterion_params: Optional[Mapping[str, Mapping[str, Any]]] = None
+                   ) -> LayerReport:
     """The scoring half of :func:`score_layers`, on features already extracted (for example
     read back from a cache): t-SNE of all layers -> metrics -> depth.
 
     Args:
         feats: a :class:`sls_fast.LayerFeatures`.
+        criteria: other layer-importance criteria computed beside SLS's on the same features
+            (names of :data:`sls_fast.CRITERIA`, :mod:`sls_fast.method.criteria`): each curve
+            goes into ``scores`` under its name, its depth and parameters into
+            ``meta["criteria"]`` (:meth:`LayerReport.criterion_depths`). The depth kept stays
+            SLS's.
+        criterion_params: ``{criterion: {parameter: value}}`` overriding the defaults.
         the rest: as :func:`score_layers`.
     """
+    from sls_fast.method.criteria import check_criterion
+
+    criteria = [c for c in dict.fromkeys(criteria) if c != "sls"]
+    params = {c: check_criterion(c, (criterion_params or {}).get(c)) for c in criteria}
+    unknown = set(criterion_params or {}) - set(params) - {"sls"}
+    if unknown:
+        raise ValueError(f"criterion_params for {sorted(unknown)}, which criteria= does not name")
     from sls_fast.method.embed import tsne
 
     _check_repeats(repeats)
@@ -432,6 +484,18 @@ def score_features(feats: LayerFeatures, *, metrics: Iterable[str] = METRICS,
     meta = dict(num_points=int(N), tsne_backend=tsne_backend,
                 metric_backend=metric_backend, perplexity=perplexity, max_iter=max_iter, seed=seed,
                 repeats=repeats)
+    if criteria:
+        from sls_fast.method.criteria import apply_criterion
+
+        chosen: Dict[str, Any] = {}
+        meta["criteria"] = chosen
+        for c in criteria:
+            t0 = time.perf_counter()
+            curve, k = apply_criterion(c, feats, labels, **params[c])
+            timings[f"criterion {c}"] = time.perf_counter() - t0
+            scores[c] = curve
+            runs[c] = np.repeat(curve[None, :], repeats, axis=0)  # deterministic: one per run
+            chosen[c] = dict(depth=int(k), params=params[c])
     return LayerReport(scores=scores, depth=depth, alpha=alpha, layer_names=list(feats.layer_names),
                        embeddings=emb_np.reshape(repeats, L, N, 2)[0],
                        labels=to_numpy(labels).astype(np.int64), timings=timings, meta=meta,

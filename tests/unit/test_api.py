@@ -6,7 +6,8 @@ import sls_fast
 PUBLIC = {
     "__version__", "silhouette_score", "calinski_harabasz_score", "davies_bouldin_score",
     "cluster_scores", "extract_features", "LayerFeatures", "tsne", "select_depth",
-    "score_layers", "score_features", "LayerReport", "add_adapters", "merge_adapters", "trainable_parameters",
+    "score_layers", "score_features", "LayerReport", "CRITERIA", "apply_criterion", "add_adapters",
+    "merge_adapters", "trainable_parameters",
     "truncate", "save_pruned", "load_pruned", "storage_report", "finetune", "evaluate",
     "measure_throughput", "compare_throughput", "sweep_batch_sizes", "data", "models",
     "TaskSettings", "TaskResult", "run_task", "SweepSpec", "run_sweep", "SLSState", "family_of",

@@ -169,3 +169,51 @@ def test_bad_criteria_and_parameters_are_refused():
     with pytest.raises(ValueError, match="the sls curve is the silhouette of the t-SNE"):
         criterion_curve("sls", X)
     assert list(CRITERIA)[0] == "sls" and len(CRITERIA) == 8
+
+
+def test_criteria_beside_sls_in_the_report_and_back(rng, tmp_path):
+    import json
+
+    import jsonschema
+
+    import sls_fast
+    from sls_fast.common.schema import schema
+    from sls_fast.method.extract import LayerFeatures
+    from sls_fast.method.score import LayerReport
+
+    X, y = _clusters(rng, 5, 90, 6, 3, [0.2, 0.6, 1.2, 2.0, 2.0])
+    feats = LayerFeatures(torch.from_numpy(X), torch.from_numpy(y), [f"b{i}" for i in range(5)],
+                          [6] * 5)
+    r = sls_fast.score_features(feats, progress=False, max_iter=250, perplexity=10,
+                                criteria=["knn", "block-influence", "sls"],
+                                criterion_params={"knn": {"k": 5}})
+    depths = r.criterion_depths()
+    assert set(depths) == {"sls", "knn", "block-influence"} and depths["sls"] == r.depth
+    assert r.meta["criteria"]["knn"]["params"]["k"] == 5
+    np.testing.assert_allclose(r.scores["knn"], criterion_curve("knn", X, y, k=5))
+    path = tmp_path / "layers.json"
+    r.to_json(str(path))
+    d = json.loads(path.read_text())
+    assert d["scores"]["block-influence"][0] is None  # undefined: strict JSON null, not NaN
+    jsonschema.validate(d, schema("layers"))
+    back = LayerReport.from_json(str(path))
+    assert back.criterion_depths() == depths and np.isnan(back.scores["block-influence"][0])
+    assert "other criteria would keep: knn" in back.summary()
+    assert any(p.endswith("scores.png") for p in back.plot(str(tmp_path)))
+    with pytest.raises(ValueError, match="criterion_params for \\['cka'\\]"):
+        sls_fast.score_features(feats, progress=False, max_iter=250, perplexity=10,
+                                criteria=["knn"], criterion_params={"cka": {"threshold": 0.5}})
+
+
+def test_cli_names_a_bad_criterion_in_one_line(tmp_path, capsys):
+    from sls_fast.cli import main
+
+    out = tmp_path / "o"
+    for argv, match in ((["--criteria", "knn,tsne"], "unknown criterion 'tsne'"),
+                        (["--criteria", "knn", "--criterion-params", "knn.k=0.5"],
+                         "k must be in"),
+                        (["--criterion-params", "knn:k=3"], "write NAME.PARAM=VALUE")):
+        code = main(["run", "--out", str(out), "--no-progress", "--quiet", *argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and match in err[0], err
+        assert not out.exists()
