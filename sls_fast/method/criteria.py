@@ -1,31 +1,9 @@
 """Layer-importance criteria beside SLS's, on the same one-pass features, batched over layers.
 
 Each criterion turns the per-layer features ``[L] x [N, D_l]`` (and the labels) into a curve
-``[L]`` and a depth K by its own rule. The table (also in the README) with each rule's
-parameter and source:
-
-================  =========================================================  ==============================
-criterion         curve / depth rule (parameter, default)                    source
-================  =========================================================  ==============================
-sls               silhouette of the t-SNE embedding; the alpha walk           Han & Tang, ECCV 2024
-                  (``alpha``, 0.3): :func:`sls_fast.score_features`
-silhouette-raw    silhouette of the raw features (no t-SNE); the alpha walk   the ablation of SLS
-                  (``alpha``, 0.3)
-knn               leave-one-out k-NN accuracy, cosine distance (``k``, 10);   k-NN probing
-                  smallest K within ``tolerance`` (0.01) of the best layer
-linear-probe      multinomial logistic regression per layer on a stratified   P3B, arXiv 2506.23675
-                  ``val_share`` (0.3) split of the points, L2 ``l2`` (1e-3);
-                  smallest K within ``tolerance`` (0.01) of the best
-cka               linear CKA of each layer with the last; smallest K with     Kornblith et al. 2019;
-                  CKA >= ``threshold`` (0.9)                                  arXiv 2405.17081
-block-influence   1 - mean cos(h_{l-1}, h_l) (layer 1, or a width change:     ShortGPT, arXiv 2403.03853
-                  undefined, never dropped); from L down, drop layers while
-                  BI < ``fraction`` (0.1) x the largest BI
-angular           mean arccos(cos(h_l, h_L)) / pi (a width other than the     Gromov et al., arXiv 2403.17887
-                  last: undefined); smallest K with distance <= ``threshold``
-                  (0.2)
-last-fraction     keep the first round((1 - ``fraction``) L) layers (0.25)    arXiv 2411.15558
-================  =========================================================  ==============================
+``[L]`` and a depth K by its own rule. :data:`CRITERIA` holds each rule, its parameters with
+their defaults and its source; :func:`criteria_table` renders them as the README's table (a
+test keeps the two equal).
 
 Curves are computed in torch on the features' device (CPU or CUDA), one batched call over
 layers where the widths agree (per layer otherwise); k-NN streams row blocks so memory stays
@@ -49,7 +27,7 @@ def as_tensor(x: Any) -> torch.Tensor:
 
 
 __all__ = ["CRITERIA", "Criterion", "criterion_curve", "criterion_depth", "apply_criterion",
-           "check_criterion", "parse_criteria", "parse_criterion_params"]
+           "check_criterion", "parse_criteria", "parse_criterion_params", "criteria_table"]
 
 
 @dataclass(frozen=True)
@@ -65,26 +43,31 @@ class Criterion:
 
 CRITERIA: Dict[str, Criterion] = {c.name: c for c in (
     Criterion("sls", "separation", {"alpha": ALPHA},
-              "silhouette of the t-SNE embedding; the alpha walk", "Han & Tang, ECCV 2024"),
+              "silhouette of each layer's t-SNE embedding; from L down, keep while the score "
+              "stays >= alpha x the last layer's", "Han & Tang, ECCV 2024"),
     Criterion("silhouette-raw", "separation", {"alpha": ALPHA},
-              "silhouette of the raw features; the alpha walk", "the ablation of SLS"),
+              "silhouette of the raw features (no t-SNE, the ablation); the same alpha walk",
+              "Han & Tang's criterion without its t-SNE"),
     Criterion("knn", "accuracy", {"k": 10, "tolerance": 0.01},
-              "leave-one-out k-NN accuracy (cosine); smallest K within tolerance of the best",
-              "k-NN probing"),
+              "leave-one-out k-NN accuracy, cosine distance, majority vote; the smallest K "
+              "within tolerance of the best layer", "k-NN probing of representations"),
     Criterion("linear-probe", "accuracy", {"tolerance": 0.01, "val_share": 0.3, "l2": 1e-3},
-              "logistic-regression accuracy on a held-out share; smallest K within tolerance "
-              "of the best", "P3B, arXiv 2506.23675"),
+              "accuracy of a logistic regression per layer (standardised features, L2 on the "
+              "mean loss) on a stratified held-out share; the smallest K within tolerance of "
+              "the best", "P3B, arXiv 2506.23675"),
     Criterion("cka", "similarity", {"threshold": 0.9},
-              "linear CKA with the last layer; smallest K at or above the threshold",
+              "linear CKA of each layer with the last; the smallest K at or above the threshold",
               "Kornblith et al. 2019; arXiv 2405.17081"),
     Criterion("block-influence", "influence", {"fraction": 0.1},
-              "1 - cos(h_{l-1}, h_l); from L down, drop while below fraction x the largest",
+              "1 - mean cos(h_{l-1}, h_l) (undefined for layer 1 and at width changes: never "
+              "dropped); from L down, drop layers while below fraction x the largest",
               "ShortGPT, arXiv 2403.03853"),
     Criterion("angular", "distance", {"threshold": 0.2},
-              "arccos(cos(h_l, h_L)) / pi; smallest K at or below the threshold",
-              "Gromov et al., arXiv 2403.17887"),
+              "mean arccos(cos(h_l, h_L)) / pi (undefined at another width than the last's); "
+              "the smallest K at or below the threshold", "Gromov et al., arXiv 2403.17887"),
     Criterion("last-fraction", "fixed", {"fraction": 0.25},
-              "keep the first round((1 - fraction) L) layers", "arXiv 2411.15558"),
+              "keep the first round((1 - fraction) L) layers, whatever the features",
+              "Reassessing Layer Pruning, arXiv 2411.15558"),
 )}
 
 _RANGES = {"alpha": (0.0, 1.0), "tolerance": (0.0, 1.0), "val_share": (0.0, 1.0),
@@ -294,8 +277,11 @@ def criterion_curve(name: str, features: Any, labels: Optional[ArrayLike] = None
         return _probe(layers, y, val_share=p["val_share"], l2=p["l2"])
     from sls_fast.method.metrics import silhouette_score
 
-    return np.asarray([float(silhouette_score(f, y, backend="torch")) for f in layers],
-                      np.float64)
+    out = np.zeros(len(layers))
+    for group in _groups(layers):  # one batched call per width (C++ on the CPU, Triton on CUDA)
+        scores = silhouette_score(torch.stack([layers[i] for i in group]), y)
+        out[group] = as_tensor(scores).double().cpu().numpy()
+    return out
 
 
 def criterion_depth(name: str, curve: ArrayLike, **params: Any) -> int:
@@ -369,3 +355,13 @@ def parse_criterion_params(text: str) -> Dict[str, Dict[str, float]]:
         out.setdefault(name.strip(), {})[key.strip()] = value.strip()
     return {name: {k: v for k, v in check_criterion(name, params).items() if k in params}
             for name, params in out.items()}
+
+
+def criteria_table() -> str:
+    """The README's criteria table (Markdown), one row per criterion of :data:`CRITERIA`."""
+    rows = ["| criterion | curve and depth rule | parameters (default) | source |",
+            "|---|---|---|---|"]
+    for c in CRITERIA.values():
+        params = ", ".join(f"`{k}` ({v:g})" for k, v in c.defaults.items())
+        rows.append(f"| `{c.name}` | {c.rule} | {params} | {c.source} |")
+    return "\n".join(rows)

@@ -217,3 +217,17 @@ def test_cli_names_a_bad_criterion_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and match in err[0], err
         assert not out.exists()
+
+
+def test_readme_criteria_table_is_generated():
+    import pathlib
+    import re
+
+    from sls_fast.method.criteria import criteria_table
+
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    m = re.search(r"<!-- criteria-table:start -->\n(.*?)\n<!-- criteria-table:end -->", readme,
+                  re.S)
+    assert m, "README.md lacks the criteria-table markers"
+    assert m.group(1).strip() == criteria_table().strip(), (
+        "README criteria table is out of date; paste sls_fast.method.criteria.criteria_table()")
