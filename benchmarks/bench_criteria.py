@@ -21,7 +21,7 @@ import torch
 
 import sls_fast
 from sls_fast.method.criteria import CRITERIA, apply_criterion
-from utils import machine  # noqa: F401 - records the machine in the benchmark's JSON
+from utils import machine
 
 OTHERS = [c for c in CRITERIA if c != "sls"]
 BIG = os.environ.get("SLS_FAST_BENCH_BIG") == "1"
@@ -54,7 +54,7 @@ def _sls(feats, max_iter):
 @pytest.mark.parametrize("criterion", ["sls"] + OTHERS)
 def test_criteria_lite0_digits(benchmark, lite0_digits, criterion):
     benchmark.group = "criteria 16x1077"
-    benchmark.extra_info["method"] = criterion
+    benchmark.extra_info.update(method=criterion, **machine())
     if criterion == "sls":
         depth = benchmark.pedantic(_sls, args=(lite0_digits, 1000), rounds=3, iterations=1)
     else:
@@ -68,7 +68,7 @@ def test_criteria_lite0_digits(benchmark, lite0_digits, criterion):
 @pytest.mark.parametrize("criterion", ["sls"] + OTHERS)
 def test_criteria_12x10000x768(benchmark, synthetic_big, criterion):
     benchmark.group = "criteria 12x10000x768"
-    benchmark.extra_info["method"] = criterion
+    benchmark.extra_info.update(method=criterion, **machine())
     if criterion == "sls":
         benchmark.extra_info["note"] = "t-SNE 250 iterations"
         depth = benchmark.pedantic(_sls, args=(synthetic_big, 250), rounds=1, iterations=1)
