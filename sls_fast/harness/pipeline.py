@@ -162,6 +162,7 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
                          points=len(score_data), image_size=size, pool="auto")
     score_key = cache_key("scores", **{**s.values("score"), "data": feat_key,
                                        "image_size": size, "score_points": len(score_data)})
+    train_feats = None  # the scored split's features, when this run has them in memory
     entry = cached("scores", score_key)
     if entry is not None:
         report = LayerReport.from_json(entry[1]["report"]).with_alpha(s.alpha)
@@ -177,6 +178,7 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
             if cache is not None:
                 cache.put(feat_key, "features", *features_to_tensors(feats))
         timings["score_extract"] = time.perf_counter() - t0
+        train_feats = feats
         report = score_features(feats, alpha=s.alpha, seed=s.seed, max_iter=s.tsne_iter,
                                 perplexity=s.perplexity, tsne_backend=s.tsne_backend,
                                 repeats=s.repeats, progress=progress,
@@ -187,6 +189,21 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
             cache.put(score_key, "scores", None, dict(report=report.to_json()))
     timings["score"] = time.perf_counter() - t0
     depth, L = report.depth, report.num_layers
+    oracle = None
+    if s.oracle:  # the accuracy of the cut at every depth: probes of each block, train -> val
+        from sls_fast.method.criteria import depth_oracle
+
+        say("[3/6] oracle: a linear probe of every block, train split -> val")
+        t0 = time.perf_counter()
+        if train_feats is None:  # the scores came from the cache: their features, or a pass
+            entry = cache.get(feat_key, "features") if cache is not None else None
+            train_feats = (features_from_tensors(*entry, device=dev) if entry is not None else
+                           extract_features(model, score_data, device=dev,
+                                            batch_size=s.batch_size, progress=progress))
+        val_feats = extract_features(model, val, device=dev, batch_size=s.batch_size,
+                                     progress=progress)
+        oracle = depth_oracle(train_feats, val_feats, report.criterion_depths())
+        timings["oracle"] = time.perf_counter() - t0
 
     say(f"[3/6] SLS depth {depth} of {L}; truncating and retraining ({s.strategy}, "
         f"{s.prune_epochs} epochs)")
@@ -225,6 +242,11 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
                        title=f"{s.model} on {s.data}")
     report.to_json(os.path.join(out, "layers.json"))
     plots = report.plot(out)
+    if oracle is not None:
+        from sls_fast.method.criteria import plot_oracle
+
+        plots.append(plot_oracle(oracle, os.path.join(out, "oracle.png"),
+                                 title=f"{s.model} on {s.data}: accuracy vs depth"))
     timings["total"] = sum(v for k, v in timings.items()
                            if not k.startswith("score_"))  # score_* are parts of "score"
     result = TaskResult(
@@ -237,7 +259,7 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
         storage=dict(artifact_bytes=storage["artifact_bytes"],
                      full_model_bytes=storage.get("full_model_bytes"),
                      pruned_model_bytes=storage["pruned_model_bytes"]),
-        timings=timings, cache=hits, versions=versions(), device=device_name(dev),
+        timings=timings, cache=hits, versions=versions(), device=device_name(dev), oracle=oracle,
         files=dict(report=os.path.join(out, "report.json"), artifact=artifact, plots=plots,
                    layers=os.path.join(out, "layers.json")))
     write_report(result)

@@ -42,7 +42,7 @@ def _scored(kind: str, report: LayerReport, model: str, dataset: str) -> Dict[st
                 num_layers=report.num_layers, depth=int(report.depth),
                 alpha=float(report.alpha), threshold=float(report.threshold),
                 layer_names=list(report.layer_names),
-                scores={k: [float(x) for x in v] for k, v in report.scores.items()},
+                scores=report.scores_json(),
                 **report.decision())
 
 
@@ -96,13 +96,17 @@ class TaskResult(_HasLayers):
     files: Dict[str, Any]
     device: str
     versions: Dict[str, Optional[str]] = field(default_factory=dict)
+    oracle: Optional[Dict[str, Any]] = None  # run --oracle: sls_fast.method.criteria.depth_oracle
 
     def to_dict(self) -> Dict[str, Any]:
         s = self.settings
-        return dict(_scored("run", self.layers, s.model, s.data), method=s.method,
-                    accuracy=self.accuracy, throughput=self.throughput, storage=self.storage,
-                    settings=s.to_dict(), timings=self.timings, cache=self.cache,
-                    versions=self.versions, device=self.device, files=_relative(self.files))
+        d = dict(_scored("run", self.layers, s.model, s.data), method=s.method,
+                 accuracy=self.accuracy, throughput=self.throughput, storage=self.storage,
+                 settings=s.to_dict(), timings=self.timings, cache=self.cache,
+                 versions=self.versions, device=self.device, files=_relative(self.files))
+        if self.oracle is not None:
+            d["oracle"] = self.oracle
+        return d
 
     def summary(self) -> str:
         """A short table for people."""
@@ -124,7 +128,14 @@ class TaskResult(_HasLayers):
                 ("wall time", f"{self.timings['total']:.0f} s"),
                 ("report", self.files["report"])]
         title = f"SLS on {self.settings.model} / {self.settings.data} ({self.settings.method})"
-        return rep.summary() + "\n\n" + text_table(rows, ("", title))
+        text = rep.summary() + "\n\n" + text_table(rows, ("", title))
+        if self.oracle is not None:
+            orows = [(name, str(c["depth"]), f"{c['accuracy_at_depth']:.3f}",
+                      f"{c['regret_full']:+.3f}", f"{c['regret_best']:+.3f}")
+                     for name, c in self.oracle["criteria"].items()]
+            text += "\n\n" + text_table(orows, ("criterion", "depth", "probe acc.",
+                                                 "regret vs full", "vs best <= K"))
+        return text
 
 
 @dataclass

@@ -95,6 +95,11 @@ class TaskSettings:
                                      "(e.g. knn.k=5,cka.threshold=0.8; defaults in "
                                      "sls_fast.CRITERIA)", kind=str, affects=("score",),
                                      metavar="SPEC")
+    oracle: bool = _setting(False, "also measure the accuracy of the model cut at every depth "
+                            "(a linear probe of block K trained on the train split, measured on "
+                            "val: one more pass over val) and each criterion's regret; writes "
+                            "oracle.png and report.json's oracle", kind=bool, affects=("score",),
+                            flag="--oracle")
     strategy: str = _setting("CLR", "retraining of the pruned model: FT (constant small lr), "
                              "CLR (warm-up + cosine), TFS (from scratch)", kind=str,
                              affects=("retrain",), choices=STRATEGIES)

@@ -27,7 +27,8 @@ def as_tensor(x: Any) -> torch.Tensor:
 
 
 __all__ = ["CRITERIA", "Criterion", "criterion_curve", "criterion_depth", "apply_criterion",
-           "check_criterion", "parse_criteria", "parse_criterion_params", "criteria_table"]
+           "check_criterion", "parse_criteria", "parse_criterion_params", "criteria_table",
+           "probe_accuracy", "depth_oracle", "plot_oracle"]
 
 
 @dataclass(frozen=True)
@@ -182,30 +183,40 @@ def _split(y: torch.Tensor, share: float, seed: int = 0) -> Tuple[torch.Tensor, 
 
 def _probe(layers, y, *, val_share: float, l2: float, max_iter: int = 200) -> np.ndarray:
     """Held-out accuracy of a multinomial logistic regression per layer (standardised
-    features, L2 ``l2`` on the mean loss), all layers of a width as one full-batch L-BFGS."""
+    features, L2 ``l2`` on the mean loss) on a stratified ``val_share`` of the points."""
     tr, va = _split(y, val_share)
     if len(va) == 0 or len(tr) == 0:
         raise ValueError("linear-probe: too few points per class for a held-out share")
-    classes = int(y.max()) + 1
-    out = np.zeros(len(layers))
-    for group in _groups(layers):
-        x = torch.stack([layers[i] for i in group]).double()  # [G, N, D]
-        mu = x[:, tr].mean(1, keepdim=True)
-        sd = x[:, tr].std(1, keepdim=True).clamp_min(1e-6)
-        z = (x - mu) / sd
+    return probe_accuracy([f[tr] for f in layers], y[tr], [f[va] for f in layers], y[va],
+                          l2=l2, max_iter=max_iter)
+
+
+def probe_accuracy(train: List[torch.Tensor], y_train: torch.Tensor, val: List[torch.Tensor],
+                   y_val: torch.Tensor, *, l2: float = 1e-3, max_iter: int = 200) -> np.ndarray:
+    """Accuracy on ``val`` of a logistic regression per layer fitted on ``train`` (features
+    standardised by the train split's mean and sd, L2 ``l2`` on the mean loss), all layers of
+    one width as one full-batch L-BFGS problem."""
+    classes = int(max(int(y_train.max()), int(y_val.max()))) + 1
+    out = np.zeros(len(train))
+    for group in _groups(train):
+        x = torch.stack([train[i] for i in group]).double()  # [G, n, D]
+        v = torch.stack([val[i] for i in group]).double().to(x.device)
+        mu = x.mean(1, keepdim=True)
+        sd = x.std(1, keepdim=True).clamp_min(1e-6)
+        z, zv = (x - mu) / sd, (v - mu) / sd
         w = torch.zeros(len(group), z.shape[-1], classes, dtype=z.dtype, device=z.device,
                         requires_grad=True)
         b = torch.zeros(len(group), 1, classes, dtype=z.dtype, device=z.device,
                         requires_grad=True)
         opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20,
                                 line_search_fn="strong_wolfe")
-        ztr, ytr = z[:, tr], y[tr]
+        yt = y_train.to(z.device)
 
         def closure():
             opt.zero_grad()
-            logits = ztr @ w + b  # [G, n, C]
+            logits = z @ w + b  # [G, n, C]
             loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, classes), ytr.repeat(len(group)), reduction="sum") / len(tr)
+                logits.reshape(-1, classes), yt.repeat(len(group)), reduction="sum") / len(yt)
             loss = loss + 0.5 * l2 * (w * w).sum()
             loss.backward()
             return loss
@@ -213,9 +224,66 @@ def _probe(layers, y, *, val_share: float, l2: float, max_iter: int = 200) -> np
         with torch.enable_grad():
             opt.step(closure)
         with torch.no_grad():
-            pred = (z[:, va] @ w + b).argmax(-1)
-            out[group] = (pred == y[va]).double().mean(-1).cpu().numpy()
+            pred = (zv @ w + b).argmax(-1)
+            out[group] = (pred == y_val.to(z.device)).double().mean(-1).cpu().numpy()
     return out
+
+
+def depth_oracle(train: Any, val: Any, depths: Mapping[str, int], *,
+                 l2: float = 1e-3) -> Dict[str, Any]:
+    """The cheap accuracy-vs-depth oracle: for every depth K, the val accuracy of a linear probe
+    of block K trained on the train split (``train`` and ``val``: LayerFeatures of the same
+    model), and for each criterion's depth in ``depths`` the accuracy there and its regret
+    against the full model (depth L) and against the best depth <= K. The report's ``oracle``
+    object."""
+    tr, va = _layers(train), _layers(val)
+    if len(tr) != len(va):
+        raise ValueError(f"train has {len(tr)} layers, val {len(va)}")
+    ytr = _labels(getattr(train, "labels", None), tr[0].shape[0], tr[0].device)
+    yva = as_tensor(getattr(val, "labels", None)).reshape(-1).long()
+    acc = probe_accuracy(tr, ytr, va, yva.to(tr[0].device), l2=l2)
+    crit = {}
+    for name, k in depths.items():
+        k = int(k)
+        crit[name] = dict(depth=k, accuracy_at_depth=float(acc[k - 1]),
+                          regret_full=float(acc[-1] - acc[k - 1]),
+                          regret_best=float(acc[:k].max() - acc[k - 1]))
+    return dict(kind="probe", accuracy={str(i + 1): float(a) for i, a in enumerate(acc)},
+                criteria=crit)
+
+
+def plot_oracle(oracle: Mapping[str, Any], path: str, *, title: str = "") -> str:
+    """``oracle.png``: accuracy against depth, the full model's as a line, and each criterion's
+    chosen depth marked on the curve."""
+    from matplotlib.figure import Figure
+
+    from sls_fast.common.utils import atomic_path
+
+    ks = sorted(int(k) for k in oracle["accuracy"])
+    acc = [oracle["accuracy"][str(k)] for k in ks]
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
+    ax.plot(ks, acc, "o-", color="0.3", lw=1.5, ms=4, label="probe accuracy of block K (val)")
+    ax.axhline(acc[-1], color="tab:blue", ls="--", lw=1,
+               label=f"all {ks[-1]} blocks, the full depth ({acc[-1]:.3f})")
+    markers = "s^vD<>ph*"
+    by_depth: Dict[int, int] = {}
+    for i, (name, c) in enumerate(oracle["criteria"].items()):
+        k = int(c["depth"])
+        lift = 0.03 * by_depth.get(k, 0) * (max(acc) - min(acc) or 1)  # stacked, not hidden
+        by_depth[k] = by_depth.get(k, 0) + 1
+        ax.plot([k], [c["accuracy_at_depth"] + lift], markers[i % len(markers)], ms=9,
+                label=f"{name}: K = {k}, regret {c['regret_full']:+.3f}")
+    ax.set_xlabel("depth K (blocks kept)")
+    ax.set_ylabel("accuracy")
+    ax.set_xticks(ks)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "accuracy vs depth, and each criterion's choice")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    return path
 
 
 def _cka(layers) -> np.ndarray:

@@ -161,14 +161,19 @@ class LayerReport:
         runs, spread, run_depths = self._filled()
         return dict(repeats=self.repeats, run_depths=list(run_depths),
                     confidence=self.confidence, spread=[float(x) for x in spread],
-                    runs={k: np.asarray(v).tolist() for k, v in runs.items()})
+                    runs={k: [_finite_or_none(row) for row in np.asarray(v, np.float64)]
+                          for k, v in runs.items()})
+
+    def scores_json(self) -> Dict[str, List[Optional[float]]]:
+        """``scores`` as strict JSON: undefined layers (NaN) as null."""
+        return {k: _finite_or_none(s) for k, s in self.scores.items()}
 
     def to_dict(self, *, include_embeddings: bool = True) -> dict:
         runs, spread, run_depths = self._filled()
         d = dict(schema_version=SCHEMA_VERSION, num_layers=self.num_layers,
                  depth=int(self.depth), alpha=float(self.alpha),
                  selection_metric=SELECTION_METRIC, layer_names=list(self.layer_names),
-                 scores={k: _finite_or_none(s) for k, s in self.scores.items()},
+                 scores=self.scores_json(),
                  repeats=self.repeats, confidence=self.confidence,
                  run_depths=list(run_depths), spread=[float(v) for v in spread],
                  runs={k: [_finite_or_none(row) for row in np.asarray(r, np.float64)]

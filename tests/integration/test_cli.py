@@ -45,7 +45,7 @@ def test_console_script_installed():
 def test_run_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "--quick", "--out", str(out), "--json", "--no-progress", "--quiet",
-                 "--repeats", "2"]) == 0
+                 "--repeats", "2", "--criteria", "knn,block-influence", "--oracle"]) == 0
     printed = json.loads(capsys.readouterr().out)
     report = json.loads((out / "report.json").read_text())
     assert printed["depth"] == report["depth"]
@@ -65,9 +65,15 @@ def test_run_quick_end_to_end(tmp_path, capsys):
         assert tp["status"] in ("noisy", "measurement error") and tp["noisy"]
     assert report["model"] == "efficientnet_lite0" and L == 16
     assert 1 <= report["depth"] <= L
-    for metric in ("silhouette", "calinski_harabasz", "davies_bouldin"):
+    for metric in ("silhouette", "calinski_harabasz", "davies_bouldin", "knn"):
         assert len(report["scores"][metric]) == L
         assert np.isfinite(report["scores"][metric]).all()
+    assert report["scores"]["block-influence"][0] is None  # undefined for the first layer
+    oracle = report["oracle"]  # --oracle: every depth's probe accuracy, each criterion's regret
+    assert oracle["kind"] == "probe" and len(oracle["accuracy"]) == L
+    assert set(oracle["criteria"]) == {"sls", "knn", "block-influence"}
+    assert oracle["criteria"]["sls"]["depth"] == report["depth"]
+    assert (out / "oracle.png").is_file() and "oracle.png" in " ".join(report["files"]["plots"])
     n_test = 360  # digits test split
     for k in ("full", "pruned"):  # accuracies are counts over the test split
         assert report["accuracy"][k] * n_test == pytest.approx(round(report["accuracy"][k] * n_test))

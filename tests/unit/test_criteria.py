@@ -231,3 +231,30 @@ def test_readme_criteria_table_is_generated():
     assert m, "README.md lacks the criteria-table markers"
     assert m.group(1).strip() == criteria_table().strip(), (
         "README criteria table is out of date; paste sls_fast.method.criteria.criteria_table()")
+
+
+def test_the_oracle_measures_every_depth_and_each_criterions_regret(rng, tmp_path):
+    from sls_fast.method.criteria import depth_oracle, plot_oracle, probe_accuracy
+    from sls_fast.method.extract import LayerFeatures
+
+    def feats(n):
+        X, y = _clusters(np.random.default_rng(7 + n), 6, n, 8, 3,
+                         [0.1, 0.5, 1.0, 2.0, 1.2, 0.6])  # best at layer 4, sagging after
+        return LayerFeatures(torch.from_numpy(X), torch.from_numpy(y),
+                             [f"b{i}" for i in range(6)], [8] * 6)
+
+    train, val = feats(240), feats(121)
+    o = depth_oracle(train, val, {"sls": 2, "knn": 4, "last-fraction": 6})
+    acc = np.array([o["accuracy"][str(k)] for k in range(1, 7)])
+    ref = probe_accuracy(list(train.features.unbind(0)), train.labels,
+                         list(val.features.unbind(0)), val.labels)
+    np.testing.assert_allclose(acc, ref)
+    assert acc.argmax() == 3 and acc[3] > acc[0] + 0.2
+    for name, k in (("sls", 2), ("knn", 4), ("last-fraction", 6)):
+        c = o["criteria"][name]
+        assert c["depth"] == k and c["accuracy_at_depth"] == acc[k - 1]
+        assert c["regret_full"] == pytest.approx(acc[-1] - acc[k - 1])
+        assert c["regret_best"] == pytest.approx(acc[:k].max() - acc[k - 1]) and c["regret_best"] >= 0
+    assert o["criteria"]["knn"]["regret_full"] < 0  # the peak beats the sagging full depth
+    path = plot_oracle(o, str(tmp_path / "oracle.png"))
+    assert (tmp_path / "oracle.png").stat().st_size > 10_000 and path.endswith("oracle.png")
