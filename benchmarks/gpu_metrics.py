@@ -69,3 +69,48 @@ def run(report, mode):
     report(SECTION, f"silhouette_score API (prep + triton) L{L} N{N}", ms=ms)
     ms = cuda_time_ms(lambda: sls_fast.cluster_scores(X, y, backend="triton"), warmup=1, iters=3)
     report(SECTION, f"cluster_scores all three, triton L{L} N{N}", ms=ms)
+    criteria(report, mode)
+
+
+def criteria(report, mode):
+    """The layer-importance criteria (sls_fast.method.criteria) on the device against the same
+    features on the CPU, then their times at 12 x 10,000 x 768 against the t-SNE criterion."""
+    import time
+
+    from sls_fast.method.criteria import CRITERIA, criterion_curve, criterion_depth
+
+    rng = np.random.default_rng(1)
+    L, N, D, C = mode.pick((4, 1001, 96, 10), (4, 1001, 96, 10), (3, 97, 8, 3))
+    y = np.arange(N) % C
+    X = (rng.normal(size=(L, N, D)) + np.linspace(0.2, 2, L)[:, None, None]
+         * rng.normal(size=(C, D))[y]).astype(np.float32)
+    for name in (c for c in CRITERIA if c != "sls"):
+        cpu = criterion_curve(name, X, y)
+        dev = criterion_curve(name, torch.from_numpy(X).to(mode.device),
+                              torch.from_numpy(y).to(mode.device))
+        both = np.isfinite(cpu)
+        err = float(np.abs(cpu[both] - dev[both]).max()) if both.any() else 0.0
+        tol = 0.02 if name in ("knn", "linear-probe") else 1e-4  # accuracies: a few points' votes
+        same = criterion_depth(name, cpu) == criterion_depth(name, dev)
+        report(SECTION, f"criterion {name} on {mode.device} vs CPU, L{L} N{N} D{D}",
+               ok=err <= tol and bool((np.isfinite(cpu) == np.isfinite(dev)).all()),
+               max_err=err, note="same depth" if same else "depth differs")
+    if mode.dry:
+        return
+    from sls_fast.method.extract import LayerFeatures
+
+    n = mode.pick(10_000, 3_000, 0)
+    y = np.arange(n) % 10
+    Xb = torch.from_numpy((rng.normal(size=(12, n, 768)) + 0.5 * rng.normal(size=(10, 768))[y])
+                          .astype(np.float32)).to(mode.device)
+    yb = torch.from_numpy(y).to(mode.device)
+    for name in [c for c in CRITERIA if c != "sls"] + ["sls"]:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        if name == "sls":
+            sls_fast.score_features(LayerFeatures(Xb, yb, [str(i) for i in range(12)], [768] * 12),
+                                    progress=False)
+        else:
+            criterion_curve(name, Xb, yb)
+        torch.cuda.synchronize()
+        report(SECTION, f"criterion {name} 12x{n}x768", ms=(time.perf_counter() - t0) * 1e3)
