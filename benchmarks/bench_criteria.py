@@ -51,29 +51,25 @@ def _sls(feats, max_iter):
     return sls_fast.score_features(feats, progress=False, max_iter=max_iter).depth
 
 
-@pytest.mark.parametrize("criterion", ["sls"] + OTHERS)
-def test_criteria_lite0_digits(benchmark, lite0_digits, criterion):
-    benchmark.group = "criteria 16x1077"
+def _time(benchmark, group, feats, criterion, *, sls_iters, rounds):
+    """One criterion's depth on ``feats``, timed (``sls``: the t-SNE criterion)."""
+    benchmark.group = group
     benchmark.extra_info.update(method=criterion, **machine())
     if criterion == "sls":
-        depth = benchmark.pedantic(_sls, args=(lite0_digits, 1000), rounds=3, iterations=1)
+        benchmark.extra_info["note"] = f"t-SNE {sls_iters} iterations"
+        depth = benchmark.pedantic(_sls, args=(feats, sls_iters), rounds=rounds, iterations=1)
     else:
-        depth = benchmark.pedantic(lambda: apply_criterion(criterion, lite0_digits,
-                                                           lite0_digits.labels)[1],
-                                   rounds=3, iterations=1)
+        depth = benchmark.pedantic(lambda: apply_criterion(criterion, feats, feats.labels)[1],
+                                   rounds=rounds, iterations=1)
     benchmark.extra_info["depth"] = int(depth)
+
+
+@pytest.mark.parametrize("criterion", ["sls"] + OTHERS)
+def test_criteria_lite0_digits(benchmark, lite0_digits, criterion):
+    _time(benchmark, "criteria 16x1077", lite0_digits, criterion, sls_iters=1000, rounds=3)
 
 
 @pytest.mark.skipif(not BIG, reason="set SLS_FAST_BENCH_BIG=1 (minutes on a 2-core CPU)")
 @pytest.mark.parametrize("criterion", ["sls"] + OTHERS)
 def test_criteria_12x10000x768(benchmark, synthetic_big, criterion):
-    benchmark.group = "criteria 12x10000x768"
-    benchmark.extra_info.update(method=criterion, **machine())
-    if criterion == "sls":
-        benchmark.extra_info["note"] = "t-SNE 250 iterations"
-        depth = benchmark.pedantic(_sls, args=(synthetic_big, 250), rounds=1, iterations=1)
-    else:
-        depth = benchmark.pedantic(lambda: apply_criterion(criterion, synthetic_big,
-                                                           synthetic_big.labels)[1],
-                                   rounds=1, iterations=1)
-    benchmark.extra_info["depth"] = int(depth)
+    _time(benchmark, "criteria 12x10000x768", synthetic_big, criterion, sls_iters=250, rounds=1)

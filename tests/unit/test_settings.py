@@ -15,7 +15,7 @@ from sls_fast.harness.sweep.spec import SHARED, SweepSpec, adapt_group, spec_key
 # a valid value other than the default, for every field (a new field fails here until added)
 VALUES = dict(model="resnet18", data="lfw", method="lora", alpha=0.45, repeats=3,
               tsne_backend="native", tsne_iter=333, perplexity=12.5, criteria="knn,cka",
-              criterion_params="knn.k=5", strategy="FT", epochs=2, prune_epochs=3,
+              criterion_params="knn.k=5", oracle=True, strategy="FT", epochs=2, prune_epochs=3,
               image_size=40, batch_size=16, lr=0.005, score_points=50, adapter_dim=4,
               adapter_scale=2.5, num_classes=7, checkpoint="w.pth", compile=False,
               timing="authors", throughput_iters=5, on_bad_image="skip", seed=3, device="cpu")
