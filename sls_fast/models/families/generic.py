@@ -23,7 +23,8 @@ import torch.nn as nn
 
 from sls_fast.models.families._conv import BlockAdapters
 from sls_fast.models.families.base import Block, Family, is_container, pool_output
-from sls_fast.models.families.probe import first_tensor, probe_size
+from sls_fast.models.families.probe import (BlockProbe, Recorder, first_tensor,
+                                            run_at_recorded_size)
 
 __all__ = ["GenericFamily", "CutHead", "BLOCK_PATHS"]
 
@@ -202,12 +203,10 @@ class GenericFamily(BlockAdapters, Family):
         blocks = self.blocks(model)
         if depth == len(blocks):
             return [], self._set_head(model, num_classes)
-        probes = self.probe(model)
         last = blocks[depth - 1]
-        doomed = _after(model, last.module)
+        doomed, pr = _after(model, last, self.num_prefix_tokens(model))  # one forward
         holders = {b.name.rsplit(".", k)[0] for b in blocks for k in range(b.name.count(".") + 1)}
         _delete(model, doomed, sliceable=holders)
-        pr = probes[depth - 1]
         pool = self.default_pool(model) if pr.layout == "tokens" and pr.prefix else "mean"
         ref = next(iter(model.parameters()))
         model.sls_head = CutHead(pr.layout, pr.width, num_classes, pool=pool,
@@ -262,12 +261,11 @@ class GenericFamily(BlockAdapters, Family):
 
 
 @torch.no_grad()
-def _after(model: nn.Module, last: nn.Module) -> List[str]:
-    """Module paths whose first call in a forward comes after ``last`` returned (outermost
-    only): what the cut deletes."""
+def _after(model: nn.Module, last: Block, prefix_tokens: int) -> Tuple[List[str], BlockProbe]:
+    """From one forward: the module paths whose first call comes after block ``last`` returned
+    (outermost only: what the cut deletes), and ``last``'s probe (what the new head reads)."""
     order: Dict[int, int] = {}
     done: List[int] = []
-    handles = []
     tick = [0]
 
     def pre(mod, _args):
@@ -277,19 +275,21 @@ def _after(model: nn.Module, last: nn.Module) -> List[str]:
     def post(_mod, _args, _out):
         done.append(tick[0])
 
-    for m in model.modules():
-        handles.append(m.register_forward_pre_hook(pre))
-    handles.append(last.register_forward_hook(post))
-    p = next(iter(model.parameters()))
-    training = [m for m in model.modules() if m.training]
-    try:
-        model.eval()
-        model(torch.zeros(1, 3, *probe_size(model), device=p.device, dtype=p.dtype))
-    finally:
-        for h in handles:
-            h.remove()
-        for m in training:
-            m.training = True
+    def reset() -> None:  # a try at another input size starts afresh
+        order.clear()
+        done.clear()
+        tick[0] = 0
+        rec.reset()
+
+    handles = [m.register_forward_pre_hook(pre) for m in model.modules()]
+    handles.append(last.module.register_forward_hook(post))
+    with Recorder(model, [last.module], [last.name], prefix_tokens=prefix_tokens) as rec:
+        try:
+            run_at_recorded_size(model, reset)
+        finally:
+            for h in handles:
+                h.remove()
+        probe = rec.probe(0)
     end = done[0]
     named = [(n, m) for n, m in model.named_modules() if n]
     later = {n for n, m in named if order.get(id(m), -1) >= end}
@@ -297,7 +297,7 @@ def _after(model: nn.Module, last: nn.Module) -> List[str]:
         kids = [f"{n}.{k}" for k, _ in m.named_children()]
         if id(m) not in order and kids and all(k in later for k in kids):
             later.add(n)
-    return sorted(n for n in later if not any(n.startswith(q + ".") for q in later if q != n))
+    return sorted(n for n in later if not any(n.startswith(q + ".") for q in later if q != n)), probe
 
 
 def _delete(model: nn.Module, paths: Sequence[str], *, sliceable: Set[str]) -> None:

@@ -18,12 +18,12 @@ ValueError that names the block: features are never pooled on a guessed axis.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-__all__ = ["BlockProbe", "LAYOUTS", "Recorder", "probe_blocks", "probe_size", "stage_cut", "first_tensor",
+__all__ = ["BlockProbe", "LAYOUTS", "Recorder", "probe_blocks", "run_at_recorded_size", "stage_cut", "first_tensor",
            "declared_width"]
 
 LAYOUTS = ("tokens", "nchw", "nhwc", "vector")
@@ -100,20 +100,21 @@ def _recorded_sizes(model: nn.Module) -> List[Tuple[int, int]]:
     return out
 
 
-def probe_size(model: nn.Module) -> Tuple[int, int]:
-    """An input size the model accepts: the first of the sizes it records (see
-    :func:`_recorded_sizes`) that a forward of one zero image runs at. ValueError when none
-    does."""
+def run_at_recorded_size(model: nn.Module, reset: Callable[[], None]) -> Tuple[int, int]:
+    """One eval forward of a zero image at the first of the sizes the model records (see
+    :func:`_recorded_sizes`) that it runs at; returns that size. The caller's hooks see the
+    run: ``reset()`` clears what they saw before each try. ValueError when no size runs."""
     p = next(iter(model.parameters()))
     sizes = _recorded_sizes(model)
     first_error: Optional[BaseException] = None
     for hw in sizes:
-        if len(sizes) == 1:
-            return hw
+        reset()
         try:
             _forward(model, torch.zeros(1, 3, *hw, device=p.device, dtype=p.dtype))
             return hw
         except Exception as exc:  # noqa: BLE001 - a size this model refuses: try the next
+            if len(sizes) == 1:
+                raise
             first_error = first_error or exc
     raise ValueError(f"{type(model).__name__} runs at none of the input sizes it records "
                      f"{sizes}: {type(first_error).__name__}: {str(first_error)[:200]}")
@@ -148,6 +149,13 @@ class Recorder:
                 if id(m) not in skip and any(True for _ in m.parameters(recurse=False)):
                     self.handles.append(m.register_forward_hook(self._leaf_hook(i)))
             self.handles.append(blk.register_forward_hook(self._block_hook(i)))
+
+    def reset(self) -> None:
+        """Forget what was recorded (a try at another input size starts afresh)."""
+        self.seen.clear()
+        self.input_shape = None
+        self.patches = None
+        self._other = None
 
     def _model_input(self, _mod, args):
         t = first_tensor(args)
@@ -294,13 +302,14 @@ def probe_blocks(model: nn.Module, blocks: Sequence[nn.Module],
                  names: Optional[Sequence[str]] = None,
                  x: Optional[torch.Tensor] = None, *, prefix_tokens: int = 0) -> List[BlockProbe]:
     """The layout, width and stride of every block of ``model`` from one forward pass of ``x``
-    (default: one zero image at :func:`probe_size`), checked against each block's parameters
+    (default: one zero image at the first size the model records and runs at,
+    :func:`run_at_recorded_size`), checked against each block's parameters
     (:meth:`Recorder.probe`)."""
-    if x is None:
-        p = next(iter(model.parameters()))
-        x = torch.zeros(1, 3, *probe_size(model), device=p.device, dtype=p.dtype)
     with Recorder(model, blocks, names, prefix_tokens=prefix_tokens) as rec:
-        _forward(model, x[:1])
+        if x is None:
+            run_at_recorded_size(model, rec.reset)
+        else:
+            _forward(model, x[:1])
         return [rec.probe(i) for i in range(len(rec.blocks))]
 
 
