@@ -196,6 +196,8 @@ def probe_accuracy(train: List[torch.Tensor], y_train: torch.Tensor, val: List[t
     """Accuracy on ``val`` of a logistic regression per layer fitted on ``train`` (features
     standardised by the train split's mean and sd, L2 ``l2`` on the mean loss), all layers of
     one width as one full-batch L-BFGS problem."""
+    from sls_fast.models.train import fit_logistic
+
     classes = int(max(int(y_train.max()), int(y_val.max()))) + 1
     out = np.zeros(len(train))
     for group in _groups(train):
@@ -204,25 +206,7 @@ def probe_accuracy(train: List[torch.Tensor], y_train: torch.Tensor, val: List[t
         mu = x.mean(1, keepdim=True)
         sd = x.std(1, keepdim=True).clamp_min(1e-6)
         z, zv = (x - mu) / sd, (v - mu) / sd
-        w = torch.zeros(len(group), z.shape[-1], classes, dtype=z.dtype, device=z.device,
-                        requires_grad=True)
-        b = torch.zeros(len(group), 1, classes, dtype=z.dtype, device=z.device,
-                        requires_grad=True)
-        opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20,
-                                line_search_fn="strong_wolfe")
-        yt = y_train.to(z.device)
-
-        def closure():
-            opt.zero_grad()
-            logits = z @ w + b  # [G, n, C]
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, classes), yt.repeat(len(group)), reduction="sum") / len(yt)
-            loss = loss + 0.5 * l2 * (w * w).sum()
-            loss.backward()
-            return loss
-
-        with torch.enable_grad():
-            opt.step(closure)
+        w, b = fit_logistic(z, y_train.to(z.device), classes, l2=l2, max_iter=max_iter)
         with torch.no_grad():
             pred = (zv @ w + b).argmax(-1)
             out[group] = (pred == y_val.to(z.device)).double().mean(-1).cpu().numpy()

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -127,6 +127,32 @@ def _pooled_features(model: nn.Module, loader, device, amp, progress: bool):
     return torch.cat(feats), torch.cat(labels).long()
 
 
+def fit_logistic(z: torch.Tensor, y: torch.Tensor, classes: int, *, l2: float = 1e-3,
+                 max_iter: int = 200) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regressions, one per group: ``z`` ``[G, n, D]`` (standardised
+    features), ``y`` ``[n]``; minimises mean cross-entropy + ``l2 / 2 |W|^2`` for every group
+    at once (their sum: the groups do not interact), full-batch L-BFGS. Returns ``W``
+    ``[G, D, C]`` and ``b`` ``[G, 1, C]`` (logits ``z @ W + b``), detached. Used by
+    :func:`probe_head` (one group) and the linear-probe criterion (a group per layer)."""
+    G = z.shape[0]
+    w = torch.zeros(G, z.shape[-1], classes, dtype=z.dtype, device=z.device, requires_grad=True)
+    b = torch.zeros(G, 1, classes, dtype=z.dtype, device=z.device, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20,
+                            line_search_fn="strong_wolfe")
+    yg = y.to(z.device).repeat(G)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy((z @ w + b).reshape(-1, classes), yg, reduction="sum") / len(y)
+        loss = loss + 0.5 * l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach(), b.detach()
+
+
 def probe_head(model: nn.Module, data, *, l2: float = 1e-3, max_iter: int = 200, batch_size: int = 256,
                device=None, amp="auto", progress: bool = False) -> float:
     """Set the classifier of ``model`` to a linear probe fitted on frozen pooled features.
@@ -155,19 +181,8 @@ def probe_head(model: nn.Module, data, *, l2: float = 1e-3, max_iter: int = 200,
     X = X.double()
     mu, sd = X.mean(0), X.std(0).clamp_min(1e-6)
     Z = (X - mu) / sd
-    W = torch.zeros(C, Z.shape[1], dtype=torch.float64, device=device, requires_grad=True)
-    b = torch.zeros(C, dtype=torch.float64, device=device, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, history_size=20,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(Z @ W.T + b, y) + 0.5 * l2 * (W * W).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
+    w, b1 = fit_logistic(Z[None], y, C, l2=l2, max_iter=max_iter)
+    W, b = w[0].T, b1[0, 0]
     with torch.no_grad():
         Wf = W / sd
         bf = b - Wf @ mu
