@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 from sls_fast.common.checks import check_choice, check_number
 from sls_fast.method.embed import MAX_ITER, PERPLEXITY, TSNE_BACKENDS
 from sls_fast.io.imagefiles import ON_BAD_IMAGE
+from sls_fast.method.criteria import CRITERIA
 from sls_fast.method.select import ALPHA
 from sls_fast.models.adapters import DEFAULT_DIM
 from sls_fast.models.throughput import CONVENTIONS
@@ -86,8 +87,8 @@ class TaskSettings:
                                  "default); the scored images must exceed it",
                                  kind=float, affects=("score",))
     criteria: str = _setting("", "other layer-importance criteria scored beside SLS's on the same "
-                             "features, comma-separated (knn, linear-probe, cka, "
-                             "block-influence, angular, last-fraction, silhouette-raw) or all; "
+                             "features, comma-separated ("
+                             + ", ".join(c for c in CRITERIA if c != "sls") + ") or all; "
                              "each curve and depth goes into layers.json and scores.png (the "
                              "depth kept stays SLS's)", kind=str, affects=("score",),
                              metavar="NAMES")
