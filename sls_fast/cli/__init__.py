@@ -68,7 +68,8 @@ def cmd_score(args) -> dict:
                         perplexity=args.perplexity,
                         tsne_backend=args.tsne_backend, repeats=args.repeats,
                         batch_size=args.batch_size, pool=args.pool, device=args.device,
-                        on_bad_image=args.on_bad_image, criteria=args.criteria,
+                        on_bad_image=args.on_bad_image, criterion=args.criterion,
+                        criteria=args.criteria,
                         criterion_params=args.criterion_params, progress=args.progress,
                         log=lambda m: _say(args, m))
     return _emit_result(args, result)
@@ -167,8 +168,8 @@ def _on_bad_image_option(p, *, inherit: bool = False):
 
 
 def _scoring_options(p):
-    for name in ("batch_size", "alpha", "tsne_backend", "tsne_iter", "perplexity", "criteria",
-                 "criterion_params"):
+    for name in ("batch_size", "alpha", "tsne_backend", "tsne_iter", "perplexity", "criterion",
+                 "criteria", "criterion_params"):
         add_setting_option(p, name)
     add_setting_option(p, "repeats", type=_positive_int,
                        help="t-SNE runs per layer (default 1, the paper). With S > 1 the depth is "

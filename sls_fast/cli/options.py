@@ -26,7 +26,9 @@ def _add(parser, f, *, plural: bool = False, default: Any = argparse.SUPPRESS,
          flag: str = "", dest: str = "", **overrides: Any) -> None:
     meta = f.metadata
     dest = dest or (AXES[f.name] if plural else f.name)
-    help_text = meta["help"] + ("; one cell per value" if plural else "")
+    help_text = meta["help"] + ("; one cell per value" + (" (all: every choice)"
+                                                           if meta.get("choices") else "")
+                                if plural else "")
     if f.default is not None and meta["kind"] is not bool:  # None and flags say it in the help
         help_text += f" (default: {f.default})"
     kw: Dict[str, Any] = dict(dest=dest, default=default, help=help_text)
@@ -35,10 +37,12 @@ def _add(parser, f, *, plural: bool = False, default: Any = argparse.SUPPRESS,
     else:
         kw.update(type=meta["kind"], metavar=meta.get("metavar"))
         if meta.get("choices"):
-            kw.update(choices=meta["choices"])
+            kw.update(choices=meta["choices"] + (("all",) if plural else ()))
             kw.pop("metavar")
         if plural:
             kw.update(nargs="+")
+        elif meta.get("const") is not None:  # --flag alone means const
+            kw.update(nargs="?", const=meta["const"])
     kw.update(overrides)
     parser.add_argument(flag or _flag(f, plural), **kw)
 

@@ -87,7 +87,6 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     from sls_fast.io.datasets import default_image_size, from_spec
     from sls_fast.method.extract import extract_features
     from sls_fast.models.zoo import load
-    from sls_fast.method.criteria import parse_criteria
     from sls_fast.method.score import LayerReport, score_features
     from sls_fast.models.state import base_checksum
     from sls_fast.io.artifacts import storage_report
@@ -161,11 +160,12 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     feat_key = cache_key("features", weights=weights, data=data_key["train"],
                          points=len(score_data), image_size=size, pool="auto")
     score_key = cache_key("scores", **{**s.values("score"), "data": feat_key,
-                                       "image_size": size, "score_points": len(score_data)})
+                                       "image_size": size, "score_points": len(score_data),
+                                       "criteria": sorted(s.scored_criteria())})
     train_feats = None  # the scored split's features, when this run has them in memory
     entry = cached("scores", score_key)
     if entry is not None:
-        report = LayerReport.from_json(entry[1]["report"]).with_alpha(s.alpha)
+        report = LayerReport.from_json(entry[1]["report"]).select(s.criterion, s.alpha)
         hits["features"] = "not needed"
     else:
         entry = cached("features", feat_key)
@@ -181,28 +181,60 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
         train_feats = feats
         report = score_features(feats, alpha=s.alpha, seed=s.seed, max_iter=s.tsne_iter,
                                 perplexity=s.perplexity, tsne_backend=s.tsne_backend,
-                                repeats=s.repeats, progress=progress,
-                                criteria=parse_criteria(s.criteria),
-                                criterion_params=_named_params(s))
+                                repeats=s.repeats, progress=progress, criterion=s.criterion,
+                                criteria=s.scored_criteria(), criterion_params=_named_params(s))
         timings.update({f"score_{k}": v for k, v in report.timings.items()})
         if cache is not None:
             cache.put(score_key, "scores", None, dict(report=report.to_json()))
     timings["score"] = time.perf_counter() - t0
     depth, L = report.depth, report.num_layers
+    retrained: Dict[str, tuple] = {}  # retrain key -> (state, fit, accuracy) of this run's
+
+    def retrain_key(k):
+        return cache_key("retrain", **{**s.values("retrain"), "data": data_key},
+                         adapted=weights, depth=k)
+
     oracle = None
-    if s.oracle:  # the accuracy of the cut at every depth: probes of each block, train -> val
-        from sls_fast.method.criteria import depth_oracle
+    if s.oracle == "probe":  # the accuracy of the cut at every depth: a probe of each block
+        from sls_fast.method.criteria import oracle_report, probe_oracle
 
         say("[3/6] oracle: a linear probe of every block, train split -> val")
         t0 = time.perf_counter()
-        if train_feats is None:  # the scores came from the cache: their features, or a pass
-            entry = cache.get(feat_key, "features") if cache is not None else None
-            train_feats = (features_from_tensors(*entry, device=dev) if entry is not None else
-                           extract_features(model, score_data, device=dev,
-                                            batch_size=s.batch_size, progress=progress))
-        val_feats = extract_features(model, val, device=dev, batch_size=s.batch_size,
-                                     progress=progress)
-        oracle = depth_oracle(train_feats, val_feats, report.criterion_depths())
+        oracle_key = cache_key("oracle", **s.values("oracle"), features=feat_key,
+                               val=data_key["val"])
+        entry = cached("oracle", oracle_key)
+        if entry is not None:
+            accuracy = entry[1]["accuracy"]
+        else:
+            if train_feats is None:  # the scores came from the cache: their features, or a pass
+                entry = cache.get(feat_key, "features") if cache is not None else None
+                train_feats = (features_from_tensors(*entry, device=dev) if entry is not None
+                               else extract_features(model, score_data, device=dev,
+                                                     batch_size=s.batch_size, progress=progress))
+            val_feats = extract_features(model, val, device=dev, batch_size=s.batch_size,
+                                         progress=progress)
+            accuracy = probe_oracle(train_feats, val_feats).tolist()
+            if cache is not None:
+                cache.put(oracle_key, "oracle", None, dict(accuracy=accuracy))
+        oracle = oracle_report(accuracy, report.criterion_depths(), kind="probe", split="val")
+        timings["oracle"] = time.perf_counter() - t0
+    elif s.oracle == "full":  # the model cut at every depth, its adapters and head retrained
+        from sls_fast.common.utils import progress_bar
+        from sls_fast.method.criteria import oracle_report
+
+        say(f"[3/6] oracle: the model cut at every depth 1..{L}, adapters + head retrained "
+            f"({s.strategy}, {s.prune_epochs} epochs each), test accuracy")
+        t0 = time.perf_counter()
+        accuracy = []
+        for k in progress_bar(range(1, L + 1), enabled=progress, desc="oracle (depths)"):
+            seed_everything(s.seed)  # as the retrain stage below: the same model at the same K
+            net = truncate(model, k, num_classes=num_classes)
+            fit_k, acc_k = trained("retrain", retrain_key(k), net, s.strategy, s.prune_epochs)
+            retrained[retrain_key(k)] = (_trainable_state(net), fit_k, acc_k)
+            accuracy.append(acc_k)
+            del net
+        oracle = oracle_report(accuracy, report.criterion_depths(), kind="full", split="test",
+                               full_accuracy=acc_full)
         timings["oracle"] = time.perf_counter() - t0
 
     say(f"[3/6] SLS depth {depth} of {L}; truncating and retraining ({s.strategy}, "
@@ -210,9 +242,13 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     t0 = time.perf_counter()
     seed_everything(s.seed)
     pruned = truncate(model, depth, num_classes=num_classes)
-    retrain_key = cache_key("retrain", **{**s.values("retrain"), "data": data_key},
-                            adapted=weights, depth=depth)
-    fit_pruned, acc_pruned = trained("retrain", retrain_key, pruned, s.strategy, s.prune_epochs)
+    if retrain_key(depth) in retrained:  # the full oracle retrained this depth already
+        state, fit_pruned, acc_pruned = retrained[retrain_key(depth)]
+        _load_trainable_state(pruned, state)
+        hits["retrain"] = "oracle"
+    else:
+        fit_pruned, acc_pruned = trained("retrain", retrain_key(depth), pruned, s.strategy,
+                                         s.prune_epochs)
     timings["retrain"] = time.perf_counter() - t0
 
     say("[4/6] throughput, full vs pruned: " + (
@@ -267,13 +303,13 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
 
 
 def _named_params(s: TaskSettings) -> Dict[str, Dict[str, float]]:
-    """The criterion parameters of the criteria ``s`` names; others warn and are left out."""
-    from sls_fast.method.criteria import parse_criteria, parse_criterion_params
+    """The criterion parameters of the criteria ``s`` scores; others warn and are left out."""
+    from sls_fast.method.criteria import parse_criterion_params
 
-    named = set(parse_criteria(s.criteria))
+    named = set(s.scored_criteria())
     params = parse_criterion_params(s.criterion_params)
     unused = sorted(set(params) - named)
     if unused:
-        warnings.warn(f"criterion_params for {', '.join(unused)}, which criteria does not name: "
-                      "ignored", UserWarning, stacklevel=3)
+        warnings.warn(f"criterion_params for {', '.join(unused)}, which neither criterion nor "
+                      "criteria names: ignored", UserWarning, stacklevel=3)
     return {k: v for k, v in params.items() if k in named}

@@ -40,7 +40,8 @@ def _scored(kind: str, report: LayerReport, model: str, dataset: str) -> Dict[st
     """The part of ``report.json`` every writer shares: the layer scores and the decision."""
     return dict(schema_version=SCHEMA_VERSION, kind=kind, model=model, dataset=dataset,
                 num_layers=report.num_layers, depth=int(report.depth),
-                alpha=float(report.alpha), threshold=float(report.threshold),
+                alpha=float(report.alpha), criterion=report.criterion,
+                threshold=float(report.threshold),
                 layer_names=list(report.layer_names),
                 scores=report.scores_json(),
                 **report.decision())
@@ -127,13 +128,17 @@ class TaskResult(_HasLayers):
                                                 f"{st.get('full_model_bytes') or 0:,}"),
                 ("wall time", f"{self.timings['total']:.0f} s"),
                 ("report", self.files["report"])]
-        title = f"SLS on {self.settings.model} / {self.settings.data} ({self.settings.method})"
+        by = "SLS" if rep.criterion == "sls" else f"the {rep.criterion} criterion"
+        title = f"{by} on {self.settings.model} / {self.settings.data} ({self.settings.method})"
         text = rep.summary() + "\n\n" + text_table(rows, ("", title))
         if self.oracle is not None:
             orows = [(name, str(c["depth"]), f"{c['accuracy_at_depth']:.3f}",
                       f"{c['regret_full']:+.3f}", f"{c['regret_best']:+.3f}")
                      for name, c in self.oracle["criteria"].items()]
-            text += "\n\n" + text_table(orows, ("criterion", "depth", "probe acc.",
+            orows = [(f"{r[0]} (kept)" if r[0] == self.layers.criterion else r[0],) + r[1:]
+                     for r in orows]
+            what = ("retrained, test" if self.oracle["kind"] == "full" else "probe, val")
+            text += "\n\n" + text_table(orows, ("criterion", "depth", f"accuracy ({what})",
                                                  "regret vs full", "vs best <= K"))
         return text
 

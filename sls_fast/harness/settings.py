@@ -39,6 +39,7 @@ __all__ = ["TaskSettings", "SweepOptions", "METHODS", "QUICK", "STAGES", "AXES",
            "affecting", "default_of", "setting_fields"]
 
 METHODS = ("convpass", "repadapter", "lora")
+ORACLES = ("off", "probe", "full")
 MAX_IMAGE_SIZE = 4096  # larger inputs are a typo, not a vision task
 # The reduced setting used by tests and first tries: about a minute on 2 CPU cores.
 QUICK = dict(image_size=32, epochs=1, prune_epochs=1, tsne_iter=300, score_points=400,
@@ -46,21 +47,23 @@ QUICK = dict(image_size=32, epochs=1, prune_epochs=1, tsne_iter=300, score_point
 # The stages of run_task. A setting "affects" a stage when it changes that stage's result
 # directly, its inputs given (the adapted weights, the features, the depth): a stage's cache key
 # is those settings plus the checksums of its inputs.
-STAGES = ("adapt", "score", "select", "retrain", "measure")
+STAGES = ("adapt", "score", "oracle", "select", "retrain", "measure")
 # The settings a sweep crosses (one value per cell; the sweep names them in the plural).
-AXES = {"model": "models", "data": "data", "method": "methods", "alpha": "alphas"}
+AXES = {"model": "models", "data": "data", "method": "methods", "alpha": "alphas",
+        "criterion": "criteria"}
 
 
 def _setting(default: Any, help: str, *, kind: type, affects: Sequence[str],
              flag: Optional[str] = None, choices: Optional[Sequence[Any]] = None,
-             metavar: Optional[str] = None, sweep: bool = True) -> Any:
+             metavar: Optional[str] = None, sweep: bool = True, const: Any = None) -> Any:
     """A settings field: ``kind`` parses it from text, ``affects`` lists the stages whose result
     it changes, ``flag`` is its command-line flag (default ``--name-with-dashes``), ``sweep``
-    says whether a sweep's cells may share a value of it."""
+    says whether a sweep's cells may share a value of it, ``const`` is the value of the flag
+    given without one."""
     assert set(affects) <= set(STAGES), affects
     return field(default=default, metadata=dict(
         help=help, kind=kind, affects=tuple(affects), flag=flag,
-        choices=tuple(choices) if choices else None, metavar=metavar, sweep=sweep))
+        choices=tuple(choices) if choices else None, metavar=metavar, sweep=sweep, const=const))
 
 
 @dataclass
@@ -86,21 +89,26 @@ class TaskSettings:
     perplexity: float = _setting(PERPLEXITY, "t-SNE perplexity (the authors': scikit-learn's "
                                  "default); the scored images must exceed it",
                                  kind=float, affects=("score",))
-    criteria: str = _setting("", "other layer-importance criteria scored beside SLS's on the same "
-                             "features, comma-separated ("
-                             + ", ".join(c for c in CRITERIA if c != "sls") + ") or all; "
-                             "each curve and depth goes into layers.json and scores.png (the "
-                             "depth kept stays SLS's)", kind=str, affects=("score",),
-                             metavar="NAMES")
-    criterion_params: str = _setting("", "parameters of those criteria, NAME.PARAM=VALUE,... "
+    criterion: str = _setting("sls", "the layer-importance criterion that chooses the depth "
+                              "kept (sls: the paper's t-SNE + silhouette, always computed; the "
+                              "others: sls_fast.CRITERIA, their rules in the README)", kind=str,
+                              affects=("select",), choices=tuple(CRITERIA))
+    criteria: str = _setting("", "other criteria scored beside it on the same features, "
+                             "comma-separated (" + ", ".join(c for c in CRITERIA if c != "sls")
+                             + ") or all; each curve and depth goes into layers.json and "
+                             "scores.png (a sweep scores every criterion of its --criteria)",
+                             kind=str, affects=("score",), metavar="NAMES", sweep=False)
+    criterion_params: str = _setting("", "parameters of the criteria, NAME.PARAM=VALUE,... "
                                      "(e.g. knn.k=5,cka.threshold=0.8; defaults in "
                                      "sls_fast.CRITERIA)", kind=str, affects=("score",),
                                      metavar="SPEC")
-    oracle: bool = _setting(False, "also measure the accuracy of the model cut at every depth "
-                            "(a linear probe of block K trained on the train split, measured on "
-                            "val: one more pass over val) and each criterion's regret; writes "
-                            "oracle.png and report.json's oracle", kind=bool, affects=("score",),
-                            flag="--oracle")
+    oracle: str = _setting("off", "also measure the accuracy of the model cut at every depth "
+                           "and each criterion's regret, writing oracle.png and report.json's "
+                           "oracle: probe (a linear probe of block K, train split -> val: one "
+                           "more pass over val; --oracle alone) or full (adapters + head "
+                           "retrained at every K for --prune-epochs, test accuracy: L "
+                           "retrainings)", kind=str, affects=("oracle",), flag="--oracle",
+                           choices=ORACLES, const="probe")
     strategy: str = _setting("CLR", "retraining of the pruned model: FT (constant small lr), "
                              "CLR (warm-up + cosine), TFS (from scratch)", kind=str,
                              affects=("retrain",), choices=STRATEGIES)
@@ -153,6 +161,8 @@ class TaskSettings:
     def __post_init__(self) -> None:
         """Every field checked (sls_fast.common.checks: a wrong type is a TypeError, a value
         out of range a ValueError); NumPy scalars become Python numbers."""
+        if isinstance(self.oracle, bool):  # settings written when the oracle was on or off
+            self.oracle = "probe" if self.oracle else "off"
         for f in setting_fields():
             if f.metadata["choices"]:
                 check_choice(getattr(self, f.name), f.name, f.metadata["choices"])
@@ -190,6 +200,14 @@ class TaskSettings:
 
         return dataclass_from_dict(cls, d, "task setting")
 
+    def scored_criteria(self) -> List[str]:
+        """The criteria scored beside SLS's t-SNE: ``criteria`` and the deciding ``criterion``
+        (in that order, without ``sls``)."""
+        from sls_fast.method.criteria import parse_criteria
+
+        return list(dict.fromkeys(parse_criteria(self.criteria)
+                                  + [c for c in (self.criterion,) if c != "sls"]))
+
     def values(self, stage: str) -> Dict[str, Any]:
         """``{name: value}`` of the settings that change ``stage``'s result (a cache key's
         settings part)."""
@@ -221,7 +239,8 @@ def default_of(name: str, cls: type = TaskSettings) -> Any:
 def _option(default: Any, help: str, *, kind: type, flag: Optional[str] = None,
             metavar: Optional[str] = None) -> Any:
     return field(default=default, metadata=dict(help=help, kind=kind, flag=flag, choices=None,
-                                                metavar=metavar, affects=(), sweep=True))
+                                                metavar=metavar, affects=(), sweep=True,
+                                                const=None))
 
 
 @dataclass

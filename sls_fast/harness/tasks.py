@@ -160,7 +160,7 @@ def score_task(spec: Union[ModelSpec, str, Mapping[str, Any]], data: str, out: s
                tsne_backend: str = "auto", repeats: int = 1,
                batch_size: int = default_of("batch_size"), pool: str = "auto",
                device: Optional[str] = None, on_bad_image: str = ON_BAD_IMAGE[0],
-               criteria: Union[str, Sequence[str]] = (),
+               criterion: str = "sls", criteria: Union[str, Sequence[str]] = (),
                criterion_params: Union[str, Mapping[str, Mapping[str, Any]], None] = None,
                progress: bool = True, log: Log = None) -> ScoreResult:
     """Score every block of the model ``spec`` on one split of ``data`` (no pruning) and write
@@ -176,9 +176,9 @@ def score_task(spec: Union[ModelSpec, str, Mapping[str, Any]], data: str, out: s
             :func:`sls_fast.score_layers` (alpha in (0, 1]).
         batch_size, pool, device: of the feature extraction (:func:`sls_fast.extract_features`).
         on_bad_image: an unreadable image file: "fail" (with its name) or "skip" (with a warning).
-        criteria, criterion_params: other layer-importance criteria scored beside SLS's
-            (:func:`sls_fast.score_features`; as text: "knn,cka" / "all" and
-            "knn.k=5,cka.threshold=0.8").
+        criterion, criteria, criterion_params: the criterion that chooses the depth and
+            others scored beside it (:func:`sls_fast.score_features`; as text: "knn,cka" /
+            "all" and "knn.k=5,cka.threshold=0.8").
         progress: show progress bars; log: called with one line per stage.
 
     Returns:
@@ -219,8 +219,8 @@ def score_task(spec: Union[ModelSpec, str, Mapping[str, Any]], data: str, out: s
     report = score_layers(model, dataset, alpha=alpha, seed=seed, max_iter=tsne_iter,
                           perplexity=perplexity,
                           tsne_backend=tsne_backend, progress=progress, device=dev,
-                          batch_size=batch_size, repeats=repeats, pool=pool, criteria=criteria,
-                          criterion_params=criterion_params)
+                          batch_size=batch_size, repeats=repeats, pool=pool, criterion=criterion,
+                          criteria=criteria, criterion_params=criterion_params)
     report.meta.update(spec.to_meta(), data=data, split=split, seed=seed,
                        on_bad_image=on_bad_image, title=f"{spec.model} on {data}",
                        class_names=[str(c) for c in getattr(dataset, "classes", None) or []])

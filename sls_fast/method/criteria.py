@@ -28,7 +28,7 @@ def as_tensor(x: Any) -> torch.Tensor:
 
 __all__ = ["CRITERIA", "Criterion", "criterion_curve", "criterion_depth", "apply_criterion",
            "check_criterion", "parse_criteria", "parse_criterion_params", "criteria_table",
-           "probe_accuracy", "depth_oracle", "plot_oracle"]
+           "probe_accuracy", "depth_oracle", "probe_oracle", "oracle_report", "plot_oracle"]
 
 
 @dataclass(frozen=True)
@@ -217,23 +217,39 @@ def depth_oracle(train: Any, val: Any, depths: Mapping[str, int], *,
                  l2: float = 1e-3) -> Dict[str, Any]:
     """The cheap accuracy-vs-depth oracle: for every depth K, the val accuracy of a linear probe
     of block K trained on the train split (``train`` and ``val``: LayerFeatures of the same
-    model), and for each criterion's depth in ``depths`` the accuracy there and its regret
-    against the full model (depth L) and against the best depth <= K. The report's ``oracle``
-    object."""
+    model), with each criterion's depth in ``depths`` judged by :func:`oracle_report`."""
+    return oracle_report(probe_oracle(train, val, l2=l2), depths, kind="probe", split="val")
+
+
+def probe_oracle(train: Any, val: Any, *, l2: float = 1e-3) -> np.ndarray:
+    """``[L]``: the val accuracy of a linear probe of each block trained on the train split."""
     tr, va = _layers(train), _layers(val)
     if len(tr) != len(va):
         raise ValueError(f"train has {len(tr)} layers, val {len(va)}")
     ytr = _labels(getattr(train, "labels", None), tr[0].shape[0], tr[0].device)
     yva = as_tensor(getattr(val, "labels", None)).reshape(-1).long()
-    acc = probe_accuracy(tr, ytr, va, yva.to(tr[0].device), l2=l2)
+    return probe_accuracy(tr, ytr, va, yva.to(tr[0].device), l2=l2)
+
+
+def oracle_report(accuracy: ArrayLike, depths: Mapping[str, int], *, kind: str, split: str,
+                  full_accuracy: Optional[float] = None) -> Dict[str, Any]:
+    """The report's ``oracle`` object from the accuracy at every depth K = 1..L (``kind``
+    "probe": a linear probe of block K; "full": the model cut at K with its adapters and head
+    retrained; measured on ``split``): for each criterion's depth in ``depths`` the accuracy
+    there, its regret against the full model (``full_accuracy``, default the accuracy at
+    depth L) and against the best depth <= K (positive: accuracy lost)."""
+    acc = np.asarray(accuracy, np.float64).reshape(-1)
+    full = float(acc[-1] if full_accuracy is None else full_accuracy)
     crit = {}
     for name, k in depths.items():
         k = int(k)
+        if not 1 <= k <= len(acc):
+            raise ValueError(f"{name}: depth {k} outside 1..{len(acc)}")
         crit[name] = dict(depth=k, accuracy_at_depth=float(acc[k - 1]),
-                          regret_full=float(acc[-1] - acc[k - 1]),
+                          regret_full=float(full - acc[k - 1]),
                           regret_best=float(acc[:k].max() - acc[k - 1]))
-    return dict(kind="probe", accuracy={str(i + 1): float(a) for i, a in enumerate(acc)},
-                criteria=crit)
+    return dict(kind=kind, split=split, full_accuracy=full,
+                accuracy={str(i + 1): float(a) for i, a in enumerate(acc)}, criteria=crit)
 
 
 def plot_oracle(oracle: Mapping[str, Any], path: str, *, title: str = "") -> str:
@@ -245,11 +261,15 @@ def plot_oracle(oracle: Mapping[str, Any], path: str, *, title: str = "") -> str
 
     ks = sorted(int(k) for k in oracle["accuracy"])
     acc = [oracle["accuracy"][str(k)] for k in ks]
-    fig = Figure(figsize=(8, 5))
+    full = float(oracle.get("full_accuracy", acc[-1]))
+    split = oracle.get("split", "val")
+    fig = Figure(figsize=(11, 5))
     ax = fig.subplots()
-    ax.plot(ks, acc, "o-", color="0.3", lw=1.5, ms=4, label="probe accuracy of block K (val)")
-    ax.axhline(acc[-1], color="tab:blue", ls="--", lw=1,
-               label=f"all {ks[-1]} blocks, the full depth ({acc[-1]:.3f})")
+    what = ("the model cut at K, adapters + head retrained" if oracle["kind"] == "full" else
+            "a linear probe of block K")
+    ax.plot(ks, acc, "o-", color="0.3", lw=1.5, ms=4, label=f"{what} ({split})")
+    ax.axhline(full, color="tab:blue", ls="--", lw=1,
+               label=f"the full model, all {ks[-1]} blocks ({full:.3f})")
     markers = "s^vD<>ph*"
     by_depth: Dict[int, int] = {}
     for i, (name, c) in enumerate(oracle["criteria"].items()):
@@ -263,7 +283,7 @@ def plot_oracle(oracle: Mapping[str, Any], path: str, *, title: str = "") -> str
     ax.set_xticks(ks)
     ax.grid(alpha=0.3)
     ax.set_title(title or "accuracy vs depth, and each criterion's choice")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -77,9 +77,11 @@ class LayerReport:
 
     Attributes:
         scores: ``{metric: float64 [L]}``, the mean over the S runs (silhouette selects the
-            depth; the others are reported). With one run, that run's scores.
-        depth: K, the number of blocks kept (1..L), chosen on the mean silhouette curve by
-            :func:`sls_fast.select_depth`.
+            depth; the others are reported), and each other criterion's curve under its name.
+            With one run, that run's scores.
+        depth: K, the number of blocks kept (1..L): with ``criterion`` "sls" chosen on the
+            mean silhouette curve by :func:`sls_fast.select_depth`, else by that criterion's
+            rule (:data:`sls_fast.CRITERIA`).
         alpha: threshold fraction used by :func:`sls_fast.select_depth`.
         layer_names: module path of each block, ``[L]``.
         embeddings: float32 ``[L, N, 2]`` normalised t-SNE embedding of each layer (run 0).
@@ -91,6 +93,8 @@ class LayerReport:
             (sample sd, ``ddof=1``; zeros for one run).
         run_depths: the depth each run alone would keep, ``S`` ints.
         confidence: the share of the S runs whose own depth equals ``depth`` (1.0 for one run).
+        criterion: the criterion that chose ``depth`` ("sls": the t-SNE silhouette; another
+            criterion's curve does not depend on the t-SNE runs, so its runs all agree).
     """
 
     scores: Dict[str, np.ndarray]
@@ -105,6 +109,7 @@ class LayerReport:
     spread: Optional[np.ndarray] = None
     run_depths: Optional[List[int]] = None
     confidence: Optional[float] = None
+    criterion: str = "sls"
 
     def __post_init__(self) -> None:
         self.scores = {k: np.asarray(v, np.float64) for k, v in self.scores.items()}
@@ -117,7 +122,9 @@ class LayerReport:
             self.spread = sil.std(axis=0, ddof=1) if len(sil) > 1 else np.zeros(self.num_layers)
         self.spread = np.asarray(self.spread, np.float64)
         if self.run_depths is None:
-            self.run_depths = [int(self.depth)] if len(sil) == 1 else _depths(sil, self.alpha)
+            self.run_depths = ([int(self.depth)] * len(sil)
+                               if len(sil) == 1 or self.criterion != "sls"
+                               else _depths(sil, self.alpha))
         self.run_depths = [int(k) for k in self.run_depths]
         if self.confidence is None:
             self.confidence = float(np.mean(np.asarray(self.run_depths) == self.depth))
@@ -141,18 +148,38 @@ class LayerReport:
     def threshold(self) -> float:
         return float(self.alpha * self.scores[SELECTION_METRIC][-1])
 
+    @property
+    def selection_metric(self) -> str:
+        """The curve the depth was chosen on: the silhouette (SLS) or the criterion's own."""
+        return SELECTION_METRIC if self.criterion == "sls" else self.criterion
+
     def with_alpha(self, alpha: float) -> "LayerReport":
         """The same scores with the depth (and each run's depth) re-selected at ``alpha``: the
         t-SNE runs do not depend on alpha, so a sweep over alphas scores once."""
-        return dataclasses.replace(self, alpha=float(alpha),
-                                   depth=select_depth(self.scores[SELECTION_METRIC], alpha),
-                                   run_depths=None, confidence=None,
+        return self.select(self.criterion, alpha)
+
+    def select(self, criterion: str = "sls", alpha: Optional[float] = None) -> "LayerReport":
+        """The same scores with the depth chosen by ``criterion`` (SLS's at ``alpha``, default
+        this report's): neither the t-SNE nor the other criteria's curves depend on the choice,
+        so cells that differ only in alpha or criterion score once. ValueError for a criterion
+        this report did not score."""
+        alpha = self.alpha if alpha is None else float(alpha)
+        depths = self.criterion_depths(alpha)
+        if criterion not in depths:
+            raise ValueError(f"criterion {criterion!r} was not scored in this report (it has "
+                             f"{', '.join(depths)}); score with criteria=[{criterion!r}]")
+        return dataclasses.replace(self, alpha=alpha, depth=depths[criterion],
+                                   criterion=criterion, run_depths=None, confidence=None,
                                    timings=dict(self.timings), meta=dict(self.meta))
 
-    def criterion_depths(self) -> Dict[str, int]:
-        """``{criterion: depth}``: SLS's (``"sls"``, the depth kept) and every other criterion
-        scored beside it (``score_features(criteria=...)``)."""
-        out = {"sls": int(self.depth)}
+    def criterion_depths(self, alpha: Optional[float] = None) -> Dict[str, int]:
+        """``{criterion: depth}``: SLS's (``"sls"``, on the mean silhouette at ``alpha``,
+        default this report's) and every other criterion scored beside it
+        (``score_features(criteria=...)``)."""
+        alpha = self.alpha if alpha is None else float(alpha)
+        with warnings.catch_warnings():  # a last score <= 0 warned when it was scored
+            warnings.simplefilter("ignore", UserWarning)
+            out = {"sls": int(select_depth(self.scores[SELECTION_METRIC], alpha))}
         out.update({c: int(v["depth"]) for c, v in self.meta.get("criteria", {}).items()})
         return out
 
@@ -171,8 +198,8 @@ class LayerReport:
     def to_dict(self, *, include_embeddings: bool = True) -> dict:
         runs, spread, run_depths = self._filled()
         d = dict(schema_version=SCHEMA_VERSION, num_layers=self.num_layers,
-                 depth=int(self.depth), alpha=float(self.alpha),
-                 selection_metric=SELECTION_METRIC, layer_names=list(self.layer_names),
+                 depth=int(self.depth), alpha=float(self.alpha), criterion=self.criterion,
+                 selection_metric=self.selection_metric, layer_names=list(self.layer_names),
                  scores=self.scores_json(),
                  repeats=self.repeats, confidence=self.confidence,
                  run_depths=list(run_depths), spread=[float(v) for v in spread],
@@ -208,7 +235,7 @@ class LayerReport:
                    labels=None if d.get("labels") is None else np.asarray(d["labels"], np.int64),
                    timings=d.get("timings", {}), meta=d.get("meta", {}), runs=runs,
                    spread=d.get("spread"), run_depths=d.get("run_depths"),
-                   confidence=d.get("confidence"))
+                   confidence=d.get("confidence"), criterion=d.get("criterion", "sls"))
 
     def plot(self, directory: str) -> List[str]:
         """Write ``scores.png`` (each metric per layer; silhouette with the threshold and the
@@ -255,6 +282,8 @@ class LayerReport:
             ax.set_xlim(0.5, self.num_layers + 0.5)
             ax.set_title(name.replace("_", "-"))
             ax.grid(alpha=0.3)
+            depths = self.criterion_depths()
+            own = "sls" if name == SELECTION_METRIC else name
             if name == SELECTION_METRIC:
                 ax.axhline(self.threshold, color="tab:red", ls="--",
                            label=f"threshold = {self.alpha:g} x score[L]")
@@ -262,15 +291,16 @@ class LayerReport:
                     lo, hi = self.threshold_band
                     ax.axhspan(lo, hi, color="tab:red", alpha=0.12, lw=0,
                                label="threshold band (last layer +- sd)")
-                kept = (f"kept depth K = {self.depth}" if S == 1 else
+            if own == self.criterion:  # the criterion that chose the depth kept
+                kept = (f"kept depth K = {self.depth}" if S == 1 or own != "sls" else
                         f"K = {self.depth} (mean curve); runs agree {self.confidence:.0%}")
                 ax.axvline(self.depth, color="tab:green", ls=":", label=kept)
                 ax.axvspan(self.depth + 0.5, self.num_layers + 0.5, color="0.85", alpha=0.5,
                            label="removed")
                 ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
-            elif name in self.meta.get("criteria", {}):  # another criterion: its own depth
-                k = self.meta["criteria"][name]["depth"]
-                ax.axvline(k, color="tab:purple", ls=":", label=f"{name} would keep K = {k}")
+            elif own in depths:  # another criterion: the depth it would keep
+                k = depths[own]
+                ax.axvline(k, color="tab:purple", ls=":", label=f"{own} would keep K = {k}")
                 ax.axvspan(k + 0.5, self.num_layers + 0.5, color="0.85", alpha=0.5,
                            label="it would remove")
                 ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
@@ -337,19 +367,31 @@ class LayerReport:
                          "".join(f"{float(self.scores[m][i]):>14.4f}" for m in self.scores) +
                          (f"{float(spread[i]):>9.4f}" if S > 1 else ""))
         what = "" if S == 1 else f" on the mean of {S} runs"
-        lines.append(f"kept depth K = {self.depth} of {self.num_layers}{what} (alpha = "
-                     f"{self.alpha:g}, threshold = {self.threshold:.4f}); x = removed")
-        if S > 1:
+        if self.criterion != "sls":  # a deterministic criterion: no run-to-run spread
+            lines.append(f"kept depth K = {self.depth} of {self.num_layers}, chosen by "
+                         f"{self.criterion} ({_params_text(self.meta, self.criterion)}); x = "
+                         f"removed; SLS{what} (alpha = {self.alpha:g}) would keep "
+                         f"{self.criterion_depths()['sls']}")
+        else:
+            lines.append(f"kept depth K = {self.depth} of {self.num_layers}{what} (alpha = "
+                         f"{self.alpha:g}, threshold = {self.threshold:.4f}); x = removed")
+        if S > 1 and self.criterion == "sls":
             lines.append(f"per-run depths: {' '.join(map(str, run_depths))}; confidence "
                          f"{self.confidence:.0%} ({sum(k == self.depth for k in run_depths)} "
                          f"of {S} runs keep {self.depth})")
-        else:
+        elif self.criterion == "sls":
             lines.append("one t-SNE run: its depth is one draw (repeats=8 measures the spread)")
-        others = {c: k for c, k in self.criterion_depths().items() if c != "sls"}
+        others = {c: k for c, k in self.criterion_depths().items()
+                  if c not in ("sls", self.criterion)}
         if others:
             lines.append("other criteria would keep: " + ", ".join(
                 f"{c} {k}" for c, k in others.items()) + " (rules: sls_fast.CRITERIA)")
         return "\n".join(lines)
+
+
+def _params_text(meta: dict, criterion: str) -> str:
+    params = meta.get("criteria", {}).get(criterion, {}).get("params", {})
+    return ", ".join(f"{k} = {v:g}" for k, v in params.items()) or "no parameters"
 
 
 def _depths(silhouette_runs: np.ndarray, alpha: float) -> List[int]:
@@ -370,7 +412,7 @@ def score_layers(model: nn.Module, data: Union[DataLoader, Dataset], *,
                  metrics: Iterable[str] = METRICS, tsne_backend: str = "auto",
                  metric_backend: str = "auto", alpha: float = ALPHA, seed: int = 0,
                  perplexity: float = PERPLEXITY, max_iter: int = MAX_ITER, repeats: int = 1,
-                 progress: bool = True, criteria: Sequence[str] = (),
+                 progress: bool = True, criterion: str = "sls", criteria: Sequence[str] = (),
                  criterion_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
                  **extract_options: Any) -> LayerReport:
     """Score every block of ``model`` on ``data`` and pick the SLS depth.
@@ -390,8 +432,8 @@ def score_layers(model: nn.Module, data: Union[DataLoader, Dataset], *,
             run's scores (``runs``), the per-layer ``spread``, the per-run depths and the
             ``confidence``. On the batched backends ("native", "triton", "torch") the S x L
             runs are one problem sharing each layer's affinities; see :func:`sls_fast.tsne`.
-        criteria, criterion_params: other layer-importance criteria scored beside SLS's on
-            the same features (:func:`score_features`).
+        criterion, criteria, criterion_params: the criterion that chooses the depth and
+            others scored beside it on the same features (:func:`score_features`).
         extract_options: passed to :func:`sls_fast.extract_features` (``device``, ``batch_size``,
             ``pool``, ``dtype``, ``amp``, ``layers``, ...).
 
@@ -417,7 +459,7 @@ def score_layers(model: nn.Module, data: Union[DataLoader, Dataset], *,
     report = score_features(feats, metrics=metrics, tsne_backend=tsne_backend,
                             metric_backend=metric_backend, alpha=alpha, seed=seed,
                             perplexity=perplexity, max_iter=max_iter, repeats=repeats,
-                            progress=progress, criteria=criteria,
+                            progress=progress, criterion=criterion, criteria=criteria,
                             criterion_params=criterion_params)
     report.timings = dict(extract=extract_s, **report.timings)
     report.meta["model"] = getattr(getattr(model, "pretrained_cfg", None) or {}, "get",
@@ -434,7 +476,7 @@ def score_features(feats: LayerFeatures, *, metrics: Iterable[str] = METRICS,
                    tsne_backend: str = "auto",
                    metric_backend: str = "auto", alpha: float = ALPHA, seed: int = 0,
                    perplexity: float = PERPLEXITY, max_iter: int = MAX_ITER, repeats: int = 1,
-                   progress: bool = True, criteria: Sequence[str] = (),
+                   progress: bool = True, criterion: str = "sls", criteria: Sequence[str] = (),
                    criterion_params: Optional[Mapping[str, Mapping[str, Any]]] = None
                    ) -> LayerReport:
     """The scoring half of :func:`score_layers`, on features already extracted (for example
@@ -442,21 +484,31 @@ def score_features(feats: LayerFeatures, *, metrics: Iterable[str] = METRICS,
 
     Args:
         feats: a :class:`sls_fast.LayerFeatures`.
-        criteria: other layer-importance criteria computed beside SLS's on the same features
-            (names of :data:`sls_fast.CRITERIA`, :mod:`sls_fast.method.criteria`): each curve
-            goes into ``scores`` under its name, its depth and parameters into
-            ``meta["criteria"]`` (:meth:`LayerReport.criterion_depths`). The depth kept stays
-            SLS's.
+        criterion: the criterion that chooses the depth kept (a name of
+            :data:`sls_fast.CRITERIA`; default "sls", the paper's). SLS's t-SNE and silhouette
+            are computed whichever it is (every report carries them).
+        criteria: other layer-importance criteria computed beside it on the same features
+            (:mod:`sls_fast.method.criteria`): each curve goes into ``scores`` under its name,
+            its depth and parameters into ``meta["criteria"]``
+            (:meth:`LayerReport.criterion_depths`).
         criterion_params: ``{criterion: {parameter: value}}`` overriding the defaults.
         the rest: as :func:`score_layers`.
     """
     from sls_fast.method.criteria import check_criterion
 
-    criteria = [c for c in dict.fromkeys(criteria) if c != "sls"]
+    if isinstance(criteria, str):
+        raise TypeError(f"criteria must be a list of names, got the string {criteria!r}")
+    check_criterion(criterion)
+    criteria = [c for c in dict.fromkeys([criterion, *criteria]) if c != "sls"]
     params = {c: check_criterion(c, (criterion_params or {}).get(c)) for c in criteria}
+    sls_params = check_criterion("sls", (criterion_params or {}).get("sls"))
+    if sls_params["alpha"] != float(alpha) and "sls" in (criterion_params or {}):
+        raise ValueError(f"criterion_params gives sls alpha = {sls_params['alpha']:g} and "
+                         f"alpha = {alpha:g}: give SLS's alpha once, as alpha")
     unknown = set(criterion_params or {}) - set(params) - {"sls"}
     if unknown:
-        raise ValueError(f"criterion_params for {sorted(unknown)}, which criteria= does not name")
+        raise ValueError(f"criterion_params for {sorted(unknown)}, which neither criterion= "
+                         "nor criteria= names")
     from sls_fast.method.embed import tsne
 
     _check_repeats(repeats)
@@ -501,7 +553,9 @@ def score_features(feats: LayerFeatures, *, metrics: Iterable[str] = METRICS,
             scores[c] = curve
             runs[c] = np.repeat(curve[None, :], repeats, axis=0)  # deterministic: one per run
             chosen[c] = dict(depth=int(k), params=params[c])
-    return LayerReport(scores=scores, depth=depth, alpha=alpha, layer_names=list(feats.layer_names),
-                       embeddings=emb_np.reshape(repeats, L, N, 2)[0],
-                       labels=to_numpy(labels).astype(np.int64), timings=timings, meta=meta,
-                       runs=runs, run_depths=run_depths)
+    report = LayerReport(scores=scores, depth=depth, alpha=alpha,
+                         layer_names=list(feats.layer_names),
+                         embeddings=emb_np.reshape(repeats, L, N, 2)[0],
+                         labels=to_numpy(labels).astype(np.int64), timings=timings, meta=meta,
+                         runs=runs, run_depths=run_depths)
+    return report if criterion == "sls" else report.select(criterion)

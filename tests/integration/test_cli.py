@@ -84,6 +84,30 @@ def test_run_quick_end_to_end(tmp_path, capsys):
     assert (out / "pruned.safetensors").exists()
 
 
+@pytest.mark.slow
+def test_run_with_another_criterion_and_the_full_oracle(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--quick", "--out", str(out), "--json", "--no-progress", "--quiet",
+                 "--criterion", "linear-probe", "--oracle", "full"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert_valid("report", report)
+    layers = json.loads((out / "layers.json").read_text())
+    assert_valid("layers", layers)
+    chosen = layers["meta"]["criteria"]["linear-probe"]["depth"]
+    assert report["criterion"] == layers["criterion"] == "linear-probe"
+    assert report["depth"] == layers["depth"] == chosen
+    assert report["confidence"] == 1.0 and "silhouette" in report["scores"]
+    oracle = report["oracle"]  # every depth cut and retrained: the run's own retrain among them
+    L = report["num_layers"]
+    assert oracle["kind"] == "full" and oracle["split"] == "test"
+    assert sorted(map(int, oracle["accuracy"])) == list(range(1, L + 1))
+    assert oracle["full_accuracy"] == report["accuracy"]["full"]
+    assert oracle["accuracy"][str(chosen)] == report["accuracy"]["pruned"]
+    assert report["cache"]["retrain"] == "oracle"  # not trained twice
+    assert set(oracle["criteria"]) == {"sls", "linear-probe"}
+    assert (out / "oracle.png").stat().st_size > 10_000
+
+
 def test_bench_json(capsys):
     args = ["bench", "--model", "vit_tiny_patch16_224", "--image-size", "32", "--depth", "3",
             "--batch-size", "4", "--no-compile", "--iters", "3", "--json", "--quiet"]

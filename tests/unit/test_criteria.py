@@ -263,3 +263,61 @@ def test_the_oracle_measures_every_depth_and_each_criterions_regret(rng, tmp_pat
     assert o["criteria"]["knn"]["regret_full"] < 0  # the peak beats the sagging full depth
     path = plot_oracle(o, str(tmp_path / "oracle.png"))
     assert (tmp_path / "oracle.png").stat().st_size > 10_000 and path.endswith("oracle.png")
+
+
+def test_a_criterion_decides_the_depth_and_sls_is_still_reported(rng, tmp_path):
+    import jsonschema
+
+    import sls_fast
+    from sls_fast.common.schema import schema
+    from sls_fast.method.extract import LayerFeatures
+    from sls_fast.method.score import LayerReport
+
+    X, y = _clusters(rng, 7, 93, 6, 3, [0.1, 0.4, 2.0, 2.0, 2.0, 2.0, 2.0])  # flat from layer 3
+    feats = LayerFeatures(torch.from_numpy(X), torch.from_numpy(y), [f"b{i}" for i in range(7)],
+                          [6] * 7)
+    r = sls_fast.score_features(feats, progress=False, max_iter=250, perplexity=10,
+                                criterion="knn", criterion_params={"knn": {"k": 5}}, repeats=2)
+    curve, k = apply_criterion("knn", X, y, k=5)
+    assert r.criterion == "knn" and r.depth == k and r.selection_metric == "knn"
+    np.testing.assert_allclose(r.scores["knn"], curve)
+    assert r.run_depths == [k, k] and r.confidence == 1.0  # knn has no t-SNE spread
+    assert "silhouette" in r.scores and set(r.criterion_depths()) == {"sls", "knn"}
+    text = r.summary()
+    assert f"kept depth K = {k} of 7, chosen by knn (k = 5" in text
+    assert f"SLS on the mean of 2 runs (alpha = 0.3) would keep {r.criterion_depths()['sls']}" \
+        in text and "per-run depths" not in text
+    d = r.to_dict()
+    assert d["criterion"] == "knn" and d["selection_metric"] == "knn"
+    jsonschema.validate(d, schema("layers"))
+    back = LayerReport.from_json(r.to_json())
+    assert back.criterion == "knn" and back.depth == k and back.run_depths == [k, k]
+    # re-selection: SLS again (its own depth and runs), or another criterion scored
+    sls = back.select("sls")
+    assert sls.depth == r.criterion_depths()["sls"] and sls.criterion == "sls"
+    assert sls.select("knn").depth == k and back.select("knn", alpha=0.9).depth == k
+    with pytest.raises(ValueError, match="criterion 'cka' was not scored"):
+        back.select("cka")
+    assert any(p.endswith("scores.png") for p in back.plot(str(tmp_path)))
+    # the depth-kept criterion is scored even when criteria= does not name it
+    with pytest.raises(ValueError, match="unknown criterion 'tsne'; known: sls, silhouette-raw"):
+        sls_fast.score_features(feats, progress=False, criterion="tsne")
+    with pytest.raises(ValueError, match="give SLS's alpha once"):
+        sls_fast.score_features(feats, progress=False, max_iter=250, perplexity=10,
+                                criterion_params={"sls": {"alpha": 0.5}})
+    with pytest.raises(TypeError, match="list of names"):
+        sls_fast.score_features(feats, progress=False, criteria="knn")
+
+
+def test_the_full_oracle_judges_against_the_full_models_accuracy():
+    from sls_fast.method.criteria import oracle_report
+
+    o = oracle_report([0.5, 0.8, 0.9, 0.85], {"sls": 2, "knn": 4}, kind="full", split="test",
+                      full_accuracy=0.88)
+    assert o["kind"] == "full" and o["split"] == "test" and o["full_accuracy"] == 0.88
+    assert o["criteria"]["sls"] == dict(depth=2, accuracy_at_depth=0.8,
+                                        regret_full=pytest.approx(0.08), regret_best=0.0)
+    assert o["criteria"]["knn"]["regret_best"] == pytest.approx(0.05)
+    assert oracle_report([0.5, 0.7], {"sls": 1}, kind="probe", split="val")["full_accuracy"] == 0.7
+    with pytest.raises(ValueError, match="depth 3 outside 1..2"):
+        oracle_report([0.5, 0.7], {"sls": 3}, kind="probe", split="val")

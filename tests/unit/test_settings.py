@@ -14,8 +14,8 @@ from sls_fast.harness.sweep.spec import SHARED, SweepSpec, adapt_group, spec_key
 
 # a valid value other than the default, for every field (a new field fails here until added)
 VALUES = dict(model="resnet18", data="lfw", method="lora", alpha=0.45, repeats=3,
-              tsne_backend="native", tsne_iter=333, perplexity=12.5, criteria="knn,cka",
-              criterion_params="knn.k=5", oracle=True, strategy="FT", epochs=2, prune_epochs=3,
+              tsne_backend="native", tsne_iter=333, perplexity=12.5, criterion="knn",
+              criteria="knn,cka", criterion_params="knn.k=5", oracle="full", strategy="FT", epochs=2, prune_epochs=3,
               image_size=40, batch_size=16, lr=0.005, score_points=50, adapter_dim=4,
               adapter_scale=2.5, num_classes=7, checkpoint="w.pth", compile=False,
               timing="authors", throughput_iters=5, on_bad_image="skip", seed=3, device="cpu")
@@ -69,6 +69,16 @@ def test_sweep_flags_and_toml_reach_every_cell(name, tmp_path):
     if name == "checkpoint":  # given per model
         flags = ["--models", "resnet18", "--checkpoint", f"resnet18={value}"]
         toml = f'models = ["resnet18"]\ncheckpoints = {{ resnet18 = "{value}" }}\n'
+    elif name == "criteria":  # the criteria each cell scores: every one of the sweep's axis
+        assert name not in SHARED
+        for argv in (["sweep", "--criteria", "sls", "knn", "cka"],
+                     ["sweep", "--spec", str(tmp_path / "c.toml")]):
+            (tmp_path / "c.toml").write_text('criteria = ["sls", "knn", "cka"]\n')
+            cells = sweep_from_args(build_parser().parse_args(argv))[0].cells()
+            assert [c.settings.criterion for c in cells] == ["sls", "knn", "cka"]
+            assert {c.settings.criteria for c in cells} == {value}
+            assert {c.settings.oracle for c in cells} == {"probe"}  # several: the oracle is on
+        return
     elif name == "num_classes":  # given per task (VTAB-1k), never shared
         assert name not in SHARED
         with pytest.raises(SystemExit):
@@ -137,7 +147,8 @@ def test_other_commands_take_the_settings_defaults():
 def test_stage_field_sets_decide_the_groups():
     """Cells differing only in what does not affect the adaptation share it; a setting that
     affects it splits them."""
-    assert affecting("select") == ("alpha",)
+    assert affecting("select") == ("alpha", "criterion")
+    assert affecting("oracle") == ("oracle",)
     assert set(affecting("adapt")) == {"model", "data", "method", "epochs", "image_size",
                                        "batch_size", "lr", "adapter_dim", "adapter_scale",
                                        "num_classes", "checkpoint", "on_bad_image", "seed",
@@ -151,7 +162,7 @@ def test_stage_field_sets_decide_the_groups():
 
 def test_sweep_spec_fields_are_generated():
     names = [f.name for f in dataclasses.fields(SweepSpec)]
-    assert names[:4] == list(AXES.values())
+    assert names[:5] == list(AXES.values())
     assert set(names) == set(AXES.values()) | set(SHARED) | {"quick", "checkpoints"}
     spec = SweepSpec(alphas=[0.3, 0.5], lr=0.01, adapter_dim=4, compile=False)
     assert {c.settings.lr for c in spec.cells()} == {0.01}

@@ -1,11 +1,13 @@
 """What a sweep runs: :class:`SweepSpec` (the cross product of data x models x methods x alphas
-with shared settings), its :class:`Cell` s (a key, a task name, :class:`sls_fast.harness.settings.TaskSettings`),
+x criteria with shared settings), its :class:`Cell` s (a key, a task name,
+:class:`sls_fast.harness.settings.TaskSettings`),
 VTAB-1k task expansion with the SLS authors' per-task settings, and TOML spec files.
 :mod:`sls_fast.harness.sweep` runs the cells."""
 from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -13,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, Type, cast
 
-from sls_fast.harness.settings import (AXES, METHODS, QUICK, SweepOptions, TaskSettings,
+from sls_fast.harness.settings import (AXES, QUICK, SweepOptions, TaskSettings,
                                       default_of, setting_fields)
 
 __all__ = ["SweepSpec", "Cell", "vtab_task_facts", "read_spec_file", "adapt_group", "SHARED",
@@ -42,20 +44,27 @@ class SweepSpecBase:
     data: List[str]
     methods: List[str]
     alphas: List[float]
+    criteria: List[str]
+    oracle: Optional[str]
     quick: bool
     checkpoints: Dict[str, str]
 
     def __post_init__(self) -> None:
-        for name in AXES.values():
+        choices = {f.name: f.metadata["choices"] for f in setting_fields()}
+        for setting, name in AXES.items():
             value = getattr(self, name)
             if isinstance(value, (str, int, float)):
                 value = [value]
             if not isinstance(value, (list, tuple)) or not value:
                 raise ValueError(f"sweep: {name} must be a non-empty list, got {value!r}")
+            known = choices[setting]
+            if known and list(value) == ["all"]:
+                value = list(known)
+            bad = [v for v in value if known and v not in known]
+            if bad:
+                raise ValueError(f"sweep: unknown {name} {bad}; choose from {list(known)} "
+                                 "or all")
             setattr(self, name, list(value))
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad:
-            raise ValueError(f"sweep: unknown method(s) {bad}; choose from {list(METHODS)}")
         unknown = sorted(set(self.checkpoints) - set(self.models))
         if unknown:
             raise ValueError(f"sweep: checkpoints given for models not in the sweep: {unknown}")
@@ -68,25 +77,30 @@ class SweepSpecBase:
         return dataclass_from_dict(cls, d, "sweep setting")
 
     def cells(self) -> List[Cell]:
-        """Every cell, in a fixed order (data, model, method, alpha). A shared setting given
-        explicitly wins over a VTAB-1k task's own (its adapter scale)."""
+        """Every cell, in a fixed order (data, model, method, alpha, criterion). A shared
+        setting given explicitly wins over a VTAB-1k task's own (its adapter scale). With more
+        than one criterion, every cell scores them all and the oracle defaults to "probe"."""
         shared = {k: getattr(self, k) for k in SHARED if getattr(self, k) is not None}
+        if len(set(self.criteria)) > 1 and self.oracle is None:  # to compare them: the oracle
+            shared["oracle"] = "probe"
+        # every cell scores every criterion of the sweep, so cells that differ only in the
+        # criterion share the scores through the cache and each row can name the others' depths
+        scored = ",".join(c for c in dict.fromkeys(self.criteria) if c != "sls")
         base = {**(QUICK if self.quick else {}), **shared}
         cells, seen = [], set()
         for data in _expand_data(self.data):
             task, facts = _task_of(data)
-            for model in self.models:
-                for method in self.methods:
-                    for alpha in self.alphas:
-                        extra = _method_facts(facts, method)
-                        settings = TaskSettings(model=model, data=data, method=method,
-                                                alpha=float(alpha),
-                                                checkpoint=self.checkpoints.get(model),
-                                                **{**base, **extra, **shared})
-                        key = _cell_key(task, settings)
-                        if key not in seen:
-                            seen.add(key)
-                            cells.append(Cell(key, task, settings))
+            for model, method, alpha, criterion in itertools.product(
+                    self.models, self.methods, self.alphas, self.criteria):
+                extra = _method_facts(facts, method)
+                settings = TaskSettings(model=model, data=data, method=method,
+                                        alpha=float(alpha), criterion=criterion,
+                                        criteria=scored, checkpoint=self.checkpoints.get(model),
+                                        **{**base, **extra, **shared})
+                key = _cell_key(task, settings)
+                if key not in seen:
+                    seen.add(key)
+                    cells.append(Cell(key, task, settings))
         return cells
 
 
@@ -113,8 +127,8 @@ SweepSpec: Type[SweepSpecBase] = make_dataclass(
         __doc__="""The cross product to run: ``models x data x methods x alphas``, every other
     setting shared.
 
-    Its fields are generated from :class:`sls_fast.harness.settings.TaskSettings`: the four axes
-    in the plural (lists), then every setting a sweep shares (:data:`SHARED`; None: the
+    Its fields are generated from :class:`sls_fast.harness.settings.TaskSettings`: the axes
+    (:data:`sls_fast.harness.settings.AXES`) in the plural (lists; ``["all"]``: every choice), then every setting a sweep shares (:data:`SHARED`; None: the
     TaskSettings default, or with ``quick`` its reduced setting), ``quick`` and
     ``checkpoints`` (a model name -> its base weights file). ``data`` entries are data specs
     (``digits``, ``lfw``, ``vtab:PATH``, ``folder:PATH``); ``vtab:DIR/*`` expands to every
@@ -211,7 +225,8 @@ def _cell_key(task: str, settings: TaskSettings) -> str:
     digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
     model = os.path.basename(os.path.normpath(settings.model.partition("hf:")[2])) \
         if settings.model.startswith("hf:") else settings.model
-    key = f"{task}-{model}-{settings.method}-a{settings.alpha:g}-{digest}"
+    by = "" if settings.criterion == "sls" else f"-{settings.criterion}"
+    key = f"{task}-{model}-{settings.method}-a{settings.alpha:g}{by}-{digest}"
     return re.sub(r"[^A-Za-z0-9._-]+", "_", key)
 
 
