@@ -12,6 +12,7 @@ from sls_fast.cli.options import add_sweep_options, add_task_options
 SWEEP_EPILOG = """\
 examples:
   sls-fast sweep --quick --data digits lfw --alphas 0.3 0.5 --out runs/sweep
+  sls-fast sweep --quick --data digits lfw --criteria all --out runs/criteria
   sls-fast sweep --models vit_base_patch16_224 --checkpoint vit_base_patch16_224=ViT-B_16.npz \\
                  --data 'vtab:/data/vtab-1k/*' --methods convpass repadapter --out runs/vtab
   sls-fast sweep --spec sweep.toml --address auto       # on a running Ray cluster
@@ -31,7 +32,7 @@ def cmd_sweep(args) -> dict:
     where = dataclasses.asdict(options)  # SweepOptions' fields are run_sweep's arguments
     summary = run_sweep(spec, where.pop("out"), **where, progress=args.progress,
                         log=lambda m: _say(args, m))
-    text = summary_table(summary["rows"]) + (
+    text = summary_table(summary["rows"]) + _by_criterion(summary["rows"]) + (
         f"\n\n{summary['cells']} cells: {summary['skipped']} skipped (finished before), "
         f"{summary['ok']} ok and {summary['failed']} failed in this run\nwritten: "
         + ", ".join(summary["files"].values()))
@@ -51,19 +52,27 @@ def _sweep_summary(args) -> dict:
     if args.csv:
         write_csv(rows, args.csv)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "failed")}
-    _emit(args, dict(rows=rows, **counts), summary_table(rows) +
+    _emit(args, dict(rows=rows, **counts), summary_table(rows) + _by_criterion(rows) +
           f"\n\n{len(rows)} cells: {counts['ok']} ok, {counts['failed']} failed"
           + (f"\nwritten: {args.csv}" if args.csv else ""))
     return dict(rows=rows, **counts)
 
 
+def _by_criterion(rows) -> str:
+    """The per-criterion means, as a second table, when the rows hold more than SLS's."""
+    from sls_fast.harness.sweep.results import criteria_summary
+
+    text = criteria_summary(rows)
+    return "\n\nper criterion (means over the tasks):\n" + text if text else ""
+
+
 def add_sweep_parser(sub, *, common) -> None:
     """Add the ``sweep`` subcommand to ``sub`` (``common`` adds the shared options)."""
-    w = sub.add_parser("sweep", help="SLS over tasks x models x methods x alphas on Ray, "
-                       "resumable, into a results database",
+    w = sub.add_parser("sweep", help="SLS over tasks x models x methods x alphas x criteria "
+                       "on Ray, resumable, into a results database",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Every cell (data x model x method x alpha) is the 'run' job, "
-                       "run as a Ray task: a local Ray instance starts and stops with the command "
+                       description="Every cell (data x model x method x alpha x criterion) is "
+                       "the 'run' job, run as a Ray task: a local Ray instance starts and stops with the command "
                        "(or --address joins a cluster). One row per cell goes to "
                        "OUT/results.sqlite; each cell's files to OUT/cells/KEY/; shared stages "
                        "(adapted weights, features, t-SNE scores) are cached in OUT/cache/. "

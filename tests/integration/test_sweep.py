@@ -142,6 +142,39 @@ def test_alpha_cells_reuse_the_cache(swept):
         assert "score_tsne" not in second["timings"]  # no t-SNE ran
 
 
+def test_a_criteria_sweep_shares_the_scores_and_summarises_each_criterion(tmp_path, capsys):
+    """--criteria: one cell per criterion, all scoring every criterion once through the cache,
+    the oracle on by default, a criterion column, criteria.png and the per-criterion means."""
+    out = tmp_path / "crit"
+    assert _sweep(out, "--data", "digits", "--criteria", "sls", "knn", "last-fraction",
+                  "--cpus-per-cell", "1") == 0
+    printed = capsys.readouterr().out
+    rows = _rows(out)
+    assert [r["criterion"] for r in rows if r["status"] == "ok"] and len(rows) == 3
+    by = {r["criterion"]: r for r in rows}
+    assert set(by) == {"sls", "knn", "last-fraction"} and all(r["status"] == "ok" for r in rows)
+    first = by["sls"]  # the group's first cell scores (and runs the oracle) for all
+    assert first["cache"]["scores"] == "miss" and first["cache"]["oracle"] == "miss"
+    for name in ("knn", "last-fraction"):
+        assert by[name]["cache"]["scores"] == "hit" and by[name]["cache"]["oracle"] == "hit"
+        assert "score_tsne" not in by[name]["timings"]
+    assert by["last-fraction"]["depth"] == round(0.75 * by["last-fraction"]["num_layers"])
+    for name, r in by.items():
+        assert_valid("results_row", r)
+        assert r["settings"]["criteria"] == "knn,last-fraction" and r["settings"]["oracle"] == "probe"
+        judged = r["oracle"]["criteria"][name]
+        assert judged["depth"] == r["depth"] and r["regret"] == judged["regret_full"]
+        assert r["oracle"]["accuracy"] == first["oracle"]["accuracy"]  # one oracle per task
+        report = json.load(open(os.path.join(r["cell_dir"], "report.json")))
+        assert report["criterion"] == name and report["depth"] == r["depth"]
+    for name in ("pareto.png", "depths.png", "criteria.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 10_000, name
+    assert "per criterion (means over the tasks)" in printed and "last-fraction" in printed
+    assert main(["sweep", "--summary", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "criterion" in table.splitlines()[0] and "regret" in table and "probe" in table
+
+
 def test_rerun_skips_and_spec_file_is_the_same_sweep(swept, capsys, tmp_path):
     out, data = swept
     before = {r["key"]: r["finished"] for r in _rows(out)}

@@ -75,7 +75,7 @@ def run_cell(settings: dict, key: str, task: str, out: str, threads: Optional[in
     os.makedirs(tmp)
     s = TaskSettings.from_dict(settings)
     row = dict(key=key, task=task, model=s.model, dataset=s.data, method=s.method,
-               alpha=s.alpha, repeats=s.repeats, tsne_backend=s.tsne_backend, seed=s.seed,
+               alpha=s.alpha, criterion=s.criterion, repeats=s.repeats, tsne_backend=s.tsne_backend, seed=s.seed,
                settings=settings, host=socket.gethostname(), started=started, cell_dir=final)
     if threads:
         torch.set_num_threads(int(threads))
@@ -95,6 +95,11 @@ def run_cell(settings: dict, key: str, task: str, out: str, threads: Optional[in
                        full_model_bytes=result["storage"]["full_model_bytes"],
                        timings=result["timings"], cache=result["cache"],
                        versions=result["versions"], device=result["device"])
+            oracle = result.get("oracle")
+            if oracle is not None:  # the deciding criterion's regret, and the curve to plot
+                mine = oracle["criteria"][s.criterion]
+                row.update(regret=mine["regret_full"], regret_best=mine["regret_best"],
+                           oracle=oracle)
         except Exception as exc:  # noqa: BLE001 - recorded as a failed cell; the sweep goes on
             row.update(status="failed", error=_first_line(exc))
             traceback.print_exc(file=log)
@@ -170,7 +175,8 @@ def run_sweep(spec: SweepSpecBase, out: str, *, address: Optional[str] = None,
               max_retries: int = default_of("max_retries", SweepOptions), progress: bool = True,
               log: Optional[Callable[[str], None]] = None) -> dict:
     """Run every cell of ``spec`` not finished before, on Ray; write ``out/results.sqlite``,
-    ``out/results.csv``, ``out/pareto.png`` and ``out/depths.png``.
+    ``out/results.csv``, ``out/pareto.png`` and ``out/depths.png`` (and ``out/criteria.png``
+    when the cells ran the oracle).
 
     Args:
         spec: the :class:`SweepSpec`.
@@ -274,7 +280,8 @@ def _drive(ray, todo, out, db, ran, gpus_per_cell, cpus_per_cell, max_retries, p
         except ray.exceptions.RayError as exc:  # the worker died more than max_retries
             row = dict(key=cell.key, task=cell.task, model=cell.settings.model,
                        dataset=cell.settings.data, method=cell.settings.method,
-                       alpha=cell.settings.alpha, settings=cell.settings.to_dict(),
+                       alpha=cell.settings.alpha, criterion=cell.settings.criterion,
+                       settings=cell.settings.to_dict(),
                        status="failed", error=_first_line(exc).splitlines()[0][:500],
                        finished=_now())
         row["attempts"] = 1 + _remove_partial(out, cell.key)
