@@ -26,9 +26,11 @@ def _add(parser, f, *, plural: bool = False, default: Any = argparse.SUPPRESS,
          flag: str = "", dest: str = "", **overrides: Any) -> None:
     meta = f.metadata
     dest = dest or (AXES[f.name] if plural else f.name)
-    help_text = meta["help"] + ("; one cell per value" + (" (all: every choice)"
-                                                           if meta.get("choices") else "")
-                                if plural else "")
+    choices = meta.get("choices")
+    help_text = meta["help"]
+    if plural:  # NAME [NAME ...], the choices in the help
+        help_text += "; one cell per value" + (
+            "; one of " + ", ".join(choices) + " or all" if choices else "")
     if f.default is not None and meta["kind"] is not bool:  # None and flags say it in the help
         help_text += f" (default: {f.default})"
     kw: Dict[str, Any] = dict(dest=dest, default=default, help=help_text)
@@ -36,8 +38,10 @@ def _add(parser, f, *, plural: bool = False, default: Any = argparse.SUPPRESS,
         kw.update(action="store_const", const=not f.default)
     else:
         kw.update(type=meta["kind"], metavar=meta.get("metavar"))
-        if meta.get("choices"):
-            kw.update(choices=meta["choices"] + (("all",) if plural else ()))
+        if choices and plural:
+            kw.update(choices=choices + ("all",), metavar=f.name.upper())
+        elif choices:
+            kw.update(choices=choices)
             kw.pop("metavar")
         if plural:
             kw.update(nargs="+")

@@ -61,8 +61,13 @@ def test_chain_vit_at_non_default_image_size(tmp_path, capsys):
     with pytest.warns(UserWarning):  # random weights, no adapters: both are said
         scored, pruned, bench, meta = _chain(
             tmp_path, capsys, ["--model", "vit_tiny_patch16_224", "--image-size", "32",
-                               "--data", "digits", "--split", "val"])
+                               "--data", "digits", "--split", "val", "--criterion", "cka"])
     assert scored["num_layers"] == 12
+    # cka chose the depth that prune cut and bench timed; SLS's is reported beside it
+    layers = json.loads((tmp_path / "run" / "layers.json").read_text())
+    assert scored["criterion"] == "cka" == layers["criterion"]
+    assert scored["depth"] == layers["meta"]["criteria"]["cka"]["depth"]
+    assert "silhouette" in scored["scores"] and "cka" in scored["scores"]
     assert bench["full"]["image_size"] == bench["pruned"]["image_size"] == 32
     assert meta["meta"]["image_size"] == 32 and meta["adapters"]["kind"] == "convpass"
 

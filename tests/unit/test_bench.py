@@ -58,6 +58,34 @@ def test_compiled_runs():
     assert r["images_per_s"] == pytest.approx(2 / (r["latency_ms"] / 1e3))
 
 
+@pytest.mark.slow
+def test_the_ninth_structure_timed_in_a_process_is_still_compiled():
+    """torch.compile runs one forward eager, silently, after 8 recompilations: every timing
+    starts from a fresh compiler, so each of 10 distinct models gets its own compiled graph."""
+    from torch._dynamo.utils import counters
+
+    class Net(torch.nn.Module):
+        def __init__(self, k):
+            super().__init__()
+            self.blocks = torch.nn.Sequential(*[torch.nn.Conv2d(3, 3, 3, padding=1)
+                                                for _ in range(k)])
+
+        def forward(self, x):
+            return self.blocks(x).mean((2, 3))
+
+    new_graphs = []
+    for k in range(1, 11):
+        before = counters["stats"]["unique_graphs"]
+        if k % 2:
+            sls_fast.measure_throughput(Net(k), batch_size=2, image_size=8, compile=True,
+                                        warmup=1, iters=1)
+        else:
+            sls_fast.compare_throughput(Net(k), Net(k - 1), batch_size=2, image_size=8,
+                                        compile=True, warmup=1, iters=1)
+        new_graphs.append(counters["stats"]["unique_graphs"] - before)
+    assert all(n >= 1 for n in new_graphs), new_graphs
+
+
 def test_sweep():
     rs = sls_fast.sweep_batch_sizes(tiny_vit(1), batch_sizes=(1, 3), compile=False, warmup=1,
                                     iters=2)
