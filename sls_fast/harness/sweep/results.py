@@ -168,7 +168,7 @@ def criteria_summary(rows: List[dict]) -> str:
                       mean([r.get("regret_best") for r in mine], "+.3f"),
                       mean([1.0 if r.get("speedup_status") == "not pruned" else r.get("speedup")
                             for r in mine], ".2f")))
-    kinds = {(r.get("oracle") or {}).get("kind") for r in rows} - {None}
+    kinds = {str(r["oracle"]["kind"]) for r in rows if r.get("oracle")}
     note = ("regret: accuracy lost against the full model (positive: lost), on the oracle "
             f"({', '.join(sorted(kinds))}) of each cell" if kinds else
             "regret: run the sweep with --oracle to measure it")
