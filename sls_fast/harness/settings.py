@@ -257,5 +257,10 @@ class SweepOptions:
                                              "fractions share a GPU)", kind=float)
     cpus_per_cell: Optional[float] = _option(None, "CPUs per cell (None: 1 with GPUs, else 2); "
                                              "also its torch threads", kind=float)
-    max_retries: int = _option(3, "retries of a cell whose worker process died", kind=int)
+    max_retries: int = _option(3, "retries of a cell whose worker process or node died",
+                               kind=int)
     retry_failed: bool = _option(False, "rerun the cells recorded as failed", kind=bool)
+    cache_dir: Optional[str] = _option(None, "the stage cache: a folder every node can reach "
+                                       "(an NFS mount; None: OUT/cache on the driver's node, "
+                                       "a node-local folder on the others)", kind=str,
+                                       metavar="DIR")

@@ -20,6 +20,7 @@ from sls_fast.cli import main
 from sls_fast.common.schema import SCHEMA_VERSION
 from sls_fast.harness.sweep.results import COLUMNS, ResultsDB
 from sls_fast.harness.sweep import SweepSpec, vtab_task_facts
+from sls_fast.harness.sweep.driver import cell_workdir_root
 
 pytestmark = pytest.mark.slow  # every test here takes seconds to minutes
 
@@ -52,12 +53,18 @@ def _rows(out):
 
 
 def _leftovers(out):
-    """Temporary cell folders, running markers and cell folders without a database row."""
+    """Temporary cell folders, cell folders without a database row, anything a cell wrote
+    under out besides what the driver writes, and this node's attempt folders."""
     cells = os.listdir(os.path.join(out, "cells"))
-    running = os.listdir(os.path.join(out, "running")) if os.path.isdir(
-        os.path.join(out, "running")) else []
     recorded = {r["key"] for r in _rows(out)}
-    return [c for c in cells if ".tmp-" in c or ".old-" in c or c not in recorded] + running
+    extra = sorted(set(os.listdir(out)) - {"cells", "cache", "results.sqlite",
+                                           "results.sqlite-wal", "results.sqlite-shm",
+                                           "results.csv", "pareto.png", "depths.png",
+                                           "criteria.png"})
+    root = cell_workdir_root(str(out))
+    attempts = os.listdir(root) if os.path.isdir(root) else []
+    return [c for c in cells if ".tmp-" in c or ".old-" in c or c not in recorded] + extra + \
+        attempts
 
 
 def _default_sigint():
@@ -243,12 +250,12 @@ def test_sigint_stops_the_driver_and_the_sweep_resumes(tmp_path):
 
 def test_killed_worker_is_retried(tmp_path):
     out = tmp_path / "sweep"
-    running = out / "running"
+    running = cell_workdir_root(str(out))  # this node's attempt folders: <key>.<pid>
     killed = []
 
     def kill_first_attempt():
         for _ in range(2400):  # polls 0.1 s apart: up to about 4 minutes
-            for name in os.listdir(running) if running.is_dir() else []:
+            for name in os.listdir(running) if os.path.isdir(running) else []:
                 pid = int(name.rsplit(".", 1)[1])
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)

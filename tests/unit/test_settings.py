@@ -20,7 +20,7 @@ VALUES = dict(model="resnet18", data="lfw", method="lora", alpha=0.45, repeats=3
               adapter_scale=2.5, num_classes=7, checkpoint="w.pth", compile=False,
               timing="authors", throughput_iters=5, on_bad_image="skip", seed=3, device="cpu")
 OPTIONS = dict(out="somewhere", address="auto", num_cpus=3, gpus_per_cell=0.5,
-               cpus_per_cell=1.5, max_retries=1, retry_failed=True)
+               cpus_per_cell=1.5, max_retries=1, retry_failed=True, cache_dir="/mnt/shared/cache")
 
 
 def _flag_args(f, value, plural=False):

@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
+import hashlib
 import os
 import shutil
 import socket
+import tempfile
 import time
 import traceback
 import warnings
 from datetime import datetime, timezone
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from sls_fast.common.signals import sigint_held
 from sls_fast.harness.preflight import check_device, check_out, check_weights
@@ -53,62 +54,151 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: " + " ".join((str(exc).strip() or "").split())
 
 
-def run_cell(settings: dict, key: str, task: str, out: str, threads: Optional[int] = None) -> dict:
-    """Run one cell in this process and return its database row (status ``ok`` or ``failed``).
+def cell_workdir_root(out: str) -> str:
+    """This node's folder for the cells of the sweep in ``out`` that run here: each attempt
+    works in ``<root>/<key>.<pid>/`` and its files travel back to the driver through Ray."""
+    sweep_id = hashlib.sha256(os.path.abspath(out).encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), "sls-fast-cells", sweep_id)
 
-    Files go to ``out/cells/<key>.tmp-<pid>/`` and are renamed to ``out/cells/<key>/`` at the
-    end; ``out/running/<key>.<pid>`` marks the attempt while it runs (a killed attempt leaves
-    its marker, which the driver counts as an attempt)."""
+
+def node_cache_dir(out: str) -> str:
+    """The stage cache of the sweep in ``out`` on a node other than the driver's (a node-local
+    folder: the driver's ``out`` may not be mounted there)."""
+    return os.path.join(os.path.dirname(cell_workdir_root(out)), "cache",
+                        os.path.basename(cell_workdir_root(out)))
+
+
+def _this_node() -> Optional[str]:
+    """The Ray node this process runs on (None outside Ray)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - no Ray: not on a node
+        return None
+
+
+def run_cell(settings: dict, key: str, task: str, out: str, threads: Optional[int] = None, *,
+             cache_dir: Optional[str] = None, home_node: Optional[str] = None,
+             ledger: Any = None) -> dict:
+    """Run one cell in this process; return ``dict(row=..., files=...)``: its database row
+    (status ``ok`` or ``failed``) and its files as ``{relative path: bytes}`` (report.json,
+    layers.json, the plots, the pruned artifact, log.txt), for the driver to write.
+
+    The cell works in a node-local folder (:func:`cell_workdir_root`), removed when it returns:
+    nothing is written under ``out`` by a cell, so its node need not see the driver's disk.
+    The stage cache is ``cache_dir`` when given (a path every node can reach), else
+    ``out/cache`` on the driver's node (``home_node``) and a node-local folder elsewhere
+    (:func:`node_cache_dir`). ``ledger`` (the driver's attempt ledger, a Ray actor) is told
+    when an attempt starts, so attempts whose worker or node died are counted."""
     import torch
 
     from sls_fast.harness.cache import StageCache
     from sls_fast.harness.pipeline import run_task
 
     pid, started, t0 = os.getpid(), _now(), time.perf_counter()
-    marker = os.path.join(out, "running", f"{key}.{pid}")
-    os.makedirs(os.path.dirname(marker), exist_ok=True)
-    with open(marker, "w") as f:
-        json.dump(dict(pid=pid, host=socket.gethostname(), started=started), f)
-    tmp = os.path.join(out, "cells", f"{key}.tmp-{pid}")
-    final = os.path.join(out, "cells", key)
+    node = _this_node()
+    if ledger is not None:
+        import ray
+
+        ray.get(ledger.start.remote(key, node, pid))
+    root = cell_workdir_root(out)
+    _remove_dead_attempts(root)
+    tmp = os.path.join(root, f"{key}.{pid}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
+    if cache_dir is None:
+        cache_dir = os.path.join(out, "cache") if node is None or node == home_node \
+            else node_cache_dir(out)
     s = TaskSettings.from_dict(settings)
     row = dict(key=key, task=task, model=s.model, dataset=s.data, method=s.method,
-               alpha=s.alpha, criterion=s.criterion, repeats=s.repeats, tsne_backend=s.tsne_backend, seed=s.seed,
-               settings=settings, host=socket.gethostname(), started=started, cell_dir=final)
+               alpha=s.alpha, criterion=s.criterion, repeats=s.repeats,
+               tsne_backend=s.tsne_backend, seed=s.seed, settings=settings,
+               host=socket.gethostname(), node=node, started=started)
     if threads:
         torch.set_num_threads(int(threads))
-    with open(os.path.join(tmp, "log.txt"), "w") as log, warnings.catch_warnings(record=True) as ws:
-        warnings.simplefilter("always")
-        try:
-            result = run_task(s, tmp, progress=False, cache=StageCache(os.path.join(out, "cache")),
-                              log=lambda m: print(m, file=log, flush=True)).to_dict()
-            row.update(status="ok", num_layers=result["num_layers"], depth=result["depth"],
-                       confidence=result["confidence"],
-                       acc_full=result["accuracy"]["full"], acc_pruned=result["accuracy"]["pruned"],
-                       img_s_full=result["throughput"]["full"],
-                       img_s_pruned=result["throughput"]["pruned"],
-                       speedup=result["throughput"]["speedup"],
-                       speedup_status=result["throughput"]["status"],
-                       artifact_bytes=result["storage"]["artifact_bytes"],
-                       full_model_bytes=result["storage"]["full_model_bytes"],
-                       timings=result["timings"], cache=result["cache"],
-                       versions=result["versions"], device=result["device"])
-            oracle = result.get("oracle")
-            if oracle is not None:  # the deciding criterion's regret, and the curve to plot
-                mine = oracle["criteria"][s.criterion]
-                row.update(regret=mine["regret_full"], regret_best=mine["regret_best"],
-                           oracle=oracle)
-        except Exception as exc:  # noqa: BLE001 - recorded as a failed cell; the sweep goes on
-            row.update(status="failed", error=_first_line(exc))
-            traceback.print_exc(file=log)
-        for w in ws:
-            print(f"warning: {w.message}", file=log)
-    row.update(finished=_now(), wall_s=time.perf_counter() - t0)
-    _replace_dir(tmp, final)
-    os.remove(marker)
+    try:
+        with open(os.path.join(tmp, "log.txt"), "w") as log, \
+                warnings.catch_warnings(record=True) as ws:
+            warnings.simplefilter("always")
+            try:
+                result = run_task(s, tmp, progress=False, cache=StageCache(cache_dir),
+                                  log=lambda m: print(m, file=log, flush=True)).to_dict()
+                row.update(_row_of(result, s.criterion))
+            except Exception as exc:  # noqa: BLE001 - recorded as a failed cell; the sweep goes on
+                row.update(status="failed", error=_first_line(exc))
+                traceback.print_exc(file=log)
+            for w in ws:
+                print(f"warning: {w.message}", file=log)
+        row.update(finished=_now(), wall_s=time.perf_counter() - t0)
+        files = {}
+        for folder, _, names in os.walk(tmp):
+            for name in names:
+                path = os.path.join(folder, name)
+                with open(path, "rb") as f:
+                    files[os.path.relpath(path, tmp)] = f.read()
+        return dict(row=row, files=files)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _row_of(result: dict, criterion: str) -> dict:
+    """The database columns of a finished run's report."""
+    row = dict(status="ok", num_layers=result["num_layers"], depth=result["depth"],
+               confidence=result["confidence"],
+               acc_full=result["accuracy"]["full"], acc_pruned=result["accuracy"]["pruned"],
+               img_s_full=result["throughput"]["full"],
+               img_s_pruned=result["throughput"]["pruned"],
+               speedup=result["throughput"]["speedup"],
+               speedup_status=result["throughput"]["status"],
+               artifact_bytes=result["storage"]["artifact_bytes"],
+               full_model_bytes=result["storage"]["full_model_bytes"],
+               timings=result["timings"], cache=result["cache"],
+               versions=result["versions"], device=result["device"])
+    oracle = result.get("oracle")
+    if oracle is not None:  # the deciding criterion's regret, and the curve to plot
+        mine = oracle["criteria"][criterion]
+        row.update(regret=mine["regret_full"], regret_best=mine["regret_best"], oracle=oracle)
     return row
+
+
+def _remove_dead_attempts(root: str) -> None:
+    """Delete this node's attempt folders whose process is gone (a killed worker's)."""
+    for path in glob.glob(os.path.join(root, "*.*")):
+        try:
+            pid = int(path.rsplit(".", 1)[1])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_cell(out: str, key: str, files: Dict[str, bytes]) -> str:
+    """The driver writes a cell's files: into ``out/cells/<key>.tmp-<pid>/``, renamed to
+    ``out/cells/<key>/`` when complete. Returns the final folder."""
+    tmp = os.path.join(out, "cells", f"{key}.tmp-{os.getpid()}")
+    final = os.path.join(out, "cells", key)
+    shutil.rmtree(tmp, ignore_errors=True)
+    for rel, data in files.items():
+        path = os.path.normpath(os.path.join(tmp, rel))
+        if not path.startswith(tmp + os.sep):
+            raise ValueError(f"cell {key}: a file outside its folder: {rel!r}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+    os.makedirs(tmp, exist_ok=True)
+    _replace_dir(tmp, final)
+    return final
 
 
 def _replace_dir(src: str, dst: str) -> None:
@@ -123,18 +213,36 @@ def _replace_dir(src: str, dst: str) -> None:
 
 
 # --------------------------------------------------------------------------- the driver
-def _remove_partial(out: str, key: Optional[str] = None) -> int:
-    """Delete what unfinished attempts left (of ``key``, or of every cell): temporary cell
-    folders and running markers. Returns the number of markers removed (= attempts)."""
+def _remove_partial(out: str, key: Optional[str] = None) -> None:
+    """Delete the driver's unfinished writes (of ``key``, or of every cell): temporary and
+    replaced cell folders."""
     pattern = key or "*"
     for path in glob.glob(os.path.join(out, "cells", f"{pattern}.tmp-*")) + \
             glob.glob(os.path.join(out, "cells", f"{pattern}.old-*")):
         shutil.rmtree(path, ignore_errors=True)
-    markers = glob.glob(os.path.join(out, "running", f"{pattern}.*"))
-    for path in markers:
-        with contextlib.suppress(OSError):
-            os.remove(path)
-    return len(markers)
+
+
+class AttemptLedger:
+    """The driver's count of each cell's attempts, kept in a Ray actor on the driver's node:
+    an attempt tells it when it starts, wherever it runs, so an attempt whose worker process or
+    whole node died is counted though it wrote nothing the driver can see."""
+
+    def __init__(self) -> None:
+        self.attempts: Dict[str, int] = {}
+        self.live: Dict[str, tuple] = {}
+
+    def start(self, key: str, node: Optional[str], pid: int) -> int:
+        self.attempts[key] = self.attempts.get(key, 0) + 1
+        self.live[key] = (node, pid)
+        return self.attempts[key]
+
+    def finish(self, key: str) -> int:
+        """The attempts of a cell whose result the driver has; it is no longer running."""
+        self.live.pop(key, None)
+        return self.attempts.get(key, 0)
+
+    def running(self) -> int:
+        return len(self.live)
 
 
 def _start_ray(ray, address: Optional[str], num_cpus: Optional[int], say) -> None:
@@ -172,7 +280,8 @@ def _remove_unrecorded(out: str, db, keys) -> None:
 def run_sweep(spec: SweepSpecBase, out: str, *, address: Optional[str] = None,
               num_cpus: Optional[int] = None, gpus_per_cell: Optional[float] = None,
               cpus_per_cell: Optional[float] = None, retry_failed: bool = False,
-              max_retries: int = default_of("max_retries", SweepOptions), progress: bool = True,
+              max_retries: int = default_of("max_retries", SweepOptions),
+              cache_dir: Optional[str] = None, progress: bool = True,
               log: Optional[Callable[[str], None]] = None) -> dict:
     """Run every cell of ``spec`` not finished before, on Ray; write ``out/results.sqlite``,
     ``out/results.csv``, ``out/pareto.png`` and ``out/depths.png`` (and ``out/criteria.png``
@@ -184,10 +293,16 @@ def run_sweep(spec: SweepSpecBase, out: str, *, address: Optional[str] = None,
         address: a Ray cluster to join (``"auto"`` or ``"HOST:PORT"``); None starts a local Ray
             instance (``num_cpus`` CPUs, default all) that stops with the sweep.
         gpus_per_cell: GPUs a cell requests (default 1 when the cluster has GPUs, fractions allowed).
-        cpus_per_cell: CPUs a cell requests (default 1 with GPUs, else min(2, the cluster's));
-            also the cell's torch threads.
+        cpus_per_cell: CPUs a cell requests (default 1 with GPUs, else min(2, the largest
+            node's)); also the cell's torch threads. A request no node can hold is refused.
         retry_failed: rerun the cells recorded as failed.
-        max_retries: Ray's retries of a cell whose worker process died.
+        max_retries: Ray's retries of a cell whose worker process or node died.
+        cache_dir: the stage cache, a folder every node can reach (an NFS mount); default
+            ``out/cache`` on the driver's node and a node-local folder on the others.
+
+    Only the driver writes ``out``: a cell returns its row and files through Ray's object
+    store, so the nodes need no shared disk. Cells of one adaptation group run on the node
+    that holds their cache where it has room.
         progress: a progress bar over the cells; log: called with one line per event.
 
     Returns:
@@ -225,7 +340,8 @@ def run_sweep(spec: SweepSpecBase, out: str, *, address: Optional[str] = None,
         try:  # an interrupt while Ray starts must stop what has started too
             _start_ray(ray, address, num_cpus, say)
             _drive(ray, todo, out, db, ran, gpus_per_cell, cpus_per_cell, max_retries,
-                   progress_bar, progress, say, local=address is None)
+                   progress_bar, progress, say, local=address is None,
+                   cache_dir=os.path.abspath(cache_dir) if cache_dir else None)
         finally:
             _stop_ray(ray)
             _remove_partial(out)
@@ -242,49 +358,81 @@ def run_sweep(spec: SweepSpecBase, out: str, *, address: Optional[str] = None,
                 ok=ran["ok"], failed=ran["failed"], rows=rows, files=files)
 
 
-def _drive(ray, todo, out, db, ran, gpus_per_cell, cpus_per_cell, max_retries, progress_bar,
-           progress, say, local):
-    resources = ray.cluster_resources()
-    total_cpus, total_gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+def cell_request(ray, todo, gpus_per_cell: Optional[float],
+                 cpus_per_cell: Optional[float]) -> tuple:
+    """``(cpus, gpus)`` a cell asks for: the given values, else 1 CPU and 1 GPU where the
+    cluster has GPUs and the cells may use them, else 2 CPUs or the largest node's CPUs if it
+    has fewer. ValueError, naming the request and the largest node, when no node can hold it
+    (Ray would wait for it forever)."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    largest_cpus = max((r.get("CPU", 0) for r in nodes), default=0)
+    largest_gpus = max((r.get("GPU", 0) for r in nodes), default=0)
     devices = {c.settings.device for c in todo}
-    use_gpu = total_gpus > 0 and not devices <= {"cpu"}
-    num_gpus = (gpus_per_cell if gpus_per_cell is not None else 1) if use_gpu else 0
-    num_cpus = cpus_per_cell if cpus_per_cell is not None else (1 if use_gpu else
-                                                                min(2, max(1, total_cpus)))
+    use_gpu = largest_gpus > 0 and not devices <= {"cpu"}
     if gpus_per_cell and not use_gpu:
-        raise ValueError(f"--gpus-per-cell {gpus_per_cell:g}: Ray sees no GPU" if not total_gpus
+        raise ValueError(f"--gpus-per-cell {gpus_per_cell:g}: Ray sees no GPU" if not largest_gpus
                          else f"--gpus-per-cell {gpus_per_cell:g} with device 'cpu'")
-    if local and (num_cpus > total_cpus or num_gpus > total_gpus):
-        raise ValueError(f"a cell asks for {num_cpus} CPUs and {num_gpus} GPUs, but this Ray "
-                         f"instance has {total_cpus:g} CPUs and {total_gpus:g} GPUs")
-    say(f"Ray: {total_cpus:g} CPUs, {total_gpus:g} GPUs; each cell asks for {num_cpus:g} CPUs"
+    gpus = (gpus_per_cell if gpus_per_cell is not None else 1) if use_gpu else 0
+    cpus = cpus_per_cell if cpus_per_cell is not None else (
+        1 if use_gpu else min(2, max(1, largest_cpus)))
+    if not any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
+        best = max(nodes, key=lambda r: (r.get("CPU", 0), r.get("GPU", 0)), default={})
+        raise ValueError(f"a cell asks for {cpus:g} CPUs and {gpus:g} GPUs, but no Ray node has "
+                         f"that: the largest has {best.get('CPU', 0):g} CPUs and "
+                         f"{best.get('GPU', 0):g} GPUs ({len(nodes)} nodes); lower "
+                         "--cpus-per-cell / --gpus-per-cell")
+    return cpus, gpus
+
+
+def _drive(ray, todo, out, db, ran, gpus_per_cell, cpus_per_cell, max_retries, progress_bar,
+           progress, say, local, cache_dir=None):
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    num_cpus, num_gpus = cell_request(ray, todo, gpus_per_cell, cpus_per_cell)
+    resources = ray.cluster_resources()
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    say(f"Ray: {nodes} node{'s' if nodes > 1 else ''}, {resources.get('CPU', 0):g} CPUs, "
+        f"{resources.get('GPU', 0):g} GPUs; each cell asks for {num_cpus:g} CPUs"
         + (f" and {num_gpus:g} GPUs" if num_gpus else ""))
-    task = ray.remote(run_cell).options(num_cpus=num_cpus, num_gpus=num_gpus,
-                                        max_retries=max_retries, retry_exceptions=False)
+    home = ray.get_runtime_context().get_node_id()  # the driver's node: out/cache is here
+    ledger = ray.remote(AttemptLedger).options(
+        num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(home, soft=False)).remote()
+    task = ray.remote(run_cell)
+    request = dict(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries,
+                   retry_exceptions=False)
     threads = max(1, int(num_cpus))
     # Cells that share the adaptation (they differ only in alpha or the scoring/retraining
     # settings) form a group: its first cell runs alone and fills the cache; the rest start when
-    # it ends and read the adapted weights, features and scores back instead of computing them.
+    # it ends, on the node that holds that cache (softly: a lost node does not block them), and
+    # read the adapted weights, features and scores back instead of computing them.
     groups: Dict[str, List[Cell]] = {}
     for c in todo:
         groups.setdefault(adapt_group(c.settings), []).append(c)
     waiting = {id(g[0]): g[1:] for g in groups.values()}
-    submit = lambda c: task.remote(c.settings.to_dict(), c.key, c.task, out, threads)  # noqa: E731
+
+    def submit(c, node=None):
+        where = {} if node is None else dict(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True))
+        return task.options(**request, **where).remote(c.settings.to_dict(), c.key, c.task, out, threads,
+                            cache_dir=cache_dir, home_node=home, ledger=ledger)
+
     pending = {submit(g[0]): g[0] for g in groups.values()}
     bar = progress_bar(total=len(todo), enabled=progress, desc="cells", unit="cell")
 
-    def record(ref) -> "Cell":
+    def record(ref) -> tuple:
         cell = pending.pop(ref)
         try:
-            row = ray.get(ref)
-        except ray.exceptions.RayError as exc:  # the worker died more than max_retries
+            got = ray.get(ref)
+            row = got["row"]
+            row["cell_dir"] = _write_cell(out, cell.key, got["files"])
+        except ray.exceptions.RayError as exc:  # the worker (or node) died more than max_retries
             row = dict(key=cell.key, task=cell.task, model=cell.settings.model,
                        dataset=cell.settings.data, method=cell.settings.method,
                        alpha=cell.settings.alpha, criterion=cell.settings.criterion,
                        settings=cell.settings.to_dict(),
                        status="failed", error=_first_line(exc).splitlines()[0][:500],
                        finished=_now())
-        row["attempts"] = 1 + _remove_partial(out, cell.key)
+        row["attempts"] = max(1, ray.get(ledger.finish.remote(cell.key)))
         db.write(row)
         ran[row["status"]] += 1
         say(f"cell {cell.key}: {row['status']}"
@@ -292,20 +440,21 @@ def _drive(ray, todo, out, db, ran, gpus_per_cell, cpus_per_cell, max_retries, p
                else f": {row.get('error')}"))
         if bar is not None:
             bar.update(1)
-        return cell
+        return cell, row.get("node")
 
     shown = None
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in ready:
-                cell = record(ref)
+                cell, node = record(ref)
                 for c in waiting.pop(id(cell), []):
-                    pending[submit(c)] = c
+                    pending[submit(c, node)] = c
             if bar is not None:
-                running = len(os.listdir(os.path.join(out, "running"))) \
-                    if os.path.isdir(os.path.join(out, "running")) else 0
+                running = ray.get(ledger.running.remote())
                 state = dict(done=ran["ok"], running=running, failed=ran["failed"])
+                if len(pending) > running:  # submitted, not started: no node has room yet
+                    state["waiting for resources"] = len(pending) - running
                 if state != shown:  # redraw only on a change: quiet in log files
                     bar.set_postfix(state)
                     shown = state

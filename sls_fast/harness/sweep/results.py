@@ -30,12 +30,12 @@ COLUMNS = {
     "img_s_full": "REAL", "img_s_pruned": "REAL", "speedup": "REAL", "speedup_status": "TEXT",
     "artifact_bytes": "INTEGER",
     "full_model_bytes": "INTEGER", "regret": "REAL", "regret_best": "REAL", "oracle": "TEXT", "wall_s": "REAL", "attempts": "INTEGER", "timings": "TEXT",
-    "cache": "TEXT", "settings": "TEXT", "versions": "TEXT", "device": "TEXT", "host": "TEXT",
+    "cache": "TEXT", "settings": "TEXT", "versions": "TEXT", "device": "TEXT", "host": "TEXT", "node": "TEXT",
     "cell_dir": "TEXT", "started": "TEXT", "finished": "TEXT",
 }
 _JSON_COLUMNS = ("timings", "cache", "settings", "versions", "oracle")
 # columns added after a database may have been written: added to an older file when it opens
-_ADDED_COLUMNS = ("speedup_status", "criterion", "regret", "regret_best", "oracle")
+_ADDED_COLUMNS = ("speedup_status", "criterion", "regret", "regret_best", "oracle", "node")
 
 
 class ResultsDB:
