@@ -95,7 +95,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4", "openTSNE>=1.0", "threadpoolctl>=3.1",
-                 "peft>=0.13", "transformers>=4.48", "jsonschema>=4.18", "mypy>=1.8"],
+                 "peft>=0.13", "transformers>=4.48", "jsonschema>=4.18", "mypy>=1.8",
+                 "psutil>=5.9"],  # the multi-node tests stop node processes by PID
         "peft": ["peft>=0.13"],
         "hf": ["transformers>=4.48", "peft>=0.13"],
         "tsne": ["openTSNE>=1.0"],

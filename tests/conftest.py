@@ -19,6 +19,9 @@ except Exception:  # pragma: no cover
 
 if not _HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Ray instances the tests start bind to 127.0.0.1, never to the machine's outward address
+# (read by Ray when it is imported; the multi-node tests give it to their nodes too)
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 _HAS_CUML = importlib.util.find_spec("cuml") is not None and _HAS_CUDA
 
