@@ -130,6 +130,9 @@ def _common(p, *, settings: bool = True):
     g.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     g.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     g.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    g.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="CPU threads (default: the cores this process may use that no other "
+                   "process keeps busy, sampled at the start; sweep cells: their Ray CPUs)")
 
 
 def _model_options(p, *, required: bool = True):
@@ -286,7 +289,14 @@ def main(argv: Optional[list] = None) -> int:
         return 130
     old_format = warnings.formatwarning
     warnings.formatwarning = _one_line_warning
+    import torch
+
+    old_threads = torch.get_num_threads()  # given back: main() may run inside another program
     try:
+        if getattr(args, "func", None) is not None and "threads" in vars(args):
+            from sls_fast.common.threads import apply_threads
+
+            apply_threads(args.threads)  # before any compute: torch's pool starts with it
         args.func(args)
     except _USER_ERRORS as exc:
         if args.debug:
@@ -306,6 +316,7 @@ def main(argv: Optional[list] = None) -> int:
         return 1
     finally:
         warnings.formatwarning = old_format
+        torch.set_num_threads(old_threads)
     return 0
 
 
