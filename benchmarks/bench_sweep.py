@@ -1,6 +1,7 @@
 """What the sweep's stage cache saves: a sweep over 3 alphas vs 3 separate runs, same run.
 
     pytest benchmarks/bench_sweep.py --benchmark-only -q -s
+    pytest benchmarks/bench_sweep.py --benchmark-only -q -s -k node    # 2 nodes vs 1 node
     SLS_BENCH_SWEEP_FULL=1 pytest benchmarks/bench_sweep.py --benchmark-only -q -s   # default setting
 
 The task is the embedded default (EfficientNet-Lite0, real ImageNet weights, digits), in the
@@ -16,6 +17,9 @@ training images scored, 1,000 t-SNE iterations, eager timing to keep compilation
 Each row's ``extra_info`` holds the per-cell wall times and cache hits; the ratio is printed.
 """
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -76,3 +80,60 @@ def test_sweep_over_alphas(benchmark):
               f"s (Ray start/stop included): {ratio:.2f}x less wall time")
     else:
         pytest.skip("run with test_three_separate_runs for the ratio")
+
+
+# --------------------------------------------------------------------------- two nodes
+# 6 quick cells (digits and lfw x 3 alphas: two adaptation groups) on a cluster of 2 nodes of
+# 1 CPU each, the worker node unable to see --out (results travel through Ray), against a
+# local instance of 2 CPUs. Both run on this machine's 2 cores: the same hardware, split in two
+# nodes or not. Needs Linux, root and unshare (tests/integration/_ray_cluster.py).
+TWO_NODE_DATA = ["digits", "lfw"]
+
+
+CELLS = ["--quick", "--data", *TWO_NODE_DATA, "--alphas", *map(str, ALPHAS), "--no-progress"]
+
+
+def test_one_node_of_two_cpus(benchmark):
+    benchmark.group = "6 quick cells: one node of 2 CPUs vs two nodes of 1 CPU"
+
+    def run():
+        with tempfile.TemporaryDirectory() as out:
+            subprocess.run([sys.executable, "-m", "sls_fast", "sweep", "--num-cpus", "2",
+                            "--out", out, *CELLS], check=True, capture_output=True)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    RESULT["one node"] = benchmark.stats.stats.mean
+    print(f"\none node of 2 CPUs: {RESULT['one node']:.1f} s")
+
+
+def test_two_nodes_of_one_cpu(benchmark):
+    benchmark.group = "6 quick cells: one node of 2 CPUs vs two nodes of 1 CPU"
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("needs Linux and root (a node in its own mount namespace)")
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "integration"))
+    from _ray_cluster import Cluster
+
+    root = tempfile.mkdtemp()
+    cluster = Cluster(root, os.path.join(root, "driver"))
+    nodes = {}
+    try:
+        def run():
+            out = os.path.join(root, "driver", f"out{len(nodes)}")
+            done = cluster.sweep(out, *CELLS)
+            _, err = done.communicate(timeout=1800)
+            assert done.returncode == 0, err
+            import sqlite3
+
+            con = sqlite3.connect(os.path.join(out, "results.sqlite"))
+            nodes[out] = con.execute("SELECT COUNT(DISTINCT node) FROM runs").fetchone()[0]
+            con.close()
+
+        benchmark.pedantic(run, rounds=1, iterations=1)
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    wall = benchmark.stats.stats.mean
+    benchmark.extra_info.update(nodes_used=list(nodes.values()))
+    print(f"\ntwo nodes of 1 CPU: {wall:.1f} s, cells on {list(nodes.values())} nodes")
+    if "one node" in RESULT:
+        print(f"one node / two nodes = {RESULT['one node'] / wall:.2f}x")

@@ -7,14 +7,9 @@ process a test starts is stopped by PID (the node's process group and its descen
 Cells are tiny (timm's test_vit at 32 px, one epoch): the harness is under test, not the method."""
 import json
 import os
-import secrets
 import shutil
-import signal
-import socket
 import sqlite3
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -28,96 +23,11 @@ if not sys.platform.startswith("linux") or os.geteuid() != 0 or shutil.which("un
     pytest.skip("needs Linux, root and unshare (a node in its own mount namespace)",
                 allow_module_level=True)
 
+from _ray_cluster import Cluster  # noqa: E402
 from sls_fast.harness.sweep.driver import cell_workdir_root  # noqa: E402
 
 TINY = ["--quick", "--models", "test_vit", "--image-size", "32", "--tsne-iter", "250",
         "--score-points", "200", "--no-progress"]
-NODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ray_node.py")
-RAY = os.path.join(os.path.dirname(sys.executable), "ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class TwoNodes:
-    """A head node (``ray start --head``) and a worker node that cannot see ``hidden``."""
-
-    def __init__(self, root, hidden, head_cpus=1, worker_cpus=1, head_gpus=0, worker=True):
-        self.port = _free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.temp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths
-        self.env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
-                        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")  # every node on 127.0.0.1
-        self.logs = root
-        self.procs = {}
-        self.procs["head"] = self._start(
-            "head", [RAY, "start", "--head", "--port", str(self.port), "--node-ip-address",
-                     "127.0.0.1", "--num-cpus", str(head_cpus), "--num-gpus", str(head_gpus),
-                     "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir",
-                     self.temp, "--block"])
-        self._wait_nodes(1)
-        if worker:
-            os.makedirs(hidden, exist_ok=True)
-            self.procs["worker"] = self._start(
-                "worker", ["unshare", "--mount", "sh", "-c",
-                           f"mount -t tmpfs tmpfs '{hidden}' && exec '{sys.executable}' "
-                           f"'{NODE}' {self.address} {worker_cpus} '{self.temp}'"])
-            self._wait_nodes(2)
-
-    def _start(self, name, cmd):
-        log = open(os.path.join(self.logs, f"{name}.log"), "w")
-        return subprocess.Popen(cmd, env=self.env, start_new_session=True, stdout=log,
-                                stderr=subprocess.STDOUT)
-
-    def _wait_nodes(self, n, timeout=90):
-        code = ("import ray; ray.init(address='%s', log_to_driver=False); "
-                "print(sum(x['Alive'] for x in ray.nodes()))" % self.address)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True,
-                                 text=True)
-            if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(n)]:
-                return
-            time.sleep(1)
-        raise RuntimeError(f"the cluster did not reach {n} nodes: {out.stderr[-2000:]}")
-
-    def sweep(self, out, *args, check=True):
-        cmd = [sys.executable, "-m", "sls_fast", "sweep", "--address", self.address,
-               "--out", str(out), *TINY, *args]
-        return subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd=self.logs)
-
-    def kill(self, name):
-        """Kill a node: its process group and every descendant (Ray's workers start sessions of
-        their own), by PID."""
-        proc = self.procs.pop(name)
-        try:
-            family = psutil.Process(proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            family = []
-        with _quiet():
-            os.killpg(proc.pid, signal.SIGKILL)
-        for p in family:
-            with _quiet():
-                p.kill()
-        proc.wait(timeout=30)
-        psutil.wait_procs(family, timeout=30)
-
-    def stop(self):
-        for name in list(self.procs):
-            self.kill(name)
-        shutil.rmtree(self.temp, ignore_errors=True)
-
-
-class _quiet:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        return kind is not None and issubclass(kind, (ProcessLookupError, psutil.NoSuchProcess))
 
 
 def _rows(out):
@@ -128,9 +38,14 @@ def _rows(out):
     return rows
 
 
+class _Cluster(Cluster):
+    def sweep(self, out, *args):
+        return super().sweep(out, *TINY, *args)
+
+
 @pytest.fixture
 def cluster(tmp_path):
-    c = TwoNodes(str(tmp_path), str(tmp_path / "driver"))
+    c = _Cluster(str(tmp_path), str(tmp_path / "driver"))
     yield c
     c.stop()
 
@@ -212,7 +127,7 @@ def test_a_lost_node_costs_one_attempt(cluster, tmp_path):
 def test_half_a_gpu_per_cell_runs_two_cells_per_declared_gpu(tmp_path):
     """GPU scheduling on a CPU machine: the head declares one GPU; cells asking for half of it
     run two at a time and fall back to the CPU (torch sees no CUDA device)."""
-    c = TwoNodes(str(tmp_path), None, head_cpus=2, head_gpus=1, worker=False)
+    c = _Cluster(str(tmp_path), None, head_cpus=2, head_gpus=1, worker=False)
     try:
         out = tmp_path / "out"
         run = c.sweep(out, "--data", "digits", "lfw", "--gpus-per-cell", "0.5")
