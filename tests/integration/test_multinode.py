@@ -19,9 +19,21 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
-if not sys.platform.startswith("linux") or os.geteuid() != 0 or shutil.which("unshare") is None:
-    pytest.skip("needs Linux, root and unshare (a node in its own mount namespace)",
-                allow_module_level=True)
+def _can_hide_a_folder() -> bool:
+    """Whether this machine lets a process mount a tmpfs in a mount namespace of its own."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        return subprocess.run(["unshare", "--mount", "sh", "-c", f"mount -t tmpfs tmpfs '{d}'"],
+                              capture_output=True).returncode == 0
+
+
+if not _can_hide_a_folder():
+    pytest.skip("needs Linux, root and unshare --mount with tmpfs (a node that cannot see the "
+                "driver's disk)", allow_module_level=True)
 
 from _ray_cluster import Cluster  # noqa: E402
 from sls_fast.harness.sweep.driver import cell_workdir_root  # noqa: E402

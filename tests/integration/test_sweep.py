@@ -182,6 +182,19 @@ def test_a_criteria_sweep_shares_the_scores_and_summarises_each_criterion(tmp_pa
     assert "criterion" in table.splitlines()[0] and "regret" in table and "probe" in table
 
 
+def test_a_cache_dir_holds_the_stages_instead_of_out(tmp_path):
+    """--cache-dir: the stages go to the given folder (a path every node can reach), none to
+    OUT/cache, and the group's second cell reads them back from there."""
+    out, shared = tmp_path / "sweep", tmp_path / "shared" / "cache"
+    assert _sweep(out, "--data", "digits", "--alphas", "0.3", "0.9",
+                  "--cache-dir", str(shared)) == 0
+    rows = _rows(out)
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    assert sorted(r["cache"]["adapt"] for r in rows) == ["hit", "miss"]
+    assert (shared / "adapt").is_dir() and (shared / "scores").is_dir()
+    assert not (out / "cache").exists()
+
+
 def test_rerun_skips_and_spec_file_is_the_same_sweep(swept, capsys, tmp_path):
     out, data = swept
     before = {r["key"]: r["finished"] for r in _rows(out)}
