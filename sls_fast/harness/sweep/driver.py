@@ -376,7 +376,8 @@ def cell_request(ray, todo, gpus_per_cell: Optional[float],
     cpus = cpus_per_cell if cpus_per_cell is not None else (
         1 if use_gpu else min(2, max(1, largest_cpus)))
     if not any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
-        best = max(nodes, key=lambda r: (r.get("CPU", 0), r.get("GPU", 0)), default={})
+        best: Dict[str, float] = max(nodes, key=lambda r: (r.get("CPU", 0), r.get("GPU", 0)),
+                                     default={})
         raise ValueError(f"a cell asks for {cpus:g} CPUs and {gpus:g} GPUs, but no Ray node has "
                          f"that: the largest has {best.get('CPU', 0):g} CPUs and "
                          f"{best.get('GPU', 0):g} GPUs ({len(nodes)} nodes); lower "
