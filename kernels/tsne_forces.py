@@ -16,7 +16,7 @@ MIN_GAIN = 0.01
 
 def tsne_forces_torch(y: torch.Tensor, P: Optional[torch.Tensor] = None,
                       nbr: Optional[torch.Tensor] = None, pval: Optional[torch.Tensor] = None,
-                      *, max_chunk_elements: int = 1 << 24
+                      *, max_chunk_elements: int = 1 << 24, repulsion: bool = True
                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reference attractive and repulsive sums and the normaliser Z of every layer.
 
@@ -29,7 +29,9 @@ def tsne_forces_torch(y: torch.Tensor, P: Optional[torch.Tensor] = None,
     Returns:
         ``(attr, rep, Z)``: ``attr[l, i] = sum_j p_ij w_ij (y_i - y_j)``,
         ``rep[l, i] = sum_j w_ij^2 (y_i - y_j)`` (both ``[L, N, 2]``), ``Z[l] = sum_{i != j} w_ij``.
-        The gradient is :func:`gradient_from_forces`.
+        The gradient is :func:`gradient_from_forces`. With ``repulsion=False`` only ``attr``
+        is computed (``rep`` and ``Z`` are zeros; with neighbour lists nothing is O(N^2)): the
+        FFT repulsion of :mod:`.tsne_fft` supplies the rest.
 
     Example:
         >>> y = torch.randn(2, 50, 2); P = torch.rand(2, 50, 50)
@@ -45,7 +47,7 @@ def tsne_forces_torch(y: torch.Tensor, P: Optional[torch.Tensor] = None,
     rep = torch.zeros_like(y)
     Z = torch.zeros(L, dtype=dt, device=y.device)
     rows = max(1, min(N, max_chunk_elements // max(1, L * N)))
-    for i0 in range(0, N, rows):
+    for i0 in range(0, N if (repulsion or P is not None) else 0, rows):
         i1 = min(N, i0 + rows)
         dx = y0[:, i0:i1, None] - y0[:, None, :]
         dy = y1[:, i0:i1, None] - y1[:, None, :]

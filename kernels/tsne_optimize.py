@@ -10,6 +10,7 @@ from ._triton import HAS_TRITON, check_triton_tensors, triton
 from .tsne_affinities import DENSE_P_MAX_N, affinities_by_width, densify, joint_probabilities
 from .tsne_forces import (MIN_GAIN, _blocks, _launch_forces, repeats_of, tsne_forces_torch,
                           tsne_step_torch, tsne_step_triton)
+from .tsne_fft import repulsion_fft
 from .tsne_init import initial_embedding, reduce_layers, repeat_starts
 
 __all__ = ["EXPLORATION_ITER", "EARLY_EXAGGERATION", "auto_learning_rate", "tsne_optimize",
@@ -47,9 +48,11 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
         max_iter: total iterations, counted as scikit-learn does (exploration iterations
             0..249, then 251..max_iter-1).
         forces: ``"torch"`` (reference, any device; one Python step per iteration),
-            ``"triton"`` (two fused launches per iteration, captured in CUDA graphs on a GPU)
-            or ``"native"`` (the whole loop in one C++/OpenMP call on the CPU, each pair's
-            repulsion computed once).
+            ``"triton"`` (two fused launches per iteration, captured in CUDA graphs on a GPU),
+            ``"native"`` (the whole loop in one C++/OpenMP call on the CPU, each pair's
+            repulsion computed once) or ``"fft"`` (torch, any device: the repulsion by FFT
+            interpolation, O(N) per iteration, :mod:`.tsne_fft`; an approximation like
+            openTSNE's, for large N).
         progress: called with the number of iterations completed since the last call (e.g. a
             tqdm bar's ``update``); kernels never build bars themselves.
         num_threads: OpenMP threads of ``"native"`` (0: OpenMP's default).
@@ -61,9 +64,9 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
     Example:
         >>> y = tsne_optimize(y0, P, max_iter=1000)  # doctest: +SKIP
     """
-    if forces not in ("torch", "triton", "native"):
-        raise ValueError(f"unknown forces implementation {forces!r}; use 'torch', 'triton' or "
-                         "'native'")
+    if forces not in ("torch", "triton", "native", "fft"):
+        raise ValueError(f"unknown forces implementation {forces!r}; use 'torch', 'triton', "
+                         "'native' or 'fft'")
     if isinstance(P, tuple):  # joint_probabilities' neighbour lists, as returned
         P, nbr, pval = None, *P
     L, N, _ = y.shape
@@ -109,7 +112,11 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
             _run_steps(step, n_steps, progress, graph=bool(cuda_graph))
             continue
         for _ in range(n_steps):
-            attr_, rep_, Z = tsne_forces_torch(y, P, nbr, pval)
+            if forces == "fft":  # exact attraction over P, repulsion by FFT interpolation
+                attr_, _, _ = tsne_forces_torch(y, P, nbr, pval, repulsion=False)
+                rep_, Z = repulsion_fft(y)
+            else:
+                attr_, rep_, Z = tsne_forces_torch(y, P, nbr, pval)
             tsne_step_torch(y, update, gains, attr_, rep_, Z, exaggeration=exaggeration,
                             momentum=momentum, learning_rate=lr)
             _recentre(y)
@@ -204,7 +211,8 @@ def tsne_batched(features: Union[torch.Tensor, Sequence[torch.Tensor]], *,
             components (the common practice, e.g. 50) instead of the full features (default:
             full features, like scikit-learn; see the module docstring for the measurement).
         forces: ``"triton"`` (default on CUDA when Triton is importable), ``"torch"`` (the
-            reference; default elsewhere) or ``"native"`` (C++/OpenMP on the CPU).
+            reference; default elsewhere), ``"native"`` (C++/OpenMP on the CPU) or ``"fft"``
+            (the FFT-interpolation repulsion, any device, for large N).
         progress: called with the number of iterations completed since its last call.
         num_threads: OpenMP threads of ``forces="native"`` (0: OpenMP's default).
         repeats: S independent runs of every layer (starts from :func:`repeat_starts`),

@@ -49,6 +49,14 @@ Backends:
     bisection in C++ and the whole optimisation in one C++/OpenMP call of ``sls_fast._C``
     (``kernels/csrc/tsne_optimize.cpp``: each pair's repulsion computed once for both points,
     the result independent of the thread count).
+``"fft"``
+    The same batched t-SNE (same affinities, same schedule) with the repulsion by FFT
+    interpolation on a grid (the FIt-SNE algorithm that openTSNE runs on the CPU, here in torch
+    for every layer and repeat at once, cuFFT on CUDA: :mod:`sls_fast.kernels.tsne_fft`):
+    O(N) per iteration instead of O(N^2), an approximation at openTSNE's resolution (3 nodes
+    per unit interval, at least 50 intervals); trustworthiness within 0.01 of openTSNE's at
+    5,000 points (tests/unit/test_tsne_fft.py). Not chosen by ``"auto"`` yet: where it beats
+    the exact kernels on a GPU is still to be measured.
 ``"auto"``
     CUDA data: ``"triton"`` up to 20,000 points, ``"cuml"`` beyond when installed (else
     ``"triton"``). CPU data: ``"native"`` up to ``NATIVE_AUTO_MAX_N`` = 8,000 points (measured
@@ -98,7 +106,7 @@ __all__ = ["tsne", "row_order", "TSNE_BACKENDS", "PERPLEXITY", "MAX_ITER", "DENS
 PERPLEXITY = 30.0  # the authors' (scikit-learn's default)
 MAX_ITER = 1000  # the authors' (scikit-learn's default)
 
-TSNE_BACKENDS = ("auto", "native", "triton", "torch", "opentsne", "sklearn", "cuml")
+TSNE_BACKENDS = ("auto", "native", "triton", "torch", "fft", "opentsne", "sklearn", "cuml")
 TORCH_AUTO_MAX_N = 20_000
 # The native backend's repulsion is exact, O(N^2) per iteration; openTSNE's grows ~N log N.
 # Where one overtakes the other on 2 cores: benchmarks/RESULTS.md, "t-SNE of every layer after
@@ -352,8 +360,8 @@ def tsne(features: Union[ArrayLike, List[ArrayLike]], *, backend: str = "auto",
     Args:
         features: ``[L, N, D]`` array, one layer ``[N, D]``, or a list of L arrays ``[N, D_i]``
             (widths may differ); NumPy, torch (any device) or CuPy.
-        backend: ``"auto"``, ``"native"``, ``"triton"``, ``"torch"``, ``"opentsne"``,
-            ``"sklearn"`` or ``"cuml"`` (see the module docstring).
+        backend: ``"auto"``, ``"native"``, ``"triton"``, ``"torch"``, ``"fft"``,
+            ``"opentsne"``, ``"sklearn"`` or ``"cuml"`` (see the module docstring).
         perplexity: Gaussian perplexity of the input affinities (must be < N; neighbour-based
             backends need N > 3 x perplexity).
         max_iter: total optimisation iterations (the first 250 with early exaggeration 12).
@@ -397,7 +405,7 @@ def tsne(features: Union[ArrayLike, List[ArrayLike]], *, backend: str = "auto",
             return loops[be](ls, perplexity, max_iter, init, seed, progress)
         emb = one(layers) if repeats is None else _row_order_runs(one, layers, repeats, seed)
     else:
-        forces = be  # the batched t-SNE's forces: "native", "triton" or "torch"
+        forces = be  # the batched t-SNE's forces: "native", "triton", "torch" or "fft"
         if be == "torch" and layers[0].device.type == "cuda":
             warnings.warn("backend='torch' on CUDA runs the Triton kernels in this version and "
                           "the plain-torch reference from the next one: ask for "

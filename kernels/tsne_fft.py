@@ -1,0 +1,110 @@
+"""The t-SNE repulsion by FFT-accelerated interpolation (the FIt-SNE algorithm of Linderman et
+al., 2019), batched over problems, in torch: O(N) per iteration instead of exact O(N^2), on
+the CPU (torch.fft) and on CUDA (cuFFT) alike. Part of :mod:`sls_fast.kernels.tsne`.
+
+For every problem the points' square bounding box is cut into ``boxes x boxes`` intervals with
+``nodes`` equispaced interpolation nodes per interval and dimension. Each point's charges
+``[1, y0, y1, |y|^2]`` are spread onto the nodes of its interval with Lagrange weights, the node
+potentials of the kernel ``w^2 = 1 / (1 + d^2)^2`` are one FFT convolution on the regular grid
+(embedded in a circulant of twice its size), and each point reads its potentials back with the
+same weights. From the four potentials:
+
+* ``rep_i = sum_j w_ij^2 (y_i - y_j) = y_i phi0_i - (phi1_i, phi2_i)``,
+* ``sum_j w_ij = sum_j w_ij^2 (1 + |y_i - y_j|^2) = (1 + |y_i|^2) phi0_i - 2 y_i . (phi1_i,
+  phi2_i) + phi3_i`` (self included), so ``Z = sum_i (that) - N``.
+
+All problems share the grid's shape (the largest box count of the batch) and each has its own
+spacing. :func:`repulsion_exact` is the float64 reference beside it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+
+__all__ = ["repulsion_fft", "repulsion_exact", "MIN_BOXES", "NODES"]
+
+MIN_BOXES = 50  # intervals per dimension at least (openTSNE's min_num_intervals)
+NODES = 3  # interpolation nodes per interval and dimension (openTSNE's n_interpolation_points)
+BOXES_PER_UNIT = 1.0  # intervals per unit of embedding range (openTSNE's ints_in_interval)
+
+
+def repulsion_exact(y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(rep [B, N, 2], Z [B])`` exactly, in float64 (the reference; O(N^2) memory per
+    problem)."""
+    y = y.double()
+    d = y[:, :, None, :] - y[:, None, :, :]
+    w = 1.0 / (1.0 + (d * d).sum(-1))
+    n = y.shape[1]
+    w = w - torch.eye(n, dtype=w.dtype, device=w.device)  # w_ii = 1: left out
+    rep = ((w * w)[..., None] * d).sum(2)
+    return rep, w.sum((1, 2))
+
+
+def _lagrange(t: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+    """The Lagrange basis at ``t`` (any shape) for ``nodes`` ``[p]``: ``[..., p]``."""
+    p = nodes.shape[0]
+    out = []
+    for j in range(p):
+        v = torch.ones_like(t)
+        for m in range(p):
+            if m != j:
+                v = v * (t - nodes[m]) / (nodes[j] - nodes[m])
+        out.append(v)
+    return torch.stack(out, -1)
+
+
+def repulsion_fft(y: torch.Tensor, *, nodes: int = NODES, min_boxes: int = MIN_BOXES,
+                  boxes_per_unit: float = BOXES_PER_UNIT) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(rep [B, N, 2], Z [B])`` of every problem of ``y`` ``[B, N, 2]`` by interpolation on
+    a grid and one batched FFT convolution; the dtype of ``y`` (float32 or float64) is kept.
+
+    ``nodes`` interpolation nodes per interval, at least ``min_boxes`` intervals per dimension
+    (more when the embedding spans more than ``min_boxes / boxes_per_unit``)."""
+    if y.ndim != 3 or y.shape[-1] != 2:
+        raise ValueError(f"y must be [B, N, 2], got {tuple(y.shape)}")
+    if nodes < 2 or min_boxes < 1:
+        raise ValueError("nodes must be >= 2 and min_boxes >= 1")
+    B, N, _ = y.shape
+    dt, dev = y.dtype, y.device
+    lo = y.amin(dim=(1, 2))  # one square box per problem (both dimensions)
+    hi = y.amax(dim=(1, 2))
+    span = (hi - lo).clamp_min(1e-6)
+    boxes = max(int(min_boxes), int(math.ceil(float(span.max()) * boxes_per_unit)))
+    width = span * (1 + 1e-6) / boxes  # [B]: the last point stays inside the last box
+    h = width / nodes  # node spacing: nodes at (m + 0.5) h, m = 0 .. boxes * nodes - 1
+    n = boxes * nodes
+    t = (y - lo[:, None, None]) / width[:, None, None]  # [B, N, 2] in box units
+    box = t.floor().clamp_(0, boxes - 1)
+    local = t - box  # [0, 1) inside its box
+    grid_nodes = (torch.arange(nodes, dtype=dt, device=dev) + 0.5) / nodes
+    wx = _lagrange(local[..., 0], grid_nodes)  # [B, N, p]
+    wy = _lagrange(local[..., 1], grid_nodes)
+    w = wx[..., :, None] * wy[..., None, :]  # [B, N, p, p]
+    ix = box[..., 0].long()[..., None] * nodes + torch.arange(nodes, device=dev)  # [B, N, p]
+    iy = box[..., 1].long()[..., None] * nodes + torch.arange(nodes, device=dev)
+    flat = (ix[..., :, None] * n + iy[..., None, :]).reshape(B, N * nodes * nodes)  # [B, N p p]
+    sq = (y * y).sum(-1, keepdim=True)
+    charges = torch.cat([torch.ones_like(sq), y, sq], -1)  # [B, N, 4]
+    spread = (w[..., None] * charges[:, :, None, None, :]).reshape(B, N * nodes * nodes, 4)
+    grid = torch.zeros(B, n * n, 4, dtype=dt, device=dev)
+    grid.scatter_add_(1, flat[..., None].expand(-1, -1, 4), spread)
+    grid = grid.view(B, n, n, 4).permute(0, 3, 1, 2)  # [B, 4, n, n]
+    # the kernel at every node offset, embedded in a 2n x 2n circulant (offset n unused: 0)
+    off = torch.arange(2 * n, dtype=dt, device=dev)
+    off = torch.where(off < n, off, off - 2 * n)
+    off[n] = 0
+    d2 = (off[:, None] ** 2 + off[None, :] ** 2)[None] * (h * h)[:, None, None]  # [B, 2n, 2n]
+    kern = (1.0 / (1.0 + d2)) ** 2
+    kern[:, n, :] = 0
+    kern[:, :, n] = 0
+    fk = torch.fft.rfft2(kern)  # [B, 2n, n + 1]
+    fg = torch.fft.rfft2(grid, s=(2 * n, 2 * n))  # [B, 4, 2n, n + 1]
+    pot = torch.fft.irfft2(fg * fk[:, None], s=(2 * n, 2 * n))[..., :n, :n]  # [B, 4, n, n]
+    pot = pot.permute(0, 2, 3, 1).reshape(B, n * n, 4)
+    got = pot.gather(1, flat[..., None].expand(-1, -1, 4)).view(B, N, nodes * nodes, 4)
+    phi = (got * w.reshape(B, N, nodes * nodes, 1)).sum(2)  # [B, N, 4]
+    rep = y * phi[..., :1] - phi[..., 1:3]
+    z_i = (1.0 + sq[..., 0]) * phi[..., 0] - 2.0 * (y * phi[..., 1:3]).sum(-1) + phi[..., 3]
+    return rep, z_i.sum(1) - N

@@ -1,0 +1,77 @@
+"""The FFT-interpolation repulsion (kernels/tsne_fft.py) against its exact float64 reference on
+fresh random inputs of odd sizes, its convergence with the grid's resolution, the batched
+problems against each alone, and the t-SNE it drives against openTSNE's by trustworthiness."""
+import numpy as np
+import pytest
+import torch
+
+from sls_fast.kernels.tsne_fft import repulsion_exact, repulsion_fft
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("n, scale", [(97, 0.5), (301, 3.0), (613, 12.0)])
+def test_the_fft_repulsion_converges_to_the_exact_one(rng, n, scale):
+    y = torch.from_numpy(rng.normal(size=(3, n, 2)) * scale)
+    rep, z = repulsion_exact(y)
+    coarse = repulsion_fft(y)  # openTSNE's resolution: 3 nodes, 1 interval per unit, >= 50
+    fine = repulsion_fft(y, nodes=5, boxes_per_unit=2.0)
+    assert _rel(coarse[0], rep) < 0.1 and float(((coarse[1] - z) / z).abs().max()) < 0.02
+    assert _rel(fine[0], rep) < 2e-3 and float(((fine[1] - z) / z).abs().max()) < 2e-4
+    assert _rel(fine[0], rep) < _rel(coarse[0], rep)
+
+
+def test_float32_follows_float64_and_the_batch_follows_each_problem(rng):
+    y = torch.from_numpy(rng.normal(size=(4, 211, 2)) * 4.0)
+    r64, z64 = repulsion_fft(y, nodes=5, boxes_per_unit=2.0)
+    r32, z32 = repulsion_fft(y.float(), nodes=5, boxes_per_unit=2.0)
+    assert r32.dtype == torch.float32 and _rel(r32.double(), r64) < 1e-4
+    exact = [repulsion_exact(y[b:b + 1]) for b in range(4)]
+    for b in range(4):  # each problem has its own spacing on the shared grid shape
+        assert _rel(r64[b], exact[b][0][0]) < 2e-3
+        assert abs(float(z64[b] / exact[b][1][0]) - 1) < 2e-4
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match=r"y must be \[B, N, 2\]"):
+        repulsion_fft(torch.zeros(5, 2))
+    with pytest.raises(ValueError, match="nodes must be >= 2"):
+        repulsion_fft(torch.zeros(1, 5, 2), nodes=1)
+
+
+@pytest.mark.slow
+def test_fft_tsne_is_as_trustworthy_as_opentsne_at_5000_points():
+    """The same data (a 10-cluster mixture, 5,000 x 50), perplexity 30, 750 iterations: the
+    trustworthiness (10 neighbours) of our FFT t-SNE within 0.01 of openTSNE's."""
+    openTSNE = pytest.importorskip("openTSNE")
+    from sklearn.manifold import trustworthiness
+
+    from sls_fast.kernels.tsne_optimize import tsne_batched
+
+    gen = np.random.default_rng(11)
+    centres = gen.normal(size=(10, 50)) * 3.0
+    x = (centres[np.arange(5000) % 10] + gen.normal(size=(5000, 50)) * 1.5).astype(np.float32)
+    ours = tsne_batched(torch.from_numpy(x)[None], perplexity=30, max_iter=750, forces="fft",
+                        seed=0)[0].numpy()
+    theirs = np.asarray(openTSNE.TSNE(perplexity=30, n_iter=500, early_exaggeration_iter=250,
+                                      negative_gradient_method="fft", random_state=0,
+                                      n_jobs=1).fit(x))
+    t_ours = trustworthiness(x, ours, n_neighbors=10)
+    t_theirs = trustworthiness(x, theirs, n_neighbors=10)
+    assert abs(t_ours - t_theirs) <= 0.01, (t_ours, t_theirs)
+
+
+def test_the_fft_backend_through_the_public_tsne(rng):
+    import sls_fast
+
+    x = rng.normal(size=(3, 211, 9)).astype(np.float32)
+    x[:, :70] += 4.0  # two groups
+    emb = sls_fast.tsne(x, backend="fft", max_iter=300, perplexity=15)
+    assert emb.shape == (3, 211, 2) and np.isfinite(emb).all()
+    assert emb.min() >= 0 and emb.max() <= 1  # min-max normalised per axis, as every backend
+    runs = sls_fast.tsne(x, backend="fft", max_iter=300, perplexity=15, repeats=2)
+    assert runs.shape == (2, 3, 211, 2)
