@@ -163,7 +163,8 @@ def _row_of(result: dict, criterion: str) -> dict:
 
 
 def _remove_dead_attempts(root: str) -> None:
-    """Delete this node's attempt folders whose process is gone (a killed worker's)."""
+    """Delete this node's attempt folders whose process is gone (a killed worker's: an
+    interrupted sweep's, or one whose worker died), and the folder when it is left empty."""
     for path in glob.glob(os.path.join(root, "*.*")):
         try:
             pid = int(path.rsplit(".", 1)[1])
@@ -171,16 +172,23 @@ def _remove_dead_attempts(root: str) -> None:
             continue
         if pid != os.getpid() and not _alive(pid):
             shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.rmdir(root)  # only when empty
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _write_cell(out: str, key: str, files: Dict[str, bytes]) -> str:
@@ -345,6 +353,7 @@ def run_sweep(spec: SweepSpecBase, out: str, *, address: Optional[str] = None,
         finally:
             _stop_ray(ray)
             _remove_partial(out)
+            _remove_dead_attempts(cell_workdir_root(out))  # this node's, of stopped workers
             _remove_unrecorded(out, db, {c.key for c in todo})
     every_row = db.rows()
     keys = {c.key for c in cells}
