@@ -1,15 +1,18 @@
-"""``sls-fast sweep``: SLS over tasks x models x methods x alphas, each cell a Ray task, with a
-results database, resumable.
+"""``sls-fast sweep``: SLS over tasks x models x methods x alphas x criteria, each cell a Ray
+task, with a results database, resumable.
 
 Every cell is :func:`sls_fast.harness.pipeline.run_task` on one setting. The driver (this process) starts
 a local Ray instance (or joins a cluster with ``address``), submits the cells it has not finished
 before, and writes one row per finished cell into ``DIR/results.sqlite`` in one transaction. A
-cell's files are written under ``DIR/cells/<key>.tmp-<pid>/`` and renamed to ``DIR/cells/<key>/``
-when complete. Stages shared between cells (the adapted weights, the features, the t-SNE scores,
-the retrained pruned model) are cached under ``DIR/cache/`` (:mod:`sls_fast.harness.cache`), so cells that
-differ only in alpha reuse everything up to the depth.
+cell runs in a node-local folder and returns its files through Ray; the driver writes them under
+``DIR/cells/<key>.tmp-<pid>/`` and renames that to ``DIR/cells/<key>/``: no node needs the
+driver's disk. Stages shared between cells (the adapted weights, the features, the t-SNE scores,
+the retrained pruned model) are cached (:mod:`sls_fast.harness.cache`) under ``DIR/cache/`` on the
+driver's node, a node-local folder elsewhere, or ``cache_dir``, so cells that differ only in
+alpha or the criterion reuse everything up to the depth.
 
-Fault tolerance: Ray retries a cell whose worker process died (``max_retries``); a cell that raises
+Fault tolerance: Ray retries a cell whose worker process or node died (``max_retries``; the
+driver's :class:`AttemptLedger` counts the attempts); a cell that raises
 is recorded as ``failed`` with its error and the others go on; Ctrl-C records the cells that
 have finished, stops Ray (and with it the running cells) and removes what they left, within
 seconds; rerunning the same command skips finished cells (``retry_failed`` reruns the failed
