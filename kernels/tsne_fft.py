@@ -94,7 +94,6 @@ def repulsion_fft(y: torch.Tensor, *, nodes: int = NODES, min_boxes: int = MIN_B
     # the kernel at every node offset, embedded in a 2n x 2n circulant (offset n unused: 0)
     off = torch.arange(2 * n, dtype=dt, device=dev)
     off = torch.where(off < n, off, off - 2 * n)
-    off[n] = 0
     d2 = (off[:, None] ** 2 + off[None, :] ** 2)[None] * (h * h)[:, None, None]  # [B, 2n, 2n]
     kern = (1.0 / (1.0 + d2)) ** 2
     kern[:, n, :] = 0

@@ -72,10 +72,12 @@ def add_sweep_parser(sub, *, common) -> None:
                        "on Ray, resumable, into a results database",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Every cell (data x model x method x alpha x criterion) is "
-                       "the 'run' job, run as a Ray task: a local Ray instance starts and stops with the command "
-                       "(or --address joins a cluster). One row per cell goes to "
-                       "OUT/results.sqlite; each cell's files to OUT/cells/KEY/; shared stages "
-                       "(adapted weights, features, t-SNE scores) are cached in OUT/cache/. "
+                       "the 'run' job, run as a Ray task: a local Ray instance starts and stops "
+                       "with the command (or --address joins a cluster). One row per cell goes "
+                       "to OUT/results.sqlite; each cell's files to OUT/cells/KEY/, written by "
+                       "this process (cells return them through Ray: no shared disk needed); "
+                       "shared stages (adapted weights, features, t-SNE scores) are cached in "
+                       "OUT/cache/ (or --cache-dir). "
                        "Rerunning the same command skips finished cells; Ctrl-C keeps them.",
                        epilog=SWEEP_EPILOG)
     w.add_argument("--spec", default=None, metavar="FILE", help="a TOML file with the same keys "

@@ -188,7 +188,7 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
             cache.put(score_key, "scores", None, dict(report=report.to_json()))
     timings["score"] = time.perf_counter() - t0
     depth, L = report.depth, report.num_layers
-    retrained: Dict[str, tuple] = {}  # retrain key -> (state, fit, accuracy) of this run's
+    kept_cut = None  # the full oracle's retrained cut at the depth kept: (model, fit, accuracy)
 
     def retrain_key(k):
         return cache_key("retrain", **{**s.values("retrain"), "data": data_key},
@@ -230,9 +230,9 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
             seed_everything(s.seed)  # as the retrain stage below: the same model at the same K
             net = truncate(model, k, num_classes=num_classes)
             fit_k, acc_k = trained("retrain", retrain_key(k), net, s.strategy, s.prune_epochs)
-            retrained[retrain_key(k)] = (_trainable_state(net), fit_k, acc_k)
             accuracy.append(acc_k)
-            del net
+            if k == depth:  # the run's own retraining: kept, not trained again below
+                kept_cut = (net, fit_k, acc_k)
         oracle = oracle_report(accuracy, report.criterion_depths(), kind="full", split="test",
                                full_accuracy=acc_full)
         timings["oracle"] = time.perf_counter() - t0
@@ -240,13 +240,12 @@ def run_task(settings: TaskSettings, out: str, *, progress: bool = True,
     say(f"[3/6] SLS depth {depth} of {L}; truncating and retraining ({s.strategy}, "
         f"{s.prune_epochs} epochs)")
     t0 = time.perf_counter()
-    seed_everything(s.seed)
-    pruned = truncate(model, depth, num_classes=num_classes)
-    if retrain_key(depth) in retrained:  # the full oracle retrained this depth already
-        state, fit_pruned, acc_pruned = retrained[retrain_key(depth)]
-        _load_trainable_state(pruned, state)
+    if kept_cut is not None:  # the full oracle retrained this depth already
+        pruned, fit_pruned, acc_pruned = kept_cut
         hits["retrain"] = "oracle"
     else:
+        seed_everything(s.seed)
+        pruned = truncate(model, depth, num_classes=num_classes)
         fit_pruned, acc_pruned = trained("retrain", retrain_key(depth), pruned, s.strategy,
                                          s.prune_epochs)
     timings["retrain"] = time.perf_counter() - t0

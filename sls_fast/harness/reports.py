@@ -97,7 +97,7 @@ class TaskResult(_HasLayers):
     files: Dict[str, Any]
     device: str
     versions: Dict[str, Optional[str]] = field(default_factory=dict)
-    oracle: Optional[Dict[str, Any]] = None  # run --oracle: sls_fast.method.criteria.depth_oracle
+    oracle: Optional[Dict[str, Any]] = None  # run --oracle: sls_fast.method.criteria.oracle_report
 
     def to_dict(self) -> Dict[str, Any]:
         s = self.settings
@@ -132,11 +132,10 @@ class TaskResult(_HasLayers):
         title = f"{by} on {self.settings.model} / {self.settings.data} ({self.settings.method})"
         text = rep.summary() + "\n\n" + text_table(rows, ("", title))
         if self.oracle is not None:
-            orows = [(name, str(c["depth"]), f"{c['accuracy_at_depth']:.3f}",
-                      f"{c['regret_full']:+.3f}", f"{c['regret_best']:+.3f}")
+            orows = [(f"{name} (kept)" if name == rep.criterion else name, str(c["depth"]),
+                      f"{c['accuracy_at_depth']:.3f}", f"{c['regret_full']:+.3f}",
+                      f"{c['regret_best']:+.3f}")
                      for name, c in self.oracle["criteria"].items()]
-            orows = [(f"{r[0]} (kept)" if r[0] == self.layers.criterion else r[0],) + r[1:]
-                     for r in orows]
             what = ("retrained, test" if self.oracle["kind"] == "full" else "probe, val")
             text += "\n\n" + text_table(orows, ("criterion", "depth", f"accuracy ({what})",
                                                  "regret vs full", "vs best <= K"))

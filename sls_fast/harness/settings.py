@@ -255,8 +255,9 @@ class SweepOptions:
     num_cpus: Optional[int] = _option(None, "CPUs of the local instance (None: all)", kind=int)
     gpus_per_cell: Optional[float] = _option(None, "GPUs per cell (None: 1 when there are GPUs; "
                                              "fractions share a GPU)", kind=float)
-    cpus_per_cell: Optional[float] = _option(None, "CPUs per cell (None: 1 with GPUs, else 2); "
-                                             "also its torch threads", kind=float)
+    cpus_per_cell: Optional[float] = _option(None, "CPUs per cell (None: 1 with GPUs, else 2 "
+                                             "or the largest node's CPUs if fewer); also its "
+                                             "torch threads", kind=float)
     max_retries: int = _option(3, "retries of a cell whose worker process or node died",
                                kind=int)
     retry_failed: bool = _option(False, "rerun the cells recorded as failed", kind=bool)

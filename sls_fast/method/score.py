@@ -153,11 +153,6 @@ class LayerReport:
         """The curve the depth was chosen on: the silhouette (SLS) or the criterion's own."""
         return SELECTION_METRIC if self.criterion == "sls" else self.criterion
 
-    def with_alpha(self, alpha: float) -> "LayerReport":
-        """The same scores with the depth (and each run's depth) re-selected at ``alpha``: the
-        t-SNE runs do not depend on alpha, so a sweep over alphas scores once."""
-        return self.select(self.criterion, alpha)
-
     def select(self, criterion: str = "sls", alpha: Optional[float] = None) -> "LayerReport":
         """The same scores with the depth chosen by ``criterion`` (SLS's at ``alpha``, default
         this report's): neither the t-SNE nor the other criteria's curves depend on the choice,
@@ -264,6 +259,7 @@ class LayerReport:
         for ax in axes.flat[len(names):]:
             ax.set_visible(False)
         S = self.repeats
+        depths = self.criterion_depths()
         for ax, name in zip(axes.flat, names):
             mean, runs = self.scores[name], all_runs[name]
             label = "score" if S == 1 else f"mean of {S} runs"
@@ -282,7 +278,6 @@ class LayerReport:
             ax.set_xlim(0.5, self.num_layers + 0.5)
             ax.set_title(name.replace("_", "-"))
             ax.grid(alpha=0.3)
-            depths = self.criterion_depths()
             own = "sls" if name == SELECTION_METRIC else name
             if name == SELECTION_METRIC:
                 ax.axhline(self.threshold, color="tab:red", ls="--",
@@ -367,11 +362,12 @@ class LayerReport:
                          "".join(f"{float(self.scores[m][i]):>14.4f}" for m in self.scores) +
                          (f"{float(spread[i]):>9.4f}" if S > 1 else ""))
         what = "" if S == 1 else f" on the mean of {S} runs"
+        depths = self.criterion_depths()
         if self.criterion != "sls":  # a deterministic criterion: no run-to-run spread
             lines.append(f"kept depth K = {self.depth} of {self.num_layers}, chosen by "
                          f"{self.criterion} ({_params_text(self.meta, self.criterion)}); x = "
                          f"removed; SLS{what} (alpha = {self.alpha:g}) would keep "
-                         f"{self.criterion_depths()['sls']}")
+                         f"{depths['sls']}")
         else:
             lines.append(f"kept depth K = {self.depth} of {self.num_layers}{what} (alpha = "
                          f"{self.alpha:g}, threshold = {self.threshold:.4f}); x = removed")
@@ -381,8 +377,7 @@ class LayerReport:
                          f"of {S} runs keep {self.depth})")
         elif self.criterion == "sls":
             lines.append("one t-SNE run: its depth is one draw (repeats=8 measures the spread)")
-        others = {c: k for c, k in self.criterion_depths().items()
-                  if c not in ("sls", self.criterion)}
+        others = {c: k for c, k in depths.items() if c not in ("sls", self.criterion)}
         if others:
             lines.append("other criteria would keep: " + ", ".join(
                 f"{c} {k}" for c, k in others.items()) + " (rules: sls_fast.CRITERIA)")

@@ -57,11 +57,11 @@ class Cluster:
         return subprocess.Popen(cmd, env=self.env, start_new_session=True, stdout=log,
                                 stderr=subprocess.STDOUT)
 
-    def _wait_nodes(self, n, timeout=90):
+    def _wait_nodes(self, n, tries=90):
+        """Poll (a second apart, ``tries`` times) until the cluster has ``n`` live nodes."""
         code = ("import ray; ray.init(address='%s', log_to_driver=False); "
                 "print(sum(x['Alive'] for x in ray.nodes()))" % self.address)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+        for _ in range(tries):
             out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True,
                                  text=True)
             if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(n)]:

@@ -104,7 +104,7 @@ def run_cell(settings: dict, key: str, task: str, out: str, threads: Optional[in
     if ledger is not None:
         import ray
 
-        ray.get(ledger.start.remote(key, node, pid))
+        ray.get(ledger.start.remote(key))
     root = cell_workdir_root(out)
     _remove_dead_attempts(root)
     tmp = os.path.join(root, f"{key}.{pid}")
@@ -240,16 +240,15 @@ class AttemptLedger:
 
     def __init__(self) -> None:
         self.attempts: Dict[str, int] = {}
-        self.live: Dict[str, tuple] = {}
+        self.live: set = set()  # the cells with an attempt that has started and not returned
 
-    def start(self, key: str, node: Optional[str], pid: int) -> int:
+    def start(self, key: str) -> None:
         self.attempts[key] = self.attempts.get(key, 0) + 1
-        self.live[key] = (node, pid)
-        return self.attempts[key]
+        self.live.add(key)
 
     def finish(self, key: str) -> int:
         """The attempts of a cell whose result the driver has; it is no longer running."""
-        self.live.pop(key, None)
+        self.live.discard(key)
         return self.attempts.get(key, 0)
 
     def running(self) -> int:
@@ -310,11 +309,11 @@ def run_sweep(spec: SweepSpecBase, out: str, *, address: Optional[str] = None,
         max_retries: Ray's retries of a cell whose worker process or node died.
         cache_dir: the stage cache, a folder every node can reach (an NFS mount); default
             ``out/cache`` on the driver's node and a node-local folder on the others.
+        progress: a progress bar over the cells; log: called with one line per event.
 
     Only the driver writes ``out``: a cell returns its row and files through Ray's object
     store, so the nodes need no shared disk. Cells of one adaptation group run on the node
     that holds their cache where it has room.
-        progress: a progress bar over the cells; log: called with one line per event.
 
     Returns:
         ``dict(cells, skipped, ran, ok, failed, rows, files)``.
@@ -351,7 +350,7 @@ def run_sweep(spec: SweepSpecBase, out: str, *, address: Optional[str] = None,
         try:  # an interrupt while Ray starts must stop what has started too
             _start_ray(ray, address, num_cpus, say)
             _drive(ray, todo, out, db, ran, gpus_per_cell, cpus_per_cell, max_retries,
-                   progress_bar, progress, say, local=address is None,
+                   progress_bar, progress, say,
                    cache_dir=os.path.abspath(cache_dir) if cache_dir else None)
         finally:
             _stop_ray(ray)
@@ -398,7 +397,7 @@ def cell_request(ray, todo, gpus_per_cell: Optional[float],
 
 
 def _drive(ray, todo, out, db, ran, gpus_per_cell, cpus_per_cell, max_retries, progress_bar,
-           progress, say, local, cache_dir=None):
+           progress, say, cache_dir=None):
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     num_cpus, num_gpus = cell_request(ray, todo, gpus_per_cell, cpus_per_cell)
@@ -426,8 +425,9 @@ def _drive(ray, todo, out, db, ran, gpus_per_cell, cpus_per_cell, max_retries, p
     def submit(c, node=None):
         where = {} if node is None else dict(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True))
-        return task.options(**request, **where).remote(c.settings.to_dict(), c.key, c.task, out, threads,
-                            cache_dir=cache_dir, home_node=home, ledger=ledger)
+        return task.options(**request, **where).remote(
+            c.settings.to_dict(), c.key, c.task, out, threads, cache_dir=cache_dir,
+            home_node=home, ledger=ledger)
 
     pending = {submit(g[0]): g[0] for g in groups.values()}
     bar = progress_bar(total=len(todo), enabled=progress, desc="cells", unit="cell")

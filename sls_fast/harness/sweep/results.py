@@ -28,9 +28,10 @@ COLUMNS = {
     "seed": "INTEGER", "status": "TEXT NOT NULL", "error": "TEXT", "num_layers": "INTEGER",
     "depth": "INTEGER", "confidence": "REAL", "acc_full": "REAL", "acc_pruned": "REAL",
     "img_s_full": "REAL", "img_s_pruned": "REAL", "speedup": "REAL", "speedup_status": "TEXT",
-    "artifact_bytes": "INTEGER",
-    "full_model_bytes": "INTEGER", "regret": "REAL", "regret_best": "REAL", "oracle": "TEXT", "wall_s": "REAL", "attempts": "INTEGER", "timings": "TEXT",
-    "cache": "TEXT", "settings": "TEXT", "versions": "TEXT", "device": "TEXT", "host": "TEXT", "node": "TEXT",
+    "artifact_bytes": "INTEGER", "full_model_bytes": "INTEGER", "regret": "REAL",
+    "regret_best": "REAL", "oracle": "TEXT", "wall_s": "REAL", "attempts": "INTEGER",
+    "timings": "TEXT", "cache": "TEXT", "settings": "TEXT", "versions": "TEXT", "device": "TEXT",
+    "host": "TEXT", "node": "TEXT",
     "cell_dir": "TEXT", "started": "TEXT", "finished": "TEXT",
 }
 _JSON_COLUMNS = ("timings", "cache", "settings", "versions", "oracle")

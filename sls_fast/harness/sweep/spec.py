@@ -124,11 +124,12 @@ def _spec_fields() -> list:
 SweepSpec: Type[SweepSpecBase] = make_dataclass(
     "SweepSpec", _spec_fields(), bases=(SweepSpecBase,), namespace=dict(
         __module__=__name__,
-        __doc__="""The cross product to run: ``models x data x methods x alphas``, every other
-    setting shared.
+        __doc__="""The cross product to run: ``models x data x methods x alphas x criteria``,
+    every other setting shared.
 
     Its fields are generated from :class:`sls_fast.harness.settings.TaskSettings`: the axes
-    (:data:`sls_fast.harness.settings.AXES`) in the plural (lists; ``["all"]``: every choice), then every setting a sweep shares (:data:`SHARED`; None: the
+    (:data:`sls_fast.harness.settings.AXES`) in the plural (lists; ``["all"]``: every choice),
+    then every setting a sweep shares (:data:`SHARED`; None: the
     TaskSettings default, or with ``quick`` its reduced setting), ``quick`` and
     ``checkpoints`` (a model name -> its base weights file). ``data`` entries are data specs
     (``digits``, ``lfw``, ``vtab:PATH``, ``folder:PATH``); ``vtab:DIR/*`` expands to every
