@@ -23,7 +23,7 @@ from typing import Tuple
 
 import torch
 
-__all__ = ["repulsion_fft", "repulsion_exact", "MIN_BOXES", "NODES"]
+__all__ = ["repulsion_fft", "repulsion_exact", "fft_size", "MIN_BOXES", "NODES"]
 
 MIN_BOXES = 50  # intervals per dimension at least (openTSNE's min_num_intervals)
 NODES = 3  # interpolation nodes per interval and dimension (openTSNE's n_interpolation_points)
@@ -55,13 +55,29 @@ def _lagrange(t: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, -1)
 
 
+def fft_size(boxes: int) -> int:
+    """The smallest box count >= ``boxes`` whose circulant (``2 x nodes x boxes`` points per
+    dimension) has only the prime factors 2, 3 and 5: FFTs of such sizes are the fast ones (a
+    prime factor such as 157 made one call 25% slower on the CPU; openTSNE rounds the same way)."""
+    b = max(1, int(boxes))
+    while True:
+        m = b
+        for f in (2, 3, 5):
+            while m % f == 0:
+                m //= f
+        if m == 1:
+            return b
+        b += 1
+
+
 def repulsion_fft(y: torch.Tensor, *, nodes: int = NODES, min_boxes: int = MIN_BOXES,
                   boxes_per_unit: float = BOXES_PER_UNIT) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(rep [B, N, 2], Z [B])`` of every problem of ``y`` ``[B, N, 2]`` by interpolation on
     a grid and one batched FFT convolution; the dtype of ``y`` (float32 or float64) is kept.
 
     ``nodes`` interpolation nodes per interval, at least ``min_boxes`` intervals per dimension
-    (more when the embedding spans more than ``min_boxes / boxes_per_unit``)."""
+    (more when the embedding spans more than ``min_boxes / boxes_per_unit``; rounded up to a
+    :func:`fft_size`)."""
     if y.ndim != 3 or y.shape[-1] != 2:
         raise ValueError(f"y must be [B, N, 2], got {tuple(y.shape)}")
     if nodes < 2 or min_boxes < 1:
@@ -71,39 +87,56 @@ def repulsion_fft(y: torch.Tensor, *, nodes: int = NODES, min_boxes: int = MIN_B
     lo = y.amin(dim=(1, 2))  # one square box per problem (both dimensions)
     hi = y.amax(dim=(1, 2))
     span = (hi - lo).clamp_min(1e-6)
-    boxes = max(int(min_boxes), int(math.ceil(float(span.max()) * boxes_per_unit)))
+    boxes = fft_size(max(int(min_boxes), int(math.ceil(float(span.max()) * boxes_per_unit))))
     width = span * (1 + 1e-6) / boxes  # [B]: the last point stays inside the last box
     h = width / nodes  # node spacing: nodes at (m + 0.5) h, m = 0 .. boxes * nodes - 1
     n = boxes * nodes
+    pp = nodes * nodes
     t = (y - lo[:, None, None]) / width[:, None, None]  # [B, N, 2] in box units
     box = t.floor().clamp_(0, boxes - 1)
     local = t - box  # [0, 1) inside its box
     grid_nodes = (torch.arange(nodes, dtype=dt, device=dev) + 0.5) / nodes
     wx = _lagrange(local[..., 0], grid_nodes)  # [B, N, p]
     wy = _lagrange(local[..., 1], grid_nodes)
-    w = wx[..., :, None] * wy[..., None, :]  # [B, N, p, p]
+    w = (wx[..., :, None] * wy[..., None, :]).reshape(B, 1, N * pp)  # [B, 1, N p p]
     ix = box[..., 0].long()[..., None] * nodes + torch.arange(nodes, device=dev)  # [B, N, p]
     iy = box[..., 1].long()[..., None] * nodes + torch.arange(nodes, device=dev)
-    flat = (ix[..., :, None] * n + iy[..., None, :]).reshape(B, N * nodes * nodes)  # [B, N p p]
-    sq = (y * y).sum(-1, keepdim=True)
-    charges = torch.cat([torch.ones_like(sq), y, sq], -1)  # [B, N, 4]
-    spread = (w[..., None] * charges[:, :, None, None, :]).reshape(B, N * nodes * nodes, 4)
-    grid = torch.zeros(B, n * n, 4, dtype=dt, device=dev)
-    grid.scatter_add_(1, flat[..., None].expand(-1, -1, 4), spread)
-    grid = grid.view(B, n, n, 4).permute(0, 3, 1, 2)  # [B, 4, n, n]
-    # the kernel at every node offset, embedded in a 2n x 2n circulant (offset n unused: 0)
-    off = torch.arange(2 * n, dtype=dt, device=dev)
+    flat = (ix[..., :, None] * n + iy[..., None, :]).reshape(B, 1, N * pp).expand(B, 4, N * pp)
+    sq = (y * y).sum(-1)
+    charges = torch.stack([torch.ones_like(sq), y[..., 0], y[..., 1], sq], 1)  # [B, 4, N]
+    spread = (charges[..., None] * w.view(B, 1, N, pp)).view(B, 4, N * pp)
+    grid = torch.zeros(B, 4, n * n, dtype=dt, device=dev).scatter_add_(2, flat, spread)
+    pot = _convolve(grid.view(B, 4, n, n), _kernel_transform(n, h))  # [B, 4, n, n]
+    got = pot.reshape(B, 4, n * n).gather(2, flat)  # [B, 4, N p p]
+    phi = (got * w).view(B, 4, N, pp).sum(-1)  # [B, 4, N]
+    rep = y * phi[:, 0, :, None] - phi[:, 1:3].transpose(1, 2)
+    z_i = ((1.0 + sq) * phi[:, 0] - 2.0 * (y[..., 0] * phi[:, 1] + y[..., 1] * phi[:, 2])
+           + phi[:, 3])
+    return rep, z_i.sum(1) - N
+
+
+def _kernel_transform(n: int, h: torch.Tensor) -> torch.Tensor:
+    """The real FFT ``[B, 2n, n + 1]`` of the kernel ``1 / (1 + d^2)^2`` at every node offset
+    (spacing ``h`` ``[B]``), embedded in a ``2n x 2n`` circulant (offset n unused: 0)."""
+    off = torch.arange(2 * n, dtype=h.dtype, device=h.device)
     off = torch.where(off < n, off, off - 2 * n)
-    d2 = (off[:, None] ** 2 + off[None, :] ** 2)[None] * (h * h)[:, None, None]  # [B, 2n, 2n]
-    kern = (1.0 / (1.0 + d2)) ** 2
+    off2 = off * off
+    d2 = (off2[:, None] + off2[None, :])[None] * (h * h)[:, None, None]  # [B, 2n, 2n]
+    kern = d2.add_(1.0).reciprocal_().square_()
     kern[:, n, :] = 0
     kern[:, :, n] = 0
-    fk = torch.fft.rfft2(kern)  # [B, 2n, n + 1]
-    fg = torch.fft.rfft2(grid, s=(2 * n, 2 * n))  # [B, 4, 2n, n + 1]
-    pot = torch.fft.irfft2(fg * fk[:, None], s=(2 * n, 2 * n))[..., :n, :n]  # [B, 4, n, n]
-    pot = pot.permute(0, 2, 3, 1).reshape(B, n * n, 4)
-    got = pot.gather(1, flat[..., None].expand(-1, -1, 4)).view(B, N, nodes * nodes, 4)
-    phi = (got * w.reshape(B, N, nodes * nodes, 1)).sum(2)  # [B, N, 4]
-    rep = y * phi[..., :1] - phi[..., 1:3]
-    z_i = (1.0 + sq[..., 0]) * phi[..., 0] - 2.0 * (y * phi[..., 1:3]).sum(-1) + phi[..., 3]
-    return rep, z_i.sum(1) - N
+    return torch.fft.rfft2(kern)
+
+
+def _convolve(grid: torch.Tensor, fk: torch.Tensor) -> torch.Tensor:
+    """``grid`` ``[B, C, n, n]`` convolved with the circulant kernel whose real FFT is ``fk``
+    ``[B, 2n, n + 1]``: the first ``n x n`` outputs. The transforms skip the zero half of the
+    padded grid (forward) and the unused half of the output (inverse), and run the second
+    dimension's transforms on contiguous rows: 1.2-1.3x faster on the CPU than a plain 2n x 2n
+    ``rfft2`` / ``irfft2`` pair (12 x 4 grids of 300^2 and 450^2)."""
+    n = grid.shape[-1]
+    f = torch.fft.rfft(grid, n=2 * n, dim=-1)  # [B, C, n, n + 1]: the n non-zero rows only
+    f = torch.fft.fft(f.transpose(-1, -2).contiguous(), n=2 * n, dim=-1)  # [B, C, n + 1, 2n]
+    f.mul_(fk.transpose(-1, -2)[:, None])
+    f = torch.fft.ifft(f, dim=-1)[..., :n]  # [B, C, n + 1, n]
+    return torch.fft.irfft(f.transpose(-1, -2).contiguous(), n=2 * n, dim=-1)[..., :n]

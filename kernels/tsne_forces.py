@@ -2,13 +2,14 @@
 the Triton kernels and the C++/OpenMP kernel. Part of :mod:`sls_fast.kernels.tsne`."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
 from ._triton import HAS_TRITON, check_triton_tensors, tl, triton
 
-__all__ = ["MIN_GAIN", "tsne_forces_torch", "tsne_forces_triton",
+__all__ = ["MIN_GAIN", "tsne_forces_torch", "tsne_forces_triton", "NeighbourEdges",
+           "neighbour_edges", "attraction_edges_torch", "attraction_edges",
            "repeats_of", "gradient_from_forces", "tsne_step_torch", "tsne_step_triton"]
 
 MIN_GAIN = 0.01
@@ -72,6 +73,90 @@ def tsne_forces_torch(y: torch.Tensor, P: Optional[torch.Tensor] = None,
         attr[..., 0] = (pw * dx).sum(2).view(L, N)
         attr[..., 1] = (pw * dy).sum(2).view(L, N)
     return attr, rep, Z
+
+
+class NeighbourEdges(NamedTuple):
+    """The non-zero affinities of ``LP`` layers as compressed rows, each layer padded to the
+    batch's largest count ``E`` (padding: p = 0 on row N - 1, column N - 1).
+
+    ``rowptr`` int64 ``[LP, N + 1]`` (point i's edges are ``rowptr[l, i] .. rowptr[l, i + 1]``),
+    ``rows`` int64 / ``cols`` int32 / ``p`` ``[LP, E]`` (rows sorted; a row keeps the order of
+    the neighbour lists, increasing neighbour)."""
+    rowptr: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    p: torch.Tensor
+
+
+def neighbour_edges(P: Optional[torch.Tensor] = None, nbr: Optional[torch.Tensor] = None,
+                    pval: Optional[torch.Tensor] = None) -> NeighbourEdges:
+    """The affinities' non-zeros as :class:`NeighbourEdges`, from a dense ``P`` ``[LP, N, N]``
+    or the padded lists ``nbr, pval`` ``[LP, M, N]``. The padded lists are as long as the
+    largest row of the batch: a hub point with 1,056 neighbours where the mean is 132 (12 x
+    5,000 points, benchmarks/bench_tsne_fft.py) makes every point walk 1,056 slots; the
+    compressed rows walk only the non-zeros."""
+    if (P is None) == (nbr is None):
+        raise ValueError("pass either a dense P or sparse (nbr, pval)")
+    if P is not None:
+        LP, N, _ = P.shape
+        keep = P != 0  # [LP, N(i), N(j)]: row-major order is already (i, j)
+        lidx, i, j = keep.nonzero(as_tuple=True)
+        val = P[keep]
+    else:
+        LP, _, N = nbr.shape
+        keep = (pval != 0).transpose(1, 2)  # [LP, N(i), M(slot)]: row-major is (i, slot)
+        lidx, i, m = keep.nonzero(as_tuple=True)
+        j = nbr.transpose(1, 2)[lidx, i, m]
+        val = pval.transpose(1, 2)[lidx, i, m]
+    dev = lidx.device
+    counts = torch.bincount(lidx, minlength=LP)
+    E = max(1, int(counts.max()) if counts.numel() else 1)
+    start = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(lidx.numel(), device=dev) - start[lidx]
+    rows = torch.full((LP, E), N - 1, dtype=torch.int64, device=dev)
+    cols = torch.full((LP, E), N - 1, dtype=torch.int32, device=dev)
+    p = torch.zeros((LP, E), dtype=val.dtype, device=dev)
+    rows[lidx, slot] = i
+    cols[lidx, slot] = j.to(torch.int32)
+    p[lidx, slot] = val
+    per_row = torch.zeros((LP, N), dtype=torch.int64, device=dev)
+    per_row.index_put_((lidx, i), torch.ones_like(i), accumulate=True)
+    rowptr = torch.zeros((LP, N + 1), dtype=torch.int64, device=dev)
+    rowptr[:, 1:] = per_row.cumsum(1)
+    return NeighbourEdges(rowptr, rows, cols, p)
+
+
+def attraction_edges_torch(y: torch.Tensor, edges: NeighbourEdges) -> torch.Tensor:
+    """``attr[l, i] = sum_j p_ij w_ij (y_i - y_j)`` ``[L, N, 2]`` over the edges (the dtype of
+    ``y``; layer ``l % LP`` for problem ``l``): the torch reference, any device (on CUDA the
+    sums are atomic adds, whose order is not fixed)."""
+    L, N, _ = y.shape
+    S, LP = repeats_of(L, edges.rows)
+    E = edges.rows.shape[1]
+    yv = y.view(S, LP, N, 2)
+    ri = edges.rows[None, :, :, None].expand(S, LP, E, 2)
+    ci = edges.cols.to(torch.int64)[None, :, :, None].expand(S, LP, E, 2)
+    d = yv.gather(2, ri) - yv.gather(2, ci)
+    pw = edges.p.to(y.dtype)[None] / (1.0 + (d * d).sum(-1))
+    out = torch.zeros((S, LP, N, 2), dtype=y.dtype, device=y.device)
+    return out.scatter_add_(2, ri, pw[..., None] * d).view(L, N, 2)
+
+
+def attraction_edges(y: torch.Tensor, edges: NeighbourEdges, *,
+                     num_threads: int = 0) -> torch.Tensor:
+    """:func:`attraction_edges_torch`, by the C++/OpenMP kernel for float32 on the CPU (each
+    point's sum in its row's order: independent of the thread count) and by the reference
+    elsewhere."""
+    if y.device.type == "cpu" and y.dtype == torch.float32:
+        from .native import native_module
+
+        out = torch.empty_like(y)
+        native_module().tsne_attraction_csr_f32(
+            y.contiguous().numpy(), edges.rowptr.contiguous().numpy(),
+            edges.cols.contiguous().numpy(), edges.p.to(torch.float32).contiguous().numpy(),
+            out.numpy(), int(num_threads))
+        return out
+    return attraction_edges_torch(y, edges)
 
 
 def repeats_of(num_problems: int, affinities: torch.Tensor) -> Tuple[int, int]:

@@ -8,8 +8,8 @@ import torch
 
 from ._triton import HAS_TRITON, check_triton_tensors, triton
 from .tsne_affinities import DENSE_P_MAX_N, affinities_by_width, densify, joint_probabilities
-from .tsne_forces import (MIN_GAIN, _blocks, _launch_forces, repeats_of, tsne_forces_torch,
-                          tsne_step_torch, tsne_step_triton)
+from .tsne_forces import (MIN_GAIN, _blocks, _launch_forces, attraction_edges, neighbour_edges,
+                          repeats_of, tsne_forces_torch, tsne_step_torch, tsne_step_triton)
 from .tsne_fft import repulsion_fft
 from .tsne_init import initial_embedding, reduce_layers, repeat_starts
 
@@ -52,10 +52,12 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
             ``"native"`` (the whole loop in one C++/OpenMP call on the CPU, each pair's
             repulsion computed once) or ``"fft"`` (torch, any device: the repulsion by FFT
             interpolation, O(N) per iteration, :mod:`.tsne_fft`; an approximation like
-            openTSNE's, for large N).
+            openTSNE's, for large N; the attraction over the non-zeros of P, by the C++ kernel
+            on the CPU).
         progress: called with the number of iterations completed since the last call (e.g. a
             tqdm bar's ``update``); kernels never build bars themselves.
-        num_threads: OpenMP threads of ``"native"`` (0: OpenMP's default).
+        num_threads: OpenMP threads of ``"native"`` and of ``"fft"``'s attraction on the CPU
+            (0: OpenMP's default).
         cuda_graph: capture the Triton iterations in CUDA graphs (default: on a CUDA device).
 
     Returns:
@@ -97,6 +99,8 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
         zpart = torch.empty((L, triton.cdiv(N, bi)), dtype=torch.float32, device=y.device)
         if cuda_graph is None:
             cuda_graph = y.is_cuda
+    if forces == "fft":  # the attraction walks the non-zeros only (see neighbour_edges)
+        edges = neighbour_edges(P, nbr, pval)
     n_explore = min(exploration_iter, max_iter)
     phases = [(early_exaggeration, 0.5, n_explore),
               (1.0, 0.8, max(0, max_iter - exploration_iter - 1))]
@@ -113,7 +117,7 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
             continue
         for _ in range(n_steps):
             if forces == "fft":  # exact attraction over P, repulsion by FFT interpolation
-                attr_, _, _ = tsne_forces_torch(y, P, nbr, pval, repulsion=False)
+                attr_ = attraction_edges(y, edges, num_threads=num_threads)
                 rep_, Z = repulsion_fft(y)
             else:
                 attr_, rep_, Z = tsne_forces_torch(y, P, nbr, pval)

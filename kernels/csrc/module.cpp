@@ -233,6 +233,39 @@ py::tuple joint_lists_py(const CArray<int32_t>& nbr, const CArray<float>& cond, 
   return py::make_tuple(nbr_out, pval);
 }
 
+void tsne_attraction_csr_py(const CArray<float>& y, const CArray<int64_t>& rowptr,
+                            const CArray<int32_t>& col, const CArray<float>& val,
+                            CArray<float>& attr, int num_threads) {
+  if (y.ndim() != 3 || y.shape(2) != 2) throw std::invalid_argument("y must be float32 [L, N, 2]");
+  const int64_t L = y.shape(0), N = y.shape(1);
+  if (rowptr.ndim() != 2 || rowptr.shape(1) != N + 1)
+    throw std::invalid_argument("rowptr must be int64 [LP, N + 1]");
+  const int64_t LP = rowptr.shape(0);
+  if (LP < 1 || L % LP != 0)
+    throw std::invalid_argument("the rows cover LP layers, which must divide L");
+  if (col.ndim() != 2 || col.shape(0) != LP) throw std::invalid_argument("col must be int32 [LP, E]");
+  const int64_t E = col.shape(1);
+  check_shape(val, {LP, E}, "val");
+  check_shape(attr, {L, N, 2}, "attr");
+  const int64_t* pr = rowptr.data();
+  const int32_t* pc = col.data();
+  for (int64_t lp = 0; lp < LP; ++lp) {  // rows must be in bounds: the kernel trusts them
+    const int64_t* r = pr + lp * (N + 1);
+    if (r[0] != 0 || r[N] > E) throw std::invalid_argument("rowptr must run from 0 to at most E");
+    for (int64_t i = 0; i < N; ++i)
+      if (r[i + 1] < r[i]) throw std::invalid_argument("rowptr must be non-decreasing");
+    for (int64_t s = 0; s < r[N]; ++s)
+      if (pc[lp * E + s] < 0 || pc[lp * E + s] >= N)
+        throw std::invalid_argument("col holds an index outside 0..N-1");
+  }
+  const float* py_ = y.data();
+  const float* pv = val.data();
+  float* pa = attr.mutable_data();
+  const int nt = resolve_threads(num_threads);
+  py::gil_scoped_release release;
+  sls_fast::tsne_attraction_csr(py_, pr, pc, pv, L, LP, N, E, pa, nt);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -273,6 +306,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("num_threads") = 0,
         "Symmetrised, normalised joint P of directed kNN conditionals (nbr int32, cond float32 "
         "[L, N, k]) as padded neighbour lists (nbr_out int32, pval float32 [L, M, N]).");
+  m.def("tsne_attraction_csr_f32", &tsne_attraction_csr_py, py::arg("y"), py::arg("rowptr"),
+        py::arg("col"), py::arg("val"), py::arg("attr").noconvert(), py::arg("num_threads") = 0,
+        "The t-SNE attraction of float32 y [L, N, 2] over compressed rows (rowptr int64 [LP, "
+        "N + 1], col int32 / val float32 [LP, E]; problem l reads layer l % LP) into attr "
+        "[L, N, 2].");
   m.def("max_threads", []() { return omp_get_max_threads(); },
         "OpenMP threads used when num_threads is 0.");
 }

@@ -624,6 +624,41 @@ int64_t tsne_row_blocks(int64_t L, int64_t N, int64_t* bounds) {
   return B;
 }
 
+static SLS_CLONES void attraction_csr_rows(const float* __restrict xy,
+                                           const int64_t* __restrict rowptr,
+                                           const int32_t* __restrict col,
+                                           const float* __restrict val, int64_t i0, int64_t i1,
+                                           float* __restrict out) {
+  for (int64_t i = i0; i < i1; ++i) {
+    const float xi = xy[2 * i], yi = xy[2 * i + 1];
+    float sx = 0.f, sy = 0.f;
+#pragma omp simd reduction(+ : sx, sy)
+    for (int64_t s = rowptr[i]; s < rowptr[i + 1]; ++s) {
+      const int64_t j = col[s];
+      const float dx = xi - xy[2 * j];
+      const float dy = yi - xy[2 * j + 1];
+      const float pw = val[s] / (1.f + dx * dx + dy * dy);
+      sx += pw * dx;
+      sy += pw * dy;
+    }
+    out[2 * i] = sx;
+    out[2 * i + 1] = sy;
+  }
+}
+
+void tsne_attraction_csr(const float* y, const int64_t* rowptr, const int32_t* col,
+                         const float* val, int64_t L, int64_t LP, int64_t N, int64_t E,
+                         float* attr, int num_threads) {
+  constexpr int64_t kChunk = 256;  // rows per task
+  const int64_t chunks = (N + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(dynamic, 4) num_threads(num_threads)
+  for (int64_t t = 0; t < L * chunks; ++t) {
+    const int64_t l = t / chunks, lp = l % LP, i0 = (t % chunks) * kChunk;
+    attraction_csr_rows(y + l * N * 2, rowptr + lp * (N + 1), col + lp * E, val + lp * E, i0,
+                           std::min(N, i0 + kChunk), attr + l * N * 2);
+  }
+}
+
 int64_t tsne_optimize(float* y, const float* P, const int32_t* nbr, const float* pval, int64_t L,
                       int64_t LP, int64_t N, int64_t M, const TsneSchedule& schedule,
                       int num_threads, const TsneProgress& progress, int64_t report_every) {

@@ -47,6 +47,14 @@ int64_t tsne_optimize(float* y, const float* P, const int32_t* nbr, const float*
                       int64_t LP, int64_t N, int64_t M, const TsneSchedule& schedule,
                       int num_threads, const TsneProgress& progress, int64_t report_every);
 
+// The attraction attr[l, i] = sum_s val[s] w_is (y_i - y_col[s]) of every problem over compressed
+// rows (s in rowptr[lp, i] .. rowptr[lp, i + 1] of layer lp = l % LP, entries col / val [LP, E]),
+// y and attr interleaved [L, N, 2] float32; w = 1 / (1 + |y_i - y_j|^2). Each point's sum runs in
+// its row's order on one thread: the result does not depend on the thread count.
+void tsne_attraction_csr(const float* y, const int64_t* rowptr, const int32_t* col,
+                         const float* val, int64_t L, int64_t LP, int64_t N, int64_t E,
+                         float* attr, int num_threads);
+
 // The row blocks of one problem's pair triangle: B + 1 boundaries (first 0, last N), each block
 // holding about the same number of pairs i < j. B depends on L and N only (determinism).
 int64_t tsne_row_blocks(int64_t L, int64_t N, int64_t* bounds /* >= 9 entries */);

@@ -97,3 +97,85 @@ def test_the_fft_gradient_matches_scikit_learns_exact_kl_gradient(rng):
     rep, z = repulsion_fft(yt, nodes=5, boxes_per_unit=2.0)
     ours = gradient_from_forces(attr, rep, z)[0].numpy().ravel()
     assert np.abs(ours - ref).max() / np.abs(ref).max() < 2e-3
+
+
+def test_fft_sizes_have_only_small_prime_factors():
+    from sls_fast.kernels.tsne_fft import fft_size
+
+    assert [fft_size(b) for b in (1, 7, 50, 149, 157, 1000)] == [1, 8, 50, 150, 160, 1000]
+    for b in range(1, 400):
+        m = fft_size(b)
+        assert m >= b and all(fft_size(k) == m for k in range(b, m + 1))
+        for f in (2, 3, 5):
+            while m % f == 0:
+                m //= f
+        assert m == 1
+
+
+def _sparse_affinities(rng, LP, N, hub=True):
+    """Padded neighbour lists of a random symmetric sparse P, with one hub point whose row is
+    much longer than the rest (as real affinities have)."""
+    P = np.zeros((LP, N, N))
+    for l in range(LP):
+        for i in range(N):
+            j = rng.choice(N, size=5, replace=False)
+            P[l, i, j] = rng.random(5)
+        if hub:
+            P[l, :, 0] = rng.random(N)
+        np.fill_diagonal(P[l], 0.0)
+        P[l] = P[l] + P[l].T
+        P[l] /= P[l].sum()
+    M = int((P != 0).sum(2).max())
+    nbr = np.tile(np.arange(N), (LP, M, 1)).astype(np.int32)  # padding: nbr = i, p = 0
+    pval = np.zeros((LP, M, N), dtype=np.float32)
+    for l in range(LP):
+        for i in range(N):
+            j = np.flatnonzero(P[l, i])
+            nbr[l, :len(j), i] = j
+            pval[l, :len(j), i] = P[l, i, j]
+    return P, torch.from_numpy(nbr), torch.from_numpy(pval)
+
+
+@pytest.mark.parametrize("S, LP, N", [(1, 1, 53), (2, 3, 131), (3, 2, 97)])
+def test_the_compressed_attraction_matches_the_padded_lists(rng, S, LP, N):
+    """The attraction over the compressed rows (torch and C++), from padded lists and from a
+    dense P, against the padded-list reference in float64, repeats sharing their layer's P."""
+    from sls_fast.kernels.tsne_forces import (attraction_edges, attraction_edges_torch,
+                                              neighbour_edges, tsne_forces_torch)
+
+    P, nbr, pval = _sparse_affinities(rng, LP, N)
+    y = torch.from_numpy(rng.normal(size=(S * LP, N, 2)) * 5.0)
+    ref, _, _ = tsne_forces_torch(y, None, nbr, pval.double(), repulsion=False)
+    edges = neighbour_edges(nbr=nbr, pval=pval)
+    nnz = (pval != 0).sum((1, 2))
+    assert edges.rows.shape[1] == int(nnz.max()) < nbr.shape[1] * N
+    assert torch.equal(edges.rowptr[:, -1], nnz)
+    from_dense = neighbour_edges(torch.from_numpy(P).float())
+    for e in (edges, from_dense):
+        assert _rel(attraction_edges_torch(y, e), ref) < 1e-6
+        assert _rel(attraction_edges(y.float(), e).double(), ref) < 1e-5
+        assert _rel(attraction_edges(y.float(), e, num_threads=1).double(), ref) < 1e-5
+    a1 = attraction_edges(y.float(), edges, num_threads=1)
+    a2 = attraction_edges(y.float(), edges, num_threads=2)
+    assert torch.equal(a1, a2)  # each point's sum in a fixed order
+
+
+def test_the_native_attraction_refuses_bad_rows():
+    from sls_fast.kernels.native import native_module
+
+    C = native_module()
+    y = np.zeros((2, 5, 2), np.float32)
+    out = np.zeros_like(y)
+    rowptr = np.array([[0, 1, 2, 3, 4, 5]], np.int64)
+    val = np.ones((1, 5), np.float32)
+    with pytest.raises(ValueError, match="outside 0..N-1"):
+        C.tsne_attraction_csr_f32(y, rowptr, np.full((1, 5), 7, np.int32), val, out)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        C.tsne_attraction_csr_f32(y, np.array([[0, 2, 1, 3, 4, 5]], np.int64),
+                                  np.zeros((1, 5), np.int32), val, out)
+    with pytest.raises(ValueError, match="must divide L"):
+        C.tsne_attraction_csr_f32(np.zeros((3, 5, 2), np.float32), np.zeros((2, 6), np.int64),
+                                  np.zeros((2, 5), np.int32), np.ones((2, 5), np.float32),
+                                  np.zeros((3, 5, 2), np.float32))
+    with pytest.raises(TypeError):  # a float64 output buffer would be copied, never written
+        C.tsne_attraction_csr_f32(y, rowptr, np.zeros((1, 5), np.int32), val, out.astype(float))
