@@ -1,8 +1,11 @@
 """The batched FFT-interpolation t-SNE (forces="fft", kernels/tsne_fft.py) against openTSNE's
 FFT t-SNE on the CPU, same data, same run: every layer at once vs openTSNE one layer at a time.
 
-    pytest benchmarks/bench_tsne_fft.py --benchmark-only -q -s
-    SLS_FAST_BENCH_BIG=1 pytest benchmarks/bench_tsne_fft.py --benchmark-only -q -s  # 12 x 20,000
+    pytest benchmarks/bench_tsne_fft.py --benchmark-only -q -s -k fft_tsne
+    SLS_FAST_BENCH_BIG=1 pytest benchmarks/bench_tsne_fft.py --benchmark-only -q -s -k fft_tsne
+        # also 12 x 20,000
+    pytest benchmarks/bench_tsne_fft.py --benchmark-only -q -s -k native_vs_fft
+        # ours exact (C++) against ours FFT, N = 1,000 .. 5,000: where "auto" switches
 
 Data: L = 12 layers of N points x 50 dims, each a 10-cluster Gaussian mixture whose separation
 grows with the layer (as in a network's depth). Both engines: perplexity 30, 250 early-
@@ -70,3 +73,34 @@ def test_fft_tsne(benchmark, engine, L, N):
           f"{np.mean(trust):.4f} (layers {min(trust):.4f}-{max(trust):.4f})")
     if ("ours", L, N) in RESULT and ("openTSNE", L, N) in RESULT:
         print(f"openTSNE / ours = {RESULT['openTSNE', L, N] / RESULT['ours', L, N]:.2f}x")
+
+
+CROSS = {}
+
+
+@pytest.mark.parametrize("engine", ["native", "fft"])
+@pytest.mark.parametrize("N", [1000, 2000, 3000, 5000])
+def test_native_vs_fft(benchmark, engine, N):
+    """Where the FFT repulsion overtakes the exact C++ kernel on the CPU: 12 layers of N
+    points, scikit-learn's full schedule (1,000 iterations), same data and affinities.
+
+        pytest benchmarks/bench_tsne_fft.py --benchmark-only -q -s -k native_vs_fft
+    """
+    from sls_fast.kernels.tsne_optimize import tsne_batched
+
+    benchmark.group = f"exact (native) vs FFT t-SNE, 12x{N}x50, 1,000 iterations"
+    x = _layers(12, N)
+    out = {}
+
+    def run():
+        out["y"] = tsne_batched(torch.from_numpy(x), perplexity=30, max_iter=1000,
+                                forces=engine, seed=0).numpy()
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    trust = float(np.mean([_trust(x[l], out["y"][l]) for l in range(12)]))
+    CROSS[engine, N] = benchmark.stats.stats.mean
+    benchmark.extra_info.update(trustworthiness=trust, machine=machine(),
+                                threads=torch.get_num_threads())
+    print(f"\n{engine} 12x{N}: {benchmark.stats.stats.mean:.1f} s, trustworthiness {trust:.4f}")
+    if ("native", N) in CROSS and ("fft", N) in CROSS:
+        print(f"native / fft = {CROSS['native', N] / CROSS['fft', N]:.2f}x")

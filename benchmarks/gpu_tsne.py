@@ -67,8 +67,8 @@ def _check_kernels(report, sizes=((777, True), (2500, False))):
         upd = torch.randn_like(y) * 1e-3
         gains = torch.rand_like(y) + 0.5
         want = [t.clone() for t in (y, upd, gains)]
-        K.tsne_step_torch(*want, a, r, zpart.sum(1), exaggeration=12.0, momentum=0.5,
-                          learning_rate=50.0)
+        K.tsne_step_torch(*want, a.sum(0), r.sum(0), zpart.sum(1), exaggeration=12.0,
+                          momentum=0.5, learning_rate=50.0)  # partials: [split, L, N, 2]
         have = [t.clone() for t in (y, upd, gains)]
         K.tsne_step_triton(*have, a, r, zpart, exaggeration=12.0, momentum=0.5, learning_rate=50.0)
         err = max(rel_err(h, w) for h, w in zip(have, want))

@@ -42,9 +42,16 @@ copied), and the runs differ by their start (:func:`repeat_starts`).
    Z = sum_{i != j} w_ij, the gradient is
    ``grad_i = 4 * (exaggeration * sum_j p_ij w_ij (y_i - y_j) - sum_j w_ij^2 (y_i - y_j) / Z)``.
    :func:`tsne_forces_torch` is the reference (any device, rows in chunks);
-   :func:`tsne_forces_triton` computes the same per block of points i, walking all j tile by
-   tile, so the N x N matrix of w is never stored: one launch covers all layers (grid
-   ``(L, cdiv(N, BLOCK_I))``), Z comes back as per-block partial sums (deterministic).
+   :func:`tsne_forces_triton` computes the same per block of points i, walking its share of
+   the j tiles, so the N x N matrix of w is never stored: one launch covers all layers (grid
+   ``(L, cdiv(N, BLOCK_I), split)``: the j range is cut into ``split`` parts that run as
+   separate programs, :func:`forces_config`, so that 12 x 1,000 points fill a GPU), each
+   program keeps tile-shaped sums and reduces them once, and every split writes its own
+   partial sums, which the update kernel adds in a fixed order (deterministic, no atomics).
+   The attraction also runs over the non-zeros of P as compressed rows
+   (:func:`neighbour_edges`, :func:`attraction_edges`: C++ on the CPU), which the FFT
+   repulsion (:mod:`.tsne_fft`, ``forces="fft"``) uses: padded lists are as long as the
+   largest row.
 4. **Optimiser** (:mod:`.tsne_optimize`): scikit-learn's schedule: early exaggeration 12 with
    momentum 0.5 for 250 iterations, then (update and gains reset) momentum 0.8 up to
    ``max_iter``; delta-bar-delta gains (+0.2 / x0.8, min 0.01); learning rate "auto" =
@@ -70,9 +77,10 @@ from .tsne_affinities import (DENSE_P_MAX_N, affinities_by_width, conditional_p_
                               conditional_p_torch, conditional_p_triton, joint_probabilities,
                               knn_conditional_native, neighbour_count, symmetrize_native,
                               symmetrize_torch)
-from .tsne_forces import (MIN_GAIN, gradient_from_forces, repeats_of,
-                          tsne_forces_torch, tsne_forces_triton, tsne_step_torch,
-                          tsne_step_triton)
+from .tsne_forces import (MAX_SPLIT, MIN_GAIN, ForcesConfig, NeighbourEdges, attraction_edges,
+                          attraction_edges_torch, forces_config, gradient_from_forces,
+                          neighbour_edges, repeats_of, tsne_forces_torch, tsne_forces_triton,
+                          tsne_step_torch, tsne_step_triton)
 from .tsne_init import (PCA_DIMS, REPEAT_JITTER, initial_embedding, pca_project,
                         reduce_layers, repeat_starts)
 from .tsne_optimize import (EARLY_EXAGGERATION, EXPLORATION_ITER, auto_learning_rate,
@@ -86,7 +94,9 @@ __all__ = [
     "joint_probabilities", "affinities_by_width", "densify", "neighbour_count", "conditional_p_torch",
     "conditional_p_native", "conditional_p_triton", "knn_conditional_native", "symmetrize_native",
     "symmetrize_torch",
-    "tsne_forces_torch", "tsne_forces_triton", "gradient_from_forces",
+    "tsne_forces_torch", "tsne_forces_triton", "gradient_from_forces", "MAX_SPLIT",
+    "ForcesConfig", "forces_config", "NeighbourEdges", "neighbour_edges", "attraction_edges",
+    "attraction_edges_torch",
     "repeats_of", "tsne_step_torch", "tsne_step_triton", "auto_learning_rate", "tsne_optimize",
     "tsne_batched",
 ]

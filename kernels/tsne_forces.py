@@ -8,7 +8,8 @@ import torch
 
 from ._triton import HAS_TRITON, check_triton_tensors, tl, triton
 
-__all__ = ["MIN_GAIN", "tsne_forces_torch", "tsne_forces_triton", "NeighbourEdges",
+__all__ = ["MIN_GAIN", "MAX_SPLIT", "tsne_forces_torch", "tsne_forces_triton", "ForcesConfig",
+           "forces_config", "forces_buffers", "NeighbourEdges",
            "neighbour_edges", "attraction_edges_torch", "attraction_edges",
            "repeats_of", "gradient_from_forces", "tsne_step_torch", "tsne_step_triton"]
 
@@ -180,43 +181,55 @@ if HAS_TRITON:
 
     @triton.jit
     def _tsne_forces_kernel(y_ptr, p_ptr, nbr_ptr, pv_ptr, attr_ptr, rep_ptr, zpart_ptr,
-                            N, M, NUM_BLOCKS, P_LAYERS,
+                            N, M, NUM_BLOCKS, P_LAYERS, L, J_PER_SPLIT, M_PER_SPLIT,
                             DENSE: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+        # program (problem, block of BLOCK_I points i, split s): the pairs (i, j) for the j of
+        # split s, [s * J_PER_SPLIT, (s + 1) * J_PER_SPLIT) (a whole number of j tiles), and the
+        # neighbour slots [s * M_PER_SPLIT, (s + 1) * M_PER_SPLIT). Its sums go to split s's
+        # own partial buffers; the update kernel adds the splits in a fixed order.
         layer = tl.program_id(0).to(tl.int64)
         player = layer % P_LAYERS  # the affinities of this problem (shared by a layer's runs)
         pid = tl.program_id(1)
+        split = tl.program_id(2)
         offs_i = pid * BLOCK_I + tl.arange(0, BLOCK_I)
         mask_i = offs_i < N
         ybase = y_ptr + layer * N * 2
         yi0 = tl.load(ybase + offs_i * 2, mask=mask_i, other=0.0).to(tl.float32)
         yi1 = tl.load(ybase + offs_i * 2 + 1, mask=mask_i, other=0.0).to(tl.float32)
-        z = tl.zeros([BLOCK_I], dtype=tl.float32)
-        r0 = tl.zeros([BLOCK_I], dtype=tl.float32)
-        r1 = tl.zeros([BLOCK_I], dtype=tl.float32)
-        a0 = tl.zeros([BLOCK_I], dtype=tl.float32)
-        a1 = tl.zeros([BLOCK_I], dtype=tl.float32)
-        for j0 in range(0, N, BLOCK_J):
+        # tile-shaped accumulators, reduced across j once at the end (not once per tile)
+        z = tl.zeros([BLOCK_I, BLOCK_J], dtype=tl.float32)
+        r0 = tl.zeros([BLOCK_I, BLOCK_J], dtype=tl.float32)
+        r1 = tl.zeros([BLOCK_I, BLOCK_J], dtype=tl.float32)
+        a0 = tl.zeros([BLOCK_I, BLOCK_J], dtype=tl.float32)
+        a1 = tl.zeros([BLOCK_I, BLOCK_J], dtype=tl.float32)
+        j_start = split * J_PER_SPLIT
+        j_end = tl.minimum(N, j_start + J_PER_SPLIT)
+        for j0 in range(j_start, j_end, BLOCK_J):
             offs_j = j0 + tl.arange(0, BLOCK_J)
-            mask_j = offs_j < N
+            mask_j = offs_j < j_end
             yj0 = tl.load(ybase + offs_j * 2, mask=mask_j, other=0.0).to(tl.float32)
             yj1 = tl.load(ybase + offs_j * 2 + 1, mask=mask_j, other=0.0).to(tl.float32)
             dx = yi0[:, None] - yj0[None, :]
             dy = yi1[:, None] - yj1[None, :]
             valid = mask_i[:, None] & mask_j[None, :] & (offs_i[:, None] != offs_j[None, :])
             w = tl.where(valid, 1.0 / (1.0 + dx * dx + dy * dy), 0.0)
-            z += tl.sum(w, axis=1)
+            z += w
             w2 = w * w
-            r0 += tl.sum(w2 * dx, axis=1)
-            r1 += tl.sum(w2 * dy, axis=1)
+            r0 += w2 * dx
+            r1 += w2 * dy
             if DENSE:
                 p = tl.load(p_ptr + player * N * N + offs_i[:, None].to(tl.int64) * N
                             + offs_j[None, :], mask=valid, other=0.0).to(tl.float32)
                 pw = p * w
-                a0 += tl.sum(pw * dx, axis=1)
-                a1 += tl.sum(pw * dy, axis=1)
+                a0 += pw * dx
+                a1 += pw * dy
+        s0 = tl.sum(a0, axis=1)
+        s1 = tl.sum(a1, axis=1)
         if not DENSE:
             nbase = player * M * N
-            for m in range(0, M):
+            m_start = split * M_PER_SPLIT
+            m_end = tl.minimum(M, m_start + M_PER_SPLIT)
+            for m in range(m_start, m_end):
                 j = tl.load(nbr_ptr + nbase + m * N + offs_i, mask=mask_i, other=0).to(tl.int64)
                 pv = tl.load(pv_ptr + nbase + m * N + offs_i, mask=mask_i, other=0.0).to(tl.float32)
                 yj0 = tl.load(ybase + j * 2, mask=mask_i, other=0.0).to(tl.float32)
@@ -224,29 +237,34 @@ if HAS_TRITON:
                 dx = yi0 - yj0
                 dy = yi1 - yj1
                 pw = pv / (1.0 + dx * dx + dy * dy)
-                a0 += pw * dx
-                a1 += pw * dy
-        obase = layer * N * 2
-        tl.store(attr_ptr + obase + offs_i * 2, a0, mask=mask_i)
-        tl.store(attr_ptr + obase + offs_i * 2 + 1, a1, mask=mask_i)
-        tl.store(rep_ptr + obase + offs_i * 2, r0, mask=mask_i)
-        tl.store(rep_ptr + obase + offs_i * 2 + 1, r1, mask=mask_i)
-        tl.store(zpart_ptr + layer * NUM_BLOCKS + pid, tl.sum(z, axis=0))
+                s0 += pw * dx
+                s1 += pw * dy
+        obase = (split.to(tl.int64) * L + layer) * N * 2
+        tl.store(attr_ptr + obase + offs_i * 2, s0, mask=mask_i)
+        tl.store(attr_ptr + obase + offs_i * 2 + 1, s1, mask=mask_i)
+        tl.store(rep_ptr + obase + offs_i * 2, tl.sum(r0, axis=1), mask=mask_i)
+        tl.store(rep_ptr + obase + offs_i * 2 + 1, tl.sum(r1, axis=1), mask=mask_i)
+        tl.store(zpart_ptr + (layer * tl.num_programs(2) + split) * NUM_BLOCKS + pid,
+                 tl.sum(tl.sum(z, axis=1), axis=0))
 
     @triton.jit
     def _tsne_update_kernel(y_ptr, upd_ptr, gains_ptr, attr_ptr, rep_ptr, zpart_ptr,
-                            N2, NUM_BLOCKS, exaggeration, momentum, learning_rate, min_gain,
-                            BLOCK: tl.constexpr, NB_P2: tl.constexpr):
+                            N2, NUM_Z, L, exaggeration, momentum, learning_rate, min_gain,
+                            SPLIT: tl.constexpr, BLOCK: tl.constexpr, NB_P2: tl.constexpr):
         layer = tl.program_id(0).to(tl.int64)
         pid = tl.program_id(1)
         kb = tl.arange(0, NB_P2)
-        zb = tl.load(zpart_ptr + layer * NUM_BLOCKS + kb, mask=kb < NUM_BLOCKS, other=0.0)
+        zb = tl.load(zpart_ptr + layer * NUM_Z + kb, mask=kb < NUM_Z, other=0.0)
         z = tl.sum(zb, axis=0)
         offs = pid * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N2
         base = layer * N2
         a = tl.load(attr_ptr + base + offs, mask=mask, other=0.0)
         r = tl.load(rep_ptr + base + offs, mask=mask, other=0.0)
+        for s in tl.static_range(1, SPLIT):  # the splits' partial sums, in order
+            part = (s * L + layer) * N2 + offs
+            a += tl.load(attr_ptr + part, mask=mask, other=0.0)
+            r += tl.load(rep_ptr + part, mask=mask, other=0.0)
         u = tl.load(upd_ptr + base + offs, mask=mask, other=0.0)
         g = tl.load(gains_ptr + base + offs, mask=mask, other=1.0)
         y = tl.load(y_ptr + base + offs, mask=mask, other=0.0)
@@ -260,26 +278,80 @@ if HAS_TRITON:
         tl.store(y_ptr + base + offs, y + u, mask=mask)
 
 
-def _blocks(y: torch.Tensor) -> Tuple[int, int]:
-    return (32, 64) if y.is_cuda else (32, 32)
+MAX_SPLIT = 8  # j splits per block of points at most (the update kernel unrolls over them)
 
 
-def _launch_forces(y, P, nbr, pval, attr, rep, zpart, bi, bj) -> None:
-    """Launch the force kernel on prepared buffers (no checks: the optimiser's hot loop)."""
+class ForcesConfig(NamedTuple):
+    """How :func:`tsne_forces_triton` cuts the pairs: blocks of ``block_i`` points i against
+    tiles of ``block_j`` points j, the j range cut into ``split`` parts (whole tiles each) that
+    run as separate programs and write separate partial sums."""
+    block_i: int
+    block_j: int
+    split: int
+
+
+def forces_config(L: int, N: int, device: torch.device, *, split: Optional[int] = None,
+                  block_i: Optional[int] = None, block_j: Optional[int] = None) -> ForcesConfig:
+    """The tile sizes and j split for ``L`` problems of ``N`` points on ``device``.
+
+    CUDA: 32 x 64 tiles; the j range is split until there are about 4 programs per SM, at
+    most :data:`MAX_SPLIT` parts and never less than 4 j tiles per part (12 x 1,000 points:
+    384 programs of 16 tiles each without a split, which leaves an H100's 132 SMs waiting on
+    each program's serial walk). Elsewhere (the interpreter): 32 x 32, no split. Each choice
+    can be forced (``split``, ``block_i``, ``block_j``)."""
+    cuda = device.type == "cuda"
+    bi = block_i or 32
+    bj = block_j or (64 if cuda else 32)
+    tiles = -(-N // bj)
+    if split is None:
+        split = 1
+        if cuda:
+            sms = torch.cuda.get_device_properties(device).multi_processor_count
+            programs = L * -(-N // bi)
+            split = max(1, min(MAX_SPLIT, -(-4 * sms // programs), tiles // 4))
+    if not 1 <= int(split) <= MAX_SPLIT:
+        raise ValueError(f"split must be in 1..{MAX_SPLIT}, got {split}")
+    per = -(-tiles // int(split))  # whole tiles per split; no split left empty
+    return ForcesConfig(int(bi), int(bj), -(-tiles // per))
+
+
+def _split_extents(N: int, M: int, cfg: ForcesConfig) -> Tuple[int, int]:
+    """(j points, neighbour slots) per split: whole j tiles, slots evenly."""
+    tiles = -(-N // cfg.block_j)
+    return -(-tiles // cfg.split) * cfg.block_j, -(-M // cfg.split)
+
+
+def _launch_forces(y, P, nbr, pval, attr, rep, zpart, cfg: ForcesConfig) -> None:
+    """Launch the force kernel on prepared buffers (no checks: the optimiser's hot loop).
+    ``attr`` / ``rep`` ``[split, L, N, 2]``, ``zpart`` ``[L, split * cdiv(N, block_i)]``."""
     L, N, _ = y.shape
-    nb = zpart.shape[1]
+    nb = -(-N // cfg.block_i)
+    M = 1 if P is not None else nbr.shape[1]
+    j_per, m_per = _split_extents(N, M, cfg)
+    grid = (L, nb, cfg.split)
     if P is not None:
-        _tsne_forces_kernel[(L, nb)](y, P, y, y, attr, rep, zpart, N, 1, nb, P.shape[0],
-                                     DENSE=True, BLOCK_I=bi, BLOCK_J=bj)
+        _tsne_forces_kernel[grid](y, P, y, y, attr, rep, zpart, N, 1, nb, P.shape[0], L, j_per,
+                                  m_per, DENSE=True, BLOCK_I=cfg.block_i, BLOCK_J=cfg.block_j)
     else:
-        _tsne_forces_kernel[(L, nb)](y, y, nbr, pval, attr, rep, zpart, N, nbr.shape[1], nb,
-                                     nbr.shape[0], DENSE=False, BLOCK_I=bi, BLOCK_J=bj)
+        _tsne_forces_kernel[grid](y, y, nbr, pval, attr, rep, zpart, N, M, nb, nbr.shape[0], L,
+                                  j_per, m_per, DENSE=False, BLOCK_I=cfg.block_i,
+                                  BLOCK_J=cfg.block_j)
+
+
+def forces_buffers(y: torch.Tensor, cfg: ForcesConfig):
+    """``(attr, rep, zpart)``: the partial-sum buffers of one launch (see :func:`_launch_forces`)."""
+    L, N, _ = y.shape
+    attr = torch.empty((cfg.split, L, N, 2), dtype=torch.float32, device=y.device)
+    rep = torch.empty_like(attr)
+    zpart = torch.empty((L, cfg.split * -(-N // cfg.block_i)), dtype=torch.float32,
+                        device=y.device)
+    return attr, rep, zpart
 
 
 def tsne_forces_triton(y: torch.Tensor, P: Optional[torch.Tensor] = None,
                        nbr: Optional[torch.Tensor] = None, pval: Optional[torch.Tensor] = None,
                        *, block_i: Optional[int] = None, block_j: Optional[int] = None,
-                       return_partials: bool = False):
+                       split: Optional[int] = None, return_partials: bool = False):
     """Same contract as :func:`tsne_forces_torch`, one Triton launch over all layers.
 
     Args:
@@ -287,11 +359,13 @@ def tsne_forces_triton(y: torch.Tensor, P: Optional[torch.Tensor] = None,
         P: float32 ``[LP, N, N]`` dense affinities, or ``nbr`` (int32) / ``pval`` (float32)
             ``[LP, M, N]`` padded neighbour lists; ``LP`` divides ``L`` (problem ``l`` reads
             the affinities of ``l % LP``: repeats share them).
-        return_partials: return the per-block partial sums of Z (``[L, cdiv(N, block_i)]``)
-            instead of Z (what the fused update kernel reads).
+        block_i, block_j, split: force a :class:`ForcesConfig` field (default:
+            :func:`forces_config`).
+        return_partials: return the partial sums as the update kernel reads them: ``attr``
+            and ``rep`` ``[split, L, N, 2]`` and Z's ``[L, split * cdiv(N, block_i)]``.
 
     Returns:
-        ``(attr, rep, Z)`` float32 (``Z``: ``[L]``, or the partials).
+        ``(attr, rep, Z)`` float32 (the splits added in order; ``Z``: ``[L]``), or the partials.
 
     Example:
         >>> attr, rep, Z = tsne_forces_triton(y.cuda(), P.cuda())  # doctest: +SKIP
@@ -305,9 +379,7 @@ def tsne_forces_triton(y: torch.Tensor, P: Optional[torch.Tensor] = None,
                          f"{tuple(y.shape)} {y.dtype}")
     L, N, _ = y.shape
     _, LP = repeats_of(L, P if P is not None else nbr)
-    bi, bj = _blocks(y)
-    bi, bj = block_i or bi, block_j or bj
-    nb = triton.cdiv(N, bi)
+    cfg = forces_config(L, N, y.device, split=split, block_i=block_i, block_j=block_j)
     if P is not None:
         if tuple(P.shape) != (LP, N, N):
             raise ValueError(f"P must be [LP, N, N] = {(LP, N, N)}, got {tuple(P.shape)}")
@@ -318,15 +390,15 @@ def tsne_forces_triton(y: torch.Tensor, P: Optional[torch.Tensor] = None,
                              f"{tuple(nbr.shape)} and {tuple(pval.shape)}")
         nbr = nbr.to(torch.int32).contiguous()
         pval = pval.to(torch.float32).contiguous()
-    attr = torch.empty_like(y)
-    rep = torch.empty_like(y)
-    zpart = torch.empty((L, nb), dtype=torch.float32, device=y.device)
-    _launch_forces(y, P, nbr, pval, attr, rep, zpart, bi, bj)
+    attr, rep, zpart = forces_buffers(y, cfg)
+    _launch_forces(y, P, nbr, pval, attr, rep, zpart, cfg)
     if return_partials:
         return attr, rep, zpart
-    return attr, rep, zpart.sum(dim=1)
-
-
+    a, r = attr[0].clone(), rep[0].clone()
+    for s in range(1, cfg.split):  # the update kernel's order
+        a += attr[s]
+        r += rep[s]
+    return a, r, zpart.sum(dim=1)
 
 
 def tsne_step_torch(y, update, gains, attr, rep, Z, *, exaggeration: float, momentum: float,
@@ -341,13 +413,14 @@ def tsne_step_torch(y, update, gains, attr, rep, Z, *, exaggeration: float, mome
 
 def tsne_step_triton(y, update, gains, attr, rep, zpart, *, exaggeration: float,
                      momentum: float, learning_rate: float, min_gain: float = MIN_GAIN) -> None:
-    """Fused :func:`tsne_step_torch` (reads the per-block Z partials), one launch."""
+    """Fused :func:`tsne_step_torch` on the partial sums of :func:`tsne_forces_triton`
+    (``return_partials=True``: ``attr`` / ``rep`` ``[split, L, N, 2]``), one launch."""
     L, N, _ = y.shape
-    nb = zpart.shape[1]
+    if attr.ndim == 3:  # one split, as [L, N, 2]
+        attr, rep = attr[None], rep[None]
+    nz = zpart.shape[1]
     block = 256
     _tsne_update_kernel[(L, triton.cdiv(2 * N, block))](
-        y, update, gains, attr, rep, zpart, 2 * N, nb, float(exaggeration), float(momentum),
-        float(learning_rate), float(min_gain), BLOCK=block,
-        NB_P2=max(16, triton.next_power_of_2(nb)))
-
-
+        y, update, gains, attr, rep, zpart, 2 * N, nz, L, float(exaggeration), float(momentum),
+        float(learning_rate), float(min_gain), SPLIT=attr.shape[0], BLOCK=block,
+        NB_P2=max(16, triton.next_power_of_2(nz)))

@@ -6,10 +6,11 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ._triton import HAS_TRITON, check_triton_tensors, triton
+from ._triton import HAS_TRITON, check_triton_tensors
 from .tsne_affinities import DENSE_P_MAX_N, affinities_by_width, densify, joint_probabilities
-from .tsne_forces import (MIN_GAIN, _blocks, _launch_forces, attraction_edges, neighbour_edges,
-                          repeats_of, tsne_forces_torch, tsne_step_torch, tsne_step_triton)
+from .tsne_forces import (MIN_GAIN, ForcesConfig, _launch_forces, attraction_edges, forces_buffers,
+                          forces_config, neighbour_edges, repeats_of, tsne_forces_torch,
+                          tsne_step_torch, tsne_step_triton)
 from .tsne_fft import repulsion_fft
 from .tsne_init import initial_embedding, reduce_layers, repeat_starts
 
@@ -35,7 +36,8 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
                   early_exaggeration: float = EARLY_EXAGGERATION,
                   exploration_iter: int = EXPLORATION_ITER, forces: str = "torch",
                   progress: Optional[ProgressFn] = None, num_threads: int = 0,
-                  cuda_graph: Optional[bool] = None) -> torch.Tensor:
+                  cuda_graph: Optional[bool] = None,
+                  config: Optional[ForcesConfig] = None) -> torch.Tensor:
     """Run scikit-learn's gradient-descent schedule on all layers at once (each problem
     re-centred after every step, which only removes float32 drift: see :func:`_recentre`).
 
@@ -59,6 +61,8 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
         num_threads: OpenMP threads of ``"native"`` and of ``"fft"``'s attraction on the CPU
             (0: OpenMP's default).
         cuda_graph: capture the Triton iterations in CUDA graphs (default: on a CUDA device).
+        config: the Triton forces' tiles and j split (default: :func:`forces_config`; the
+            GPU check times several to choose the defaults).
 
     Returns:
         ``y``, the ``[L, N, 2]`` embeddings.
@@ -93,10 +97,10 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
         else:
             nbr = nbr.to(torch.int32).contiguous()
             pval = pval.to(torch.float32).contiguous()
-        bi, bj = _blocks(y)
-        attr = torch.empty_like(y)
-        rep = torch.empty_like(y)
-        zpart = torch.empty((L, triton.cdiv(N, bi)), dtype=torch.float32, device=y.device)
+        cfg = (forces_config(L, N, y.device) if config is None else  # validated, no empty split
+               forces_config(L, N, y.device, split=config.split, block_i=config.block_i,
+                             block_j=config.block_j))
+        attr, rep, zpart = forces_buffers(y, cfg)
         if cuda_graph is None:
             cuda_graph = y.is_cuda
     if forces == "fft":  # the attraction walks the non-zeros only (see neighbour_edges)
@@ -109,7 +113,7 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
         gains = torch.ones_like(y)
         if forces == "triton":
             def step(exaggeration=exaggeration, momentum=momentum, update=update, gains=gains):
-                _launch_forces(y, P, nbr, pval, attr, rep, zpart, bi, bj)
+                _launch_forces(y, P, nbr, pval, attr, rep, zpart, cfg)
                 tsne_step_triton(y, update, gains, attr, rep, zpart, exaggeration=exaggeration,
                                  momentum=momentum, learning_rate=lr)
                 _recentre(y)

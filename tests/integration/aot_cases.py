@@ -18,6 +18,8 @@ import json
 import os
 import sys
 
+from sls_fast.kernels.tsne_forces import MAX_SPLIT  # the update kernel unrolls over splits
+
 # CUDA targets: compute capability -> the most shared memory one block may use (bytes)
 TARGETS = {80: 163 * 1024, 90: 227 * 1024}
 
@@ -56,20 +58,27 @@ def _cases():
         for bd in _p2_range(16, 128):
             add("cluster_stats", "_cluster_stats_kernel", f"{ft}-D{bd}", sig,
                 dict(BLOCK_N=64, BLOCK_D=bd))
-    # t-SNE forces (kernels/tsne_forces.py): dense P or neighbour lists, CUDA blocks 32 x 64
+    # t-SNE forces (kernels/tsne_forces.py): dense P or neighbour lists; the CUDA default tiles
+    # 32 x 64 and the tiles benchmarks/gpu_tsne_forces.py sweeps (the split is a runtime value)
     sig = dict(y_ptr="*fp32", p_ptr="*fp32", nbr_ptr="*i32", pv_ptr="*fp32", attr_ptr="*fp32",
                rep_ptr="*fp32", zpart_ptr="*fp32", N="i32", M="i32", NUM_BLOCKS="i32",
-               P_LAYERS="i32", DENSE="constexpr", BLOCK_I="constexpr", BLOCK_J="constexpr")
-    for dense in (True, False):
-        add("tsne_forces", "_tsne_forces_kernel", "dense" if dense else "lists", sig,
-            dict(DENSE=dense, BLOCK_I=32, BLOCK_J=64))
-    # fused update: NB_P2 = next power of 2 of cdiv(N, 32), at least 16 (N up to 32,768 here)
+               P_LAYERS="i32", L="i32", J_PER_SPLIT="i32", M_PER_SPLIT="i32",
+               DENSE="constexpr", BLOCK_I="constexpr", BLOCK_J="constexpr")
+    for bi, bj in ((32, 64), (16, 64), (64, 64), (32, 128), (64, 32)):
+        for dense in (True, False):
+            add("tsne_forces", "_tsne_forces_kernel",
+                f"{'dense' if dense else 'lists'}-{bi}x{bj}", sig,
+                dict(DENSE=dense, BLOCK_I=bi, BLOCK_J=bj))
+    # fused update: SPLIT partial sums (1..MAX_SPLIT, unrolled); NB_P2 = next power of 2 of
+    # split x cdiv(N, 32), at least 16: every split at 16 and 256, one split up to 32,768 points
     sig = dict(y_ptr="*fp32", upd_ptr="*fp32", gains_ptr="*fp32", attr_ptr="*fp32",
-               rep_ptr="*fp32", zpart_ptr="*fp32", N2="i32", NUM_BLOCKS="i32",
+               rep_ptr="*fp32", zpart_ptr="*fp32", N2="i32", NUM_Z="i32", L="i32",
                exaggeration="fp32", momentum="fp32", learning_rate="fp32", min_gain="fp32",
-               BLOCK="constexpr", NB_P2="constexpr")
-    for nb in _p2_range(16, 1024):
-        add("tsne_forces", "_tsne_update_kernel", f"NB{nb}", sig, dict(BLOCK=256, NB_P2=nb))
+               SPLIT="constexpr", BLOCK="constexpr", NB_P2="constexpr")
+    for split in range(1, MAX_SPLIT + 1):
+        for nb in ((16, 256) if split > 1 else _p2_range(16, 1024)):
+            add("tsne_forces", "_tsne_update_kernel", f"S{split}-NB{nb}", sig,
+                dict(SPLIT=split, BLOCK=256, NB_P2=nb))
     # perplexity bisection (kernels/tsne_affinities.py): BLOCK_K = 16..2048, BLOCK_R = 2048 / it
     sig = dict(d2_ptr="*fp64", p_ptr="*fp32", R="i32", K="i32", target="fp32", tol="fp32",
                STEPS="constexpr", BLOCK_R="constexpr", BLOCK_K="constexpr")
