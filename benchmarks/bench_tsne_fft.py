@@ -5,7 +5,8 @@ FFT t-SNE on the CPU, same data, same run: every layer at once vs openTSNE one l
     SLS_FAST_BENCH_BIG=1 pytest benchmarks/bench_tsne_fft.py --benchmark-only -q -s -k fft_tsne
         # also 12 x 20,000
     pytest benchmarks/bench_tsne_fft.py --benchmark-only -q -s -k native_vs_fft
-        # ours exact (C++) against ours FFT, N = 1,000 .. 5,000: where "auto" switches
+        # ours exact (C++) against ours FFT, N = 1,000 .. 5,000 (BIG: also 8,000 and
+        # 12,000): where "auto" switches
 
 Data: L = 12 layers of N points x 50 dims, each a 10-cluster Gaussian mixture whose separation
 grows with the layer (as in a network's depth). Both engines: perplexity 30, 250 early-
@@ -79,7 +80,7 @@ CROSS = {}
 
 
 @pytest.mark.parametrize("engine", ["native", "fft"])
-@pytest.mark.parametrize("N", [1000, 2000, 3000, 5000])
+@pytest.mark.parametrize("N", [1000, 2000, 3000, 5000] + ([8000, 12000] if BIG else []))
 def test_native_vs_fft(benchmark, engine, N):
     """Where the FFT repulsion overtakes the exact C++ kernel on the CPU: 12 layers of N
     points, scikit-learn's full schedule (1,000 iterations), same data and affinities.

@@ -55,14 +55,18 @@ Backends:
     for every layer and repeat at once, cuFFT on CUDA: :mod:`sls_fast.kernels.tsne_fft`):
     O(N) per iteration instead of O(N^2), an approximation at openTSNE's resolution (3 nodes
     per unit interval, at least 50 intervals); trustworthiness within 0.01 of openTSNE's at
-    5,000 points (tests/unit/test_tsne_fft.py). Not chosen by ``"auto"`` yet: where it beats
-    the exact kernels on a GPU is still to be measured.
+    5,000 points (tests/unit/test_tsne_fft.py). The attraction runs over the non-zeros of P
+    (C++ on the CPU). ``"auto"`` picks it for large N (below).
 ``"auto"``
-    CUDA data: ``"triton"`` up to 20,000 points, ``"cuml"`` beyond when installed (else
-    ``"triton"``). CPU data: ``"native"`` up to ``NATIVE_AUTO_MAX_N`` = 8,000 points (measured
-    faster than openTSNE and than scikit-learn run layer by layer, at the same
-    trustworthiness: ``benchmarks/RESULTS.md``), beyond it ``"opentsne"`` when installed (its
-    cost grows as N log N, the exact repulsion's as N^2), else ``"sklearn"``.
+    CUDA data: ``"triton"`` up to ``TORCH_AUTO_MAX_N`` = 20,000 points, ``"fft"`` beyond (the
+    exact repulsion grows as N^2: 12 x 10,000 took 7.2 s on an H100; where the FFT path
+    overtakes it on a GPU is still to be measured, so the switch stays where the exact path
+    already stopped; ``"cuml"`` only when asked for). CPU data: ``"native"`` up to
+    ``NATIVE_AUTO_MAX_N`` = 10,000 points, ``"fft"`` beyond: on 2 cores, 12 layers x 1,000
+    iterations, the exact C++ kernel beats our FFT path up to 8,000 points (58.6 s against
+    109.3 s) and loses at 12,000 (126.1 s against 113.2 s), at the same trustworthiness; the
+    FFT path beats openTSNE 3.3x at 12 x 5,000, 1.5x at 12 x 20,000 and 2.2x at one layer of
+    20,000 (``benchmarks/RESULTS.md``). ``"opentsne"`` and ``"sklearn"`` only when asked for.
 
 Repeats (``repeats=S``): S runs of every layer, returned as ``[S, L, N, 2]``; run 0 is the
 single run with the same seed. What tells the runs apart:
@@ -107,11 +111,12 @@ PERPLEXITY = 30.0  # the authors' (scikit-learn's default)
 MAX_ITER = 1000  # the authors' (scikit-learn's default)
 
 TSNE_BACKENDS = ("auto", "native", "triton", "torch", "fft", "opentsne", "sklearn", "cuml")
+# The exact repulsion is O(N^2) per iteration, the FFT-interpolated one ~O(N) plus a grid that
+# grows with the embedding's span. Beyond these N "auto" uses "fft". CPU: measured crossover
+# about 11,000 points on 2 cores (benchmarks/RESULTS.md, "The batched FFT-interpolation t-SNE
+# on the CPU"); CUDA: where the exact Triton path stopped before (unmeasured crossover).
 TORCH_AUTO_MAX_N = 20_000
-# The native backend's repulsion is exact, O(N^2) per iteration; openTSNE's grows ~N log N.
-# Where one overtakes the other on 2 cores: benchmarks/RESULTS.md, "t-SNE of every layer after
-# the restructure" ("Larger N").
-NATIVE_AUTO_MAX_N = 8_000
+NATIVE_AUTO_MAX_N = 10_000
 _NEIGHBOUR_FACTOR = 3
 
 
@@ -215,12 +220,9 @@ def _resolve(backend: str, device: torch.device, n: int) -> str:
     if backend != "auto":
         return backend
     if device.type == "cuda":
-        if n > TORCH_AUTO_MAX_N and _has("cuml"):
-            return "cuml"
-        return "triton"
-    if n <= NATIVE_AUTO_MAX_N:
-        return "native"  # measured faster than openTSNE and scikit-learn at equal quality
-    return "opentsne" if _has("openTSNE") else "sklearn"
+        return "triton" if n <= TORCH_AUTO_MAX_N else "fft"
+    # both measured faster than openTSNE and scikit-learn at equal quality
+    return "native" if n <= NATIVE_AUTO_MAX_N else "fft"
 
 
 def _check_sizes(backend: str, n: int, perplexity: float, max_iter: int) -> None:

@@ -191,12 +191,12 @@ def test_auto_resolution():
     cpu = torch.device("cpu")
     assert embed._resolve("auto", cpu, 500) == "native"
     assert embed._resolve("auto", cpu, embed.NATIVE_AUTO_MAX_N) == "native"
-    big_cpu = embed._resolve("auto", cpu, embed.NATIVE_AUTO_MAX_N + 1)
-    assert big_cpu == ("opentsne" if HAS_OPENTSNE else "sklearn")
+    assert embed._resolve("auto", cpu, embed.NATIVE_AUTO_MAX_N + 1) == "fft"
     cuda = torch.device("cuda")
     assert embed._resolve("auto", cuda, 1000) == "triton"
-    big = embed._resolve("auto", cuda, embed.TORCH_AUTO_MAX_N + 1)
-    assert big == ("cuml" if HAS_CUML else "triton")
+    assert embed._resolve("auto", cuda, embed.TORCH_AUTO_MAX_N) == "triton"
+    assert embed._resolve("auto", cuda, embed.TORCH_AUTO_MAX_N + 1) == "fft"  # cuML: if asked
+    assert embed._resolve("cuml", cuda, 10**6) == "cuml"
     assert embed._resolve("sklearn", cuda, 10) == "sklearn"
 
 
