@@ -2,14 +2,16 @@
 (sls_fast.kernels.tsne_forces: ForcesConfig, forces_config) on CUDA.
 
 1. Every split (1, 2, 3, MAX_SPLIT) and the default configuration against the float64 torch
-   reference: dense P and neighbour lists, attractive and repulsive sums and Z to 1e-5.
+   reference: dense P and neighbour lists (walked as compressed rows), attractive and
+   repulsive sums and Z to 1e-5.
 2. Bits: the same configuration twice gives the same bits (the splits are added in a fixed
    order, no atomics).
 3. Timings of the optimisation loop (affinities precomputed, CUDA graphs) against the goals of
    issue 23 on an H100/H200: 12 x 1,000, 1,000 iterations, <= 50 ms; 8 x 12 x 1,000 <= 300 ms;
    12 x 10,000 (neighbour lists) <= 2 s. For 12 x 1,000, a sweep over tiles and splits in the
    same run (split 1: every program walks all j, as in the last round, with this round's
-   tile-shaped sums) picks the fastest, so that the default can follow the measurement.
+   tile-shaped sums) picks the fastest, so that the default can follow the measurement; and
+   the same P walked as compressed rows instead of streamed densely.
 """
 from __future__ import annotations
 
@@ -95,6 +97,18 @@ def run(report, mode):
     report(SECTION, f"{layers}x{n1} default {tuple(default)} vs split 1", ms=times[default],
            note=f"{times[candidates[0]] / times[default]:.2f}x faster than split 1; "
                 f"fastest {tuple(best)} at {times[best]:.1f} ms{goal}")
+
+    # the same P as compressed rows walked per point instead of streamed densely (the dense
+    # default for N <= DENSE_P_MAX_N was measured when the kernel walked padded lists)
+    _, _, (nbr1, pval1) = _affinities(n1, layers, False, dim)
+    rows_ms = cuda_time_ms(lambda: K.tsne_optimize(y0.clone(), None, nbr1, pval1,
+                                                   max_iter=max_iter, forces="triton",
+                                                   dense_p=False),
+                           warmup=warmup, iters=iters)
+    report(SECTION, f"optimise {layers}x{n1}, {max_iter} it, compressed rows (not dense P)",
+           ms=rows_ms, note=f"dense P (default) {times[default] / rows_ms:.2f}x the time of "
+                            f"rows; lists M = {nbr1.shape[1]}")
+    del nbr1, pval1
 
     reps = mode.pick(8, 2, 2)
     ys = K.repeat_starts(y0, reps, 0)

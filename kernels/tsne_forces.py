@@ -180,13 +180,14 @@ def gradient_from_forces(attr: torch.Tensor, rep: torch.Tensor, Z: torch.Tensor,
 if HAS_TRITON:
 
     @triton.jit
-    def _tsne_forces_kernel(y_ptr, p_ptr, nbr_ptr, pv_ptr, attr_ptr, rep_ptr, zpart_ptr,
-                            N, M, NUM_BLOCKS, P_LAYERS, L, J_PER_SPLIT, M_PER_SPLIT,
+    def _tsne_forces_kernel(y_ptr, p_ptr, rowptr_ptr, col_ptr, pv_ptr, attr_ptr, rep_ptr,
+                            zpart_ptr, N, E, NUM_BLOCKS, P_LAYERS, L, J_PER_SPLIT,
                             DENSE: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
         # program (problem, block of BLOCK_I points i, split s): the pairs (i, j) for the j of
-        # split s, [s * J_PER_SPLIT, (s + 1) * J_PER_SPLIT) (a whole number of j tiles), and the
-        # neighbour slots [s * M_PER_SPLIT, (s + 1) * M_PER_SPLIT). Its sums go to split s's
-        # own partial buffers; the update kernel adds the splits in a fixed order.
+        # split s, [s * J_PER_SPLIT, (s + 1) * J_PER_SPLIT) (a whole number of j tiles), and,
+        # with compressed rows (not DENSE), split s's share of each point's row: the program
+        # loops as long as the longest share in its block, not the batch's longest row. Its
+        # sums go to split s's own partial buffers; the update kernel adds them in order.
         layer = tl.program_id(0).to(tl.int64)
         player = layer % P_LAYERS  # the affinities of this problem (shared by a layer's runs)
         pid = tl.program_id(1)
@@ -226,14 +227,22 @@ if HAS_TRITON:
         s0 = tl.sum(a0, axis=1)
         s1 = tl.sum(a1, axis=1)
         if not DENSE:
-            nbase = player * M * N
-            m_start = split * M_PER_SPLIT
-            m_end = tl.minimum(M, m_start + M_PER_SPLIT)
-            for m in range(m_start, m_end):
-                j = tl.load(nbr_ptr + nbase + m * N + offs_i, mask=mask_i, other=0).to(tl.int64)
-                pv = tl.load(pv_ptr + nbase + m * N + offs_i, mask=mask_i, other=0.0).to(tl.float32)
-                yj0 = tl.load(ybase + j * 2, mask=mask_i, other=0.0).to(tl.float32)
-                yj1 = tl.load(ybase + j * 2 + 1, mask=mask_i, other=0.0).to(tl.float32)
+            rbase = rowptr_ptr + player * (N + 1)
+            row_lo = tl.load(rbase + offs_i, mask=mask_i, other=0)
+            row_hi = tl.load(rbase + offs_i + 1, mask=mask_i, other=0)
+            nsplit = tl.num_programs(2)
+            share = (row_hi - row_lo + nsplit - 1) // nsplit
+            e_start = row_lo + split * share
+            e_end = tl.minimum(row_hi, e_start + share)
+            steps = tl.max(tl.maximum(e_end - e_start, 0), axis=0)
+            ebase = player * E
+            for t in range(0, steps):
+                e = e_start + t
+                mask_e = mask_i & (e < e_end)
+                j = tl.load(col_ptr + ebase + e, mask=mask_e, other=0).to(tl.int64)
+                pv = tl.load(pv_ptr + ebase + e, mask=mask_e, other=0.0).to(tl.float32)
+                yj0 = tl.load(ybase + j * 2, mask=mask_e, other=0.0).to(tl.float32)
+                yj1 = tl.load(ybase + j * 2 + 1, mask=mask_e, other=0.0).to(tl.float32)
                 dx = yi0 - yj0
                 dy = yi1 - yj1
                 pw = pv / (1.0 + dx * dx + dy * dy)
@@ -315,27 +324,35 @@ def forces_config(L: int, N: int, device: torch.device, *, split: Optional[int] 
     return ForcesConfig(int(bi), int(bj), -(-tiles // per))
 
 
-def _split_extents(N: int, M: int, cfg: ForcesConfig) -> Tuple[int, int]:
-    """(j points, neighbour slots) per split: whole j tiles, slots evenly."""
+def _j_per_split(N: int, cfg: ForcesConfig) -> int:
+    """The j points of each split: whole tiles."""
     tiles = -(-N // cfg.block_j)
-    return -(-tiles // cfg.split) * cfg.block_j, -(-M // cfg.split)
+    return -(-tiles // cfg.split) * cfg.block_j
 
 
-def _launch_forces(y, P, nbr, pval, attr, rep, zpart, cfg: ForcesConfig) -> None:
-    """Launch the force kernel on prepared buffers (no checks: the optimiser's hot loop).
+def _launch_forces(y, P, edges: Optional[NeighbourEdges], attr, rep, zpart,
+                   cfg: ForcesConfig) -> None:
+    """Launch the force kernel on prepared buffers (no checks: the optimiser's hot loop): dense
+    ``P`` or compressed rows ``edges`` (rowptr int64, cols int32, p float32, contiguous).
     ``attr`` / ``rep`` ``[split, L, N, 2]``, ``zpart`` ``[L, split * cdiv(N, block_i)]``."""
     L, N, _ = y.shape
     nb = -(-N // cfg.block_i)
-    M = 1 if P is not None else nbr.shape[1]
-    j_per, m_per = _split_extents(N, M, cfg)
     grid = (L, nb, cfg.split)
+    j_per = _j_per_split(N, cfg)
     if P is not None:
-        _tsne_forces_kernel[grid](y, P, y, y, attr, rep, zpart, N, 1, nb, P.shape[0], L, j_per,
-                                  m_per, DENSE=True, BLOCK_I=cfg.block_i, BLOCK_J=cfg.block_j)
+        _tsne_forces_kernel[grid](y, P, y, y, y, attr, rep, zpart, N, 1, nb, P.shape[0], L,
+                                  j_per, DENSE=True, BLOCK_I=cfg.block_i, BLOCK_J=cfg.block_j)
     else:
-        _tsne_forces_kernel[grid](y, y, nbr, pval, attr, rep, zpart, N, M, nb, nbr.shape[0], L,
-                                  j_per, m_per, DENSE=False, BLOCK_I=cfg.block_i,
-                                  BLOCK_J=cfg.block_j)
+        _tsne_forces_kernel[grid](y, y, edges.rowptr, edges.cols, edges.p, attr, rep, zpart, N,
+                                  edges.cols.shape[1], nb, edges.rowptr.shape[0], L, j_per,
+                                  DENSE=False, BLOCK_I=cfg.block_i, BLOCK_J=cfg.block_j)
+
+
+def kernel_edges(nbr: torch.Tensor, pval: torch.Tensor) -> NeighbourEdges:
+    """:func:`neighbour_edges` of padded lists in the dtypes the Triton kernel reads."""
+    e = neighbour_edges(nbr=nbr, pval=pval)
+    return NeighbourEdges(e.rowptr.contiguous(), e.rows, e.cols.contiguous(),
+                          e.p.to(torch.float32).contiguous())
 
 
 def forces_buffers(y: torch.Tensor, cfg: ForcesConfig):
@@ -357,8 +374,9 @@ def tsne_forces_triton(y: torch.Tensor, P: Optional[torch.Tensor] = None,
     Args:
         y: contiguous float32 ``[L, N, 2]`` (CUDA, or CPU under ``TRITON_INTERPRET=1``).
         P: float32 ``[LP, N, N]`` dense affinities, or ``nbr`` (int32) / ``pval`` (float32)
-            ``[LP, M, N]`` padded neighbour lists; ``LP`` divides ``L`` (problem ``l`` reads
-            the affinities of ``l % LP``: repeats share them).
+            ``[LP, M, N]`` padded neighbour lists (walked as compressed rows,
+            :func:`neighbour_edges`); ``LP`` divides ``L`` (problem ``l`` reads the
+            affinities of ``l % LP``: repeats share them).
         block_i, block_j, split: force a :class:`ForcesConfig` field (default:
             :func:`forces_config`).
         return_partials: return the partial sums as the update kernel reads them: ``attr``
@@ -384,14 +402,14 @@ def tsne_forces_triton(y: torch.Tensor, P: Optional[torch.Tensor] = None,
         if tuple(P.shape) != (LP, N, N):
             raise ValueError(f"P must be [LP, N, N] = {(LP, N, N)}, got {tuple(P.shape)}")
         P = P.to(torch.float32).contiguous()
+        edges = None
     else:
         if nbr.shape[2] != N or tuple(pval.shape) != tuple(nbr.shape):
             raise ValueError(f"nbr/pval must be [LP, M, N] with N = {N}; got "
                              f"{tuple(nbr.shape)} and {tuple(pval.shape)}")
-        nbr = nbr.to(torch.int32).contiguous()
-        pval = pval.to(torch.float32).contiguous()
+        edges = kernel_edges(nbr, pval)
     attr, rep, zpart = forces_buffers(y, cfg)
-    _launch_forces(y, P, nbr, pval, attr, rep, zpart, cfg)
+    _launch_forces(y, P, edges, attr, rep, zpart, cfg)
     if return_partials:
         return attr, rep, zpart
     a, r = attr[0].clone(), rep[0].clone()

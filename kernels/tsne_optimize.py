@@ -9,8 +9,8 @@ import torch
 from ._triton import HAS_TRITON, check_triton_tensors
 from .tsne_affinities import DENSE_P_MAX_N, affinities_by_width, densify, joint_probabilities
 from .tsne_forces import (MIN_GAIN, ForcesConfig, _launch_forces, attraction_edges, forces_buffers,
-                          forces_config, neighbour_edges, repeats_of, tsne_forces_torch,
-                          tsne_step_torch, tsne_step_triton)
+                          forces_config, kernel_edges, neighbour_edges, repeats_of,
+                          tsne_forces_torch, tsne_step_torch, tsne_step_triton)
 from .tsne_fft import repulsion_fft
 from .tsne_init import initial_embedding, reduce_layers, repeat_starts
 
@@ -36,8 +36,8 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
                   early_exaggeration: float = EARLY_EXAGGERATION,
                   exploration_iter: int = EXPLORATION_ITER, forces: str = "torch",
                   progress: Optional[ProgressFn] = None, num_threads: int = 0,
-                  cuda_graph: Optional[bool] = None,
-                  config: Optional[ForcesConfig] = None) -> torch.Tensor:
+                  cuda_graph: Optional[bool] = None, config: Optional[ForcesConfig] = None,
+                  dense_p: Optional[bool] = None) -> torch.Tensor:
     """Run scikit-learn's gradient-descent schedule on all layers at once (each problem
     re-centred after every step, which only removes float32 drift: see :func:`_recentre`).
 
@@ -63,6 +63,8 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
         cuda_graph: capture the Triton iterations in CUDA graphs (default: on a CUDA device).
         config: the Triton forces' tiles and j split (default: :func:`forces_config`; the
             GPU check times several to choose the defaults).
+        dense_p: ``"triton"`` with neighbour lists: stream them as a dense P (default: on CUDA
+            up to ``DENSE_P_MAX_N`` points) instead of walking their compressed rows.
 
     Returns:
         ``y``, the ``[L, N, 2]`` embeddings.
@@ -88,15 +90,16 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
     if forces == "triton":
         tensors = [y] + ([P] if P is not None else [nbr, pval])
         check_triton_tensors(*tensors)
-        if P is None and y.is_cuda and N <= DENSE_P_MAX_N:
+        if dense_p is None:
             # the same P, streamed densely: faster on a GPU than walking the padded lists
-            # (benchmarks/RESULTS.md, the H100's second and third runs)
+            # (benchmarks/RESULTS.md, the H100's second and third runs; measured before the
+            # kernel walked compressed rows: gpu_tsne_forces times both again)
+            dense_p = y.is_cuda and N <= DENSE_P_MAX_N
+        if P is None and dense_p:
             P, nbr, pval = densify(nbr, pval), None, None
+        edges = None if P is not None else kernel_edges(nbr, pval)
         if P is not None:
             P = P.to(torch.float32).contiguous()
-        else:
-            nbr = nbr.to(torch.int32).contiguous()
-            pval = pval.to(torch.float32).contiguous()
         cfg = (forces_config(L, N, y.device) if config is None else  # validated, no empty split
                forces_config(L, N, y.device, split=config.split, block_i=config.block_i,
                              block_j=config.block_j))
@@ -113,7 +116,7 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
         gains = torch.ones_like(y)
         if forces == "triton":
             def step(exaggeration=exaggeration, momentum=momentum, update=update, gains=gains):
-                _launch_forces(y, P, nbr, pval, attr, rep, zpart, cfg)
+                _launch_forces(y, P, edges, attr, rep, zpart, cfg)
                 tsne_step_triton(y, update, gains, attr, rep, zpart, exaggeration=exaggeration,
                                  momentum=momentum, learning_rate=lr)
                 _recentre(y)

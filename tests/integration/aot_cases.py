@@ -58,11 +58,11 @@ def _cases():
         for bd in _p2_range(16, 128):
             add("cluster_stats", "_cluster_stats_kernel", f"{ft}-D{bd}", sig,
                 dict(BLOCK_N=64, BLOCK_D=bd))
-    # t-SNE forces (kernels/tsne_forces.py): dense P or neighbour lists; the CUDA default tiles
+    # t-SNE forces (kernels/tsne_forces.py): dense P or compressed rows; the CUDA default tiles
     # 32 x 64 and the tiles benchmarks/gpu_tsne_forces.py sweeps (the split is a runtime value)
-    sig = dict(y_ptr="*fp32", p_ptr="*fp32", nbr_ptr="*i32", pv_ptr="*fp32", attr_ptr="*fp32",
-               rep_ptr="*fp32", zpart_ptr="*fp32", N="i32", M="i32", NUM_BLOCKS="i32",
-               P_LAYERS="i32", L="i32", J_PER_SPLIT="i32", M_PER_SPLIT="i32",
+    sig = dict(y_ptr="*fp32", p_ptr="*fp32", rowptr_ptr="*i64", col_ptr="*i32", pv_ptr="*fp32",
+               attr_ptr="*fp32", rep_ptr="*fp32", zpart_ptr="*fp32", N="i32", E="i32",
+               NUM_BLOCKS="i32", P_LAYERS="i32", L="i32", J_PER_SPLIT="i32",
                DENSE="constexpr", BLOCK_I="constexpr", BLOCK_J="constexpr")
     for bi, bj in ((32, 64), (16, 64), (64, 64), (32, 128), (64, 32)):
         for dense in (True, False):

@@ -322,6 +322,37 @@ def test_split_forces_match_the_float64_reference(L, N, dense, split, rng):
         assert all(float(r[s].abs().sum()) > 0 for s in range(used))
 
 
+@pytest.mark.parametrize("split", [1, 3])
+def test_triton_walks_compressed_rows_with_a_hub(split, rng):
+    """Neighbour lists whose rows differ 20-fold (one hub point next to every other, as real
+    affinities have): the kernel's compressed-row walk, split or not, against the float64
+    padded-list reference."""
+    dev = _triton_device()
+    L, N, k = 2, 83, 4
+    P = np.zeros((L, N, N))
+    for l in range(L):
+        for i in range(N):
+            P[l, i, rng.choice(N, size=k, replace=False)] = rng.random(k)
+        P[l, :, 0] = rng.random(N)  # the hub
+        np.fill_diagonal(P[l], 0.0)
+        P[l] = P[l] + P[l].T
+        P[l] /= P[l].sum()
+    M = int((P != 0).sum(2).max())
+    nbr = np.tile(np.arange(N, dtype=np.int32), (L, M, 1))
+    pval = np.zeros((L, M, N), dtype=np.float32)
+    for l in range(L):
+        for i in range(N):
+            j = np.flatnonzero(P[l, i])
+            nbr[l, :len(j), i], pval[l, :len(j), i] = j, P[l, i, j]
+    nbr, pval = torch.from_numpy(nbr), torch.from_numpy(pval)
+    assert M > 10 * k  # the padded lists are mostly padding
+    y = torch.from_numpy(rng.normal(size=(L, N, 2)) * 3).float()
+    ref = K.tsne_forces_torch(y.double(), None, nbr, pval.double())
+    got = K.tsne_forces_triton(y.to(dev), None, nbr.to(dev), pval.to(dev), split=split)
+    for g, r, what in zip(got, ref, ("attractive sum", "repulsive sum", "Z")):
+        assert_close(g.cpu(), r, 1e-5, f"{what}, split {split}")
+
+
 def test_split_update_matches_torch():
     dev = _triton_device()
     y, P = _problem(2, 101, 8.0, True, seed=13)
