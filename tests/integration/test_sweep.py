@@ -380,3 +380,28 @@ def test_a_database_from_before_the_speedup_verdict_opens(tmp_path):
         ["pareto.png", "depths.png"]
     for r in both:
         assert_valid("results_row", r)
+
+
+def test_the_driver_waits_for_a_stopped_worker_before_removing_its_attempt(tmp_path):
+    """An attempt folder whose process is still ending (a worker that outlives Ray's shutdown
+    by a moment) is removed once the process is gone, within the wait; one whose process
+    outlives the wait keeps its folder; a vanished or zombie process counts as gone."""
+    from sls_fast.harness.sweep.driver import _alive, _remove_dead_attempts
+
+    root = tmp_path / "attempts"
+    ending = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    lasting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for name in (f"a.{ending.pid}", f"b.{lasting.pid}"):
+            (root / name).mkdir(parents=True)
+        reaper = threading.Thread(target=ending.wait)  # as init reaps an orphaned worker
+        reaper.start()
+        _remove_dead_attempts(str(root), wait=5.0)  # waits the full 5 s: one process lasts
+        reaper.join()
+        assert sorted(os.listdir(root)) == [f"b.{lasting.pid}"]
+        assert not _alive(ending.pid) and _alive(lasting.pid)
+    finally:
+        lasting.kill()
+        lasting.wait()
+    _remove_dead_attempts(str(root))
+    assert not root.exists()  # the last folder gone, the empty root removed

@@ -48,6 +48,8 @@ from sls_fast.harness.sweep.spec import (Cell, SweepSpec, SweepSpecBase, adapt_g
 
 __all__ = ["SweepSpec", "Cell", "run_sweep", "run_cell", "vtab_task_facts", "read_spec_file"]
 
+STOPPED_WORKER_WAIT_S = 10.0  # how long the driver waits for stopped workers to end
+
 # --------------------------------------------------------------------------- one cell (a worker)
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -165,16 +167,31 @@ def _row_of(result: dict, criterion: str) -> dict:
     return row
 
 
-def _remove_dead_attempts(root: str) -> None:
+def _remove_dead_attempts(root: str, *, wait: float = 0.0) -> None:
     """Delete this node's attempt folders whose process is gone (a killed worker's: an
-    interrupted sweep's, or one whose worker died), and the folder when it is left empty."""
-    for path in glob.glob(os.path.join(root, "*.*")):
-        try:
-            pid = int(path.rsplit(".", 1)[1])
-        except ValueError:
-            continue
-        if pid != os.getpid() and not _alive(pid):
-            shutil.rmtree(path, ignore_errors=True)
+    interrupted sweep's, or one whose worker died), and the folder when it is left empty.
+
+    ``wait``: seconds to wait for attempt processes that are still alive to end (the driver
+    after stopping Ray: a worker can outlive the shutdown by a moment, seen once in the
+    Ctrl-C test); one still alive after that keeps its folder, which the next attempt on this
+    node removes."""
+    deadline = time.monotonic() + wait
+    while True:
+        alive = 0
+        for path in glob.glob(os.path.join(root, "*.*")):
+            try:
+                pid = int(path.rsplit(".", 1)[1])
+            except ValueError:
+                continue
+            if pid == os.getpid():
+                continue
+            if _alive(pid):
+                alive += 1
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+        if not alive or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
     with contextlib.suppress(OSError):
         os.rmdir(root)  # only when empty
 
@@ -190,6 +207,8 @@ def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:  # ended between the signal and the read
+        return False
     except (OSError, IndexError):
         return True
 
@@ -355,7 +374,8 @@ def run_sweep(spec: SweepSpecBase, out: str, *, address: Optional[str] = None,
         finally:
             _stop_ray(ray)
             _remove_partial(out)
-            _remove_dead_attempts(cell_workdir_root(out))  # this node's, of stopped workers
+            # this node's, of the workers just stopped
+            _remove_dead_attempts(cell_workdir_root(out), wait=STOPPED_WORKER_WAIT_S)
             _remove_unrecorded(out, db, {c.key for c in todo})
     every_row = db.rows()
     keys = {c.key for c in cells}
