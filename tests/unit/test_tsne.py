@@ -262,47 +262,14 @@ def _triton_device():
     return torch.device("cpu")
 
 
-@pytest.mark.parametrize("L,N,dense",
-                         [(2, 40, True), (3, 77, True), (2, 53, False), (1, 80, False)])
-def test_triton_forces_match_torch(L, N, dense, rng):
-    dev = _triton_device()
-    y, aff = _problem(L, N, 8.0, dense, seed=int(rng.integers(2**31)))
-    if dense:
-        args_ref, args = (aff.double(), None, None), (aff.to(dev), None, None)
-    else:
-        args_ref, args = (None, aff[0], aff[1].double()), (None, aff[0].to(dev), aff[1].to(dev))
-    a_ref, r_ref, z_ref = K.tsne_forces_torch(y.double(), *args_ref)
-    a, r, z = K.tsne_forces_triton(y.to(dev), *args)
-    for ex in (1.0, 12.0):
-        g_ref = K.gradient_from_forces(a_ref, r_ref, z_ref, ex)
-        g = K.gradient_from_forces(a.double().cpu(), r.double().cpu(), z.double().cpu(), ex)
-        assert_close(g, g_ref, 1e-5, f"gradient (exaggeration {ex})")
-    assert_close(z.cpu(), z_ref, 1e-5, "Z")
-    assert_close(a.cpu(), a_ref, 1e-5, "attractive sum")
-    assert_close(r.cpu(), r_ref, 1e-5, "repulsive sum")
-
-
-def test_triton_update_matches_torch():
-    dev = _triton_device()
-    y, P = _problem(2, 45, 8.0, True, seed=11)
-    a, r, zpart = K.tsne_forces_triton(y.to(dev), P.to(dev), return_partials=True)
-    gen = torch.Generator().manual_seed(1)
-    upd = torch.randn(2, 45, 2, generator=gen) * 1e-3
-    gains = torch.rand(2, 45, 2, generator=gen) + 0.5
-    ref = [t.clone() for t in (y, upd, gains)]
-    K.tsne_step_torch(*ref, a.sum(0).cpu(), r.sum(0).cpu(), zpart.sum(1).cpu(),
-                      exaggeration=12.0, momentum=0.5, learning_rate=50.0)
-    got = [t.clone().to(dev) for t in (y, upd, gains)]
-    K.tsne_step_triton(*got, a, r, zpart, exaggeration=12.0, momentum=0.5, learning_rate=50.0)
-    for name, g, e in zip(("y", "update", "gains"), got, ref):
-        assert_close(g.cpu(), e, 1e-5, name)
-
-
-@pytest.mark.parametrize("L,N,dense,split", [(2, 97, True, 2), (3, 75, True, 3),
-                                              (2, 131, False, 3), (1, 70, False, 8)])
-def test_split_forces_match_the_float64_reference(L, N, dense, split, rng):
-    """The j range cut into ``split`` programs (whole tiles each, neighbour slots evenly): the
-    partial sums add up to the float64 reference, and the same launch gives the same bits."""
+@pytest.mark.parametrize("L,N,dense,split",
+                         [(2, 40, True, None), (3, 77, True, None), (2, 53, False, None),
+                          (1, 80, False, None), (2, 97, True, 2), (3, 75, True, 3),
+                          (2, 131, False, 3), (1, 70, False, 8)])
+def test_triton_forces_match_the_float64_reference(L, N, dense, split, rng):
+    """Dense P or neighbour lists, the default cut or the j range split across programs
+    (whole tiles each, each row's entries shared out): the partial sums add up to the float64
+    reference (sums, Z and the gradient), and the same launch gives the same bits."""
     dev = _triton_device()
     y, aff = _problem(L, N, 8.0, dense, seed=int(rng.integers(2**31)))
     if dense:
@@ -313,13 +280,37 @@ def test_split_forces_match_the_float64_reference(L, N, dense, split, rng):
     got = K.tsne_forces_triton(y.to(dev), *args, split=split)
     for g, r, what in zip(got, ref, ("attractive sum", "repulsive sum", "Z")):
         assert_close(g.cpu(), r, 1e-5, f"{what}, split {split}")
+    for ex in (1.0, 12.0):
+        g_ref = K.gradient_from_forces(*ref, ex)
+        g = K.gradient_from_forces(*(t.double().cpu() for t in got), ex)
+        assert_close(g, g_ref, 1e-5, f"gradient (exaggeration {ex})")
     again = K.tsne_forces_triton(y.to(dev), *args, split=split)
     assert all(torch.equal(a, b) for a, b in zip(got, again))
     a, r, zpart = K.tsne_forces_triton(y.to(dev), *args, split=split, return_partials=True)
-    used = min(split, -(-N // 32))
+    used = min(split or 1, -(-N // 32))
     assert a.shape == (used, L, N, 2) and zpart.shape == (L, used * -(-N // 32))
     if used > 1:  # every split holds a real share of the pairs
         assert all(float(r[s].abs().sum()) > 0 for s in range(used))
+
+
+@pytest.mark.parametrize("N, split, seed", [(45, 1, 11), (131, 3, 13)])
+def test_triton_update_matches_torch(N, split, seed):
+    """The fused update over the forces' partial sums (one split, or three added in order)
+    against the torch step over their totals."""
+    dev = _triton_device()
+    y, P = _problem(2, N, 8.0, True, seed=seed)
+    a, r, zpart = K.tsne_forces_triton(y.to(dev), P.to(dev), split=split, return_partials=True)
+    assert a.shape[0] == split
+    gen = torch.Generator().manual_seed(seed)
+    upd = torch.randn(2, N, 2, generator=gen) * 1e-3
+    gains = torch.rand(2, N, 2, generator=gen) + 0.5
+    ref = [t.clone() for t in (y, upd, gains)]
+    K.tsne_step_torch(*ref, a.sum(0).cpu(), r.sum(0).cpu(), zpart.sum(1).cpu(),
+                      exaggeration=12.0, momentum=0.5, learning_rate=50.0)
+    got = [t.clone().to(dev) for t in (y, upd, gains)]
+    K.tsne_step_triton(*got, a, r, zpart, exaggeration=12.0, momentum=0.5, learning_rate=50.0)
+    for name, g, e in zip(("y", "update", "gains"), got, ref):
+        assert_close(g.cpu(), e, 1e-5, name)
 
 
 @pytest.mark.parametrize("split", [1, 3])
@@ -351,22 +342,6 @@ def test_triton_walks_compressed_rows_with_a_hub(split, rng):
     got = K.tsne_forces_triton(y.to(dev), None, nbr.to(dev), pval.to(dev), split=split)
     for g, r, what in zip(got, ref, ("attractive sum", "repulsive sum", "Z")):
         assert_close(g.cpu(), r, 1e-5, f"{what}, split {split}")
-
-
-def test_split_update_matches_torch():
-    dev = _triton_device()
-    y, P = _problem(2, 101, 8.0, True, seed=13)
-    a, r, zpart = K.tsne_forces_triton(y.to(dev), P.to(dev), split=3, return_partials=True)
-    gen = torch.Generator().manual_seed(2)
-    upd = torch.randn(2, 101, 2, generator=gen) * 1e-3
-    gains = torch.rand(2, 101, 2, generator=gen) + 0.5
-    ref = [t.clone() for t in (y, upd, gains)]
-    K.tsne_step_torch(*ref, a.sum(0).cpu(), r.sum(0).cpu(), zpart.sum(1).cpu(),
-                      exaggeration=12.0, momentum=0.5, learning_rate=50.0)
-    got = [t.clone().to(dev) for t in (y, upd, gains)]
-    K.tsne_step_triton(*got, a, r, zpart, exaggeration=12.0, momentum=0.5, learning_rate=50.0)
-    for name, g, e in zip(("y", "update", "gains"), got, ref):
-        assert_close(g.cpu(), e, 1e-5, name)
 
 
 def test_forces_config_choices():
