@@ -300,22 +300,25 @@ class ForcesConfig(NamedTuple):
 
 
 def forces_config(L: int, N: int, device: torch.device, *, split: Optional[int] = None,
-                  block_i: Optional[int] = None, block_j: Optional[int] = None) -> ForcesConfig:
+                  block_i: Optional[int] = None, block_j: Optional[int] = None,
+                  sms: Optional[int] = None) -> ForcesConfig:
     """The tile sizes and j split for ``L`` problems of ``N`` points on ``device``.
 
     CUDA: 32 x 64 tiles; the j range is split until there are about 4 programs per SM, at
     most :data:`MAX_SPLIT` parts and never less than 4 j tiles per part (12 x 1,000 points:
     384 programs of 16 tiles each without a split, which leaves an H100's 132 SMs waiting on
     each program's serial walk). Elsewhere (the interpreter): 32 x 32, no split. Each choice
-    can be forced (``split``, ``block_i``, ``block_j``)."""
-    cuda = device.type == "cuda"
+    can be forced (``split``, ``block_i``, ``block_j``); ``sms``: the SM count (default: the
+    device's; given, the CUDA rule applies on any device)."""
+    cuda = device.type == "cuda" or sms is not None
     bi = block_i or 32
     bj = block_j or (64 if cuda else 32)
     tiles = -(-N // bj)
     if split is None:
         split = 1
         if cuda:
-            sms = torch.cuda.get_device_properties(device).multi_processor_count
+            if sms is None:
+                sms = torch.cuda.get_device_properties(device).multi_processor_count
             programs = L * -(-N // bi)
             split = max(1, min(MAX_SPLIT, -(-4 * sms // programs), tiles // 4))
     if not 1 <= int(split) <= MAX_SPLIT:

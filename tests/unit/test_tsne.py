@@ -351,6 +351,14 @@ def test_forces_config_choices():
     assert K.forces_config(2, 40, cpu, split=8).split == 2  # never more splits than j tiles
     with pytest.raises(ValueError, match="split must be in 1..8"):
         K.forces_config(2, 40, cpu, split=9)
+    # the CUDA rule on an H100's 132 SMs: about 4 programs per SM, >= 4 tiles per split
+    h100 = dict(sms=132)
+    assert K.forces_config(12, 1000, cpu, **h100) == K.ForcesConfig(32, 64, 2)  # 384 programs
+    assert K.forces_config(1, 1000, cpu, **h100) == K.ForcesConfig(32, 64, 4)  # 16 tiles / 4
+    assert K.forces_config(2, 4000, cpu, **h100) == K.ForcesConfig(32, 64, 3)  # 250 programs
+    assert K.forces_config(96, 1000, cpu, **h100).split == 1  # 3,072 programs fill the GPU
+    assert K.forces_config(12, 10000, cpu, **h100).split == 1
+    assert K.forces_config(1, 100, cpu, **h100).split == 1  # 2 tiles: nothing to split
 
 
 def test_triton_optimizer_matches_torch_short_run():
