@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import HAS_TRITON, check_triton_tensors, tl, triton
+from ._triton import HAS_TRITON, UNSPECIALIZED, check_triton_tensors, tl, triton
 
 __all__ = ["cluster_stats_torch", "cluster_stats_triton"]
 
@@ -38,7 +38,7 @@ def cluster_stats_torch(x_sorted: torch.Tensor, offsets: torch.Tensor, own: torc
 
 if HAS_TRITON:
 
-    @triton.jit
+    @triton.jit(do_not_specialize=UNSPECIALIZED)
     def _cluster_stats_kernel(x_ptr, off_ptr, cen_ptr, sq_ptr, dist_ptr, N, D, K,
                               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
         layer = tl.program_id(0).to(tl.int64)

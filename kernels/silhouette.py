@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import HAS_TRITON, check_triton_tensors, tl, triton
+from ._triton import HAS_TRITON, UNSPECIALIZED, check_triton_tensors, tl, triton
 
 __all__ = ["silhouette_samples_torch", "silhouette_samples_triton", "ONEHOT_MAX_CLUSTERS"]
 
@@ -95,7 +95,7 @@ if HAS_TRITON:
         s = tl.where(m > 0, (b - a) / tl.where(m > 0, m, 1.0), 0.0)
         return tl.where(singleton, 0.0, s)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=UNSPECIALIZED)
     def _silhouette_segment_kernel(xt_ptr, off_ptr, own_ptr, size_ptr, out_ptr, N, D, K,
                                    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
         layer, offs_i, mask_i, base, own = _point_block(xt_ptr, own_ptr, N, D, BLOCK_I)
@@ -124,7 +124,7 @@ if HAS_TRITON:
         s = _silhouette_value(a, b, own_size <= 1)
         tl.store(out_ptr + layer * N + offs_i, s, mask=mask_i)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=UNSPECIALIZED)
     def _silhouette_onehot_kernel(xt_ptr, own_ptr, size_ptr, out_ptr, N, D, K,
                                   BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr,
                                   KP: tl.constexpr, PRECISION: tl.constexpr):

@@ -110,7 +110,8 @@ def _compile_one(args):
         src = ASTSource(fn, case["signature"], constexprs=case["constexprs"])
         compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32))
         return dict(id=case_id(case, cc), ok=True, shared=int(compiled.metadata.shared),
-                    cubin_bytes=len(compiled.asm["cubin"]))
+                    cubin_bytes=len(compiled.asm["cubin"]),
+                    unspecialized=[p.name for p in fn.params if p.do_not_specialize])
     except Exception as exc:  # reported per case by the test
         return dict(id=case_id(case, cc), ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])
 

@@ -63,3 +63,13 @@ def test_every_kernel_has_cases():
     assert found, "no Triton kernels found (is triton importable?)"
     assert found == covered, f"kernels without AOT cases: {sorted(found - covered)}; " \
                              f"cases for missing kernels: {sorted(covered - found)}"
+
+
+def test_the_metric_kernels_compile_once_for_every_size(compiled):
+    """The metric kernels do not specialise on N, D or K (kernels/_triton.py, UNSPECIALIZED):
+    a warm-up call at any size serves every later size."""
+    metric = [c for c in aot_cases.CASES if c["module"] in ("silhouette", "cluster_stats")]
+    assert len({c["kernel"] for c in metric}) == 3
+    for case in metric:
+        r = compiled[aot_cases.case_id(case, 90)]
+        assert r["unspecialized"] == ["N", "D", "K"], r["id"]
