@@ -23,9 +23,15 @@ from typing import Tuple
 
 import torch
 
-__all__ = ["repulsion_fft", "repulsion_exact", "fft_size", "MIN_BOXES", "NODES"]
+__all__ = ["repulsion_fft", "repulsion_exact", "fft_size", "grid_boxes", "MIN_BOXES", "MAX_BOXES",
+           "NODES"]
 
 MIN_BOXES = 50  # intervals per dimension at least (openTSNE's min_num_intervals)
+# intervals per dimension at most: a diverging embedding or a far outlier would ask for a grid
+# of any size (a span of 5,000 units: 15,000 nodes per side, a 30,000^2 circulant per charge and
+# problem). openTSNE caps at 1,000 and widens the intervals instead, which silently breaks the
+# interpolation (an outlier 7,000 units away made Z negative); we refuse instead.
+MAX_BOXES = 1000
 NODES = 3  # interpolation nodes per interval and dimension (openTSNE's n_interpolation_points)
 BOXES_PER_UNIT = 1.0  # intervals per unit of embedding range (openTSNE's ints_in_interval)
 
@@ -70,6 +76,21 @@ def fft_size(boxes: int) -> int:
         b += 1
 
 
+def grid_boxes(span: float, *, min_boxes: int = MIN_BOXES, boxes_per_unit: float = BOXES_PER_UNIT,
+               max_boxes: int = MAX_BOXES) -> int:
+    """Intervals per dimension for an embedding that spans ``span`` units: ``boxes_per_unit``
+    per unit, at least ``min_boxes``, rounded up to an :func:`fft_size`; ``ValueError`` beyond
+    ``max_boxes``."""
+    want = fft_size(max(int(min_boxes), int(math.ceil(span * boxes_per_unit))))
+    if want > max_boxes:
+        raise ValueError(
+            f"the embedding spans {span:.0f} units: the FFT repulsion's grid would need {want} "
+            f"intervals per side, more than MAX_BOXES = {max_boxes} (an embedding that diverged, "
+            "or a point far from all the others); use an exact t-SNE backend ('native' on the "
+            "CPU, 'triton' on CUDA) for this data")
+    return want
+
+
 def repulsion_fft(y: torch.Tensor, *, nodes: int = NODES, min_boxes: int = MIN_BOXES,
                   boxes_per_unit: float = BOXES_PER_UNIT) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(rep [B, N, 2], Z [B])`` of every problem of ``y`` ``[B, N, 2]`` by interpolation on
@@ -77,7 +98,7 @@ def repulsion_fft(y: torch.Tensor, *, nodes: int = NODES, min_boxes: int = MIN_B
 
     ``nodes`` interpolation nodes per interval, at least ``min_boxes`` intervals per dimension
     (more when the embedding spans more than ``min_boxes / boxes_per_unit``; rounded up to a
-    :func:`fft_size`)."""
+    :func:`fft_size`; more than :data:`MAX_BOXES` is refused, see :func:`grid_boxes`)."""
     if y.ndim != 3 or y.shape[-1] != 2:
         raise ValueError(f"y must be [B, N, 2], got {tuple(y.shape)}")
     if nodes < 2 or min_boxes < 1:
@@ -87,7 +108,7 @@ def repulsion_fft(y: torch.Tensor, *, nodes: int = NODES, min_boxes: int = MIN_B
     lo = y.amin(dim=(1, 2))  # one square box per problem (both dimensions)
     hi = y.amax(dim=(1, 2))
     span = (hi - lo).clamp_min(1e-6)
-    boxes = fft_size(max(int(min_boxes), int(math.ceil(float(span.max()) * boxes_per_unit))))
+    boxes = grid_boxes(float(span.max()), min_boxes=min_boxes, boxes_per_unit=boxes_per_unit)
     width = span * (1 + 1e-6) / boxes  # [B]: the last point stays inside the last box
     h = width / nodes  # node spacing: nodes at (m + 0.5) h, m = 0 .. boxes * nodes - 1
     n = boxes * nodes

@@ -112,6 +112,21 @@ def test_fft_sizes_have_only_small_prime_factors():
         assert m == 1
 
 
+def test_the_grid_grows_with_the_span_up_to_a_cap(rng):
+    from sls_fast.kernels.tsne_fft import MAX_BOXES, grid_boxes
+
+    assert grid_boxes(3.0) == 50 and grid_boxes(149.2) == 150 and grid_boxes(157.0) == 160
+    assert grid_boxes(998.0) == MAX_BOXES == 1000  # 1,000 = 2^3 5^3
+    with pytest.raises(ValueError, match="spans 1001 units.*use an exact t-SNE backend"):
+        grid_boxes(1001.0)
+    # a far outlier: refused, not a 30,000^2 circulant (memory) nor a grid of 10-unit intervals
+    # (openTSNE's cap; here its Z came out negative: -11,446 against the exact 7,978)
+    y = torch.from_numpy(rng.normal(size=(1, 301, 2)) * 3.0)
+    y[0, 0] = torch.tensor([5000.0, -5000.0])
+    with pytest.raises(ValueError, match="more than MAX_BOXES = 1000"):
+        repulsion_fft(y)
+
+
 def _sparse_affinities(rng, LP, N, hub=True):
     """Padded neighbour lists of a random symmetric sparse P, with one hub point whose row is
     much longer than the rest (as real affinities have)."""
