@@ -85,6 +85,7 @@ setup(
         "torchvision>=0.16,<0.30",
         "timm>=1.0",
         "scikit-learn>=1.3",
+        "scipy>=1.5",  # scipy.fft.next_fast_len (the FFT t-SNE's grid sizes)
         "safetensors>=0.4",
         "tqdm>=4.60",
         "matplotlib>=3.5",

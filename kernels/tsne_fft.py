@@ -22,9 +22,11 @@ import math
 from typing import Tuple
 
 import torch
+from scipy.fft import next_fast_len
 
-__all__ = ["repulsion_fft", "repulsion_exact", "fft_size", "grid_boxes", "MIN_BOXES", "MAX_BOXES",
-           "NODES"]
+from .tsne_forces import tsne_forces_torch
+
+__all__ = ["repulsion_fft", "repulsion_exact", "grid_boxes", "MIN_BOXES", "MAX_BOXES", "NODES"]
 
 MIN_BOXES = 50  # intervals per dimension at least (openTSNE's min_num_intervals)
 # intervals per dimension at most: a diverging embedding or a far outlier would ask for a grid
@@ -37,15 +39,10 @@ BOXES_PER_UNIT = 1.0  # intervals per unit of embedding range (openTSNE's ints_i
 
 
 def repulsion_exact(y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(rep [B, N, 2], Z [B])`` exactly, in float64 (the reference; O(N^2) memory per
-    problem)."""
-    y = y.double()
-    d = y[:, :, None, :] - y[:, None, :, :]
-    w = 1.0 / (1.0 + (d * d).sum(-1))
-    n = y.shape[1]
-    w = w - torch.eye(n, dtype=w.dtype, device=w.device)  # w_ii = 1: left out
-    rep = ((w * w)[..., None] * d).sum(2)
-    return rep, w.sum((1, 2))
+    """``(rep [B, N, 2], Z [B])`` exactly, in float64: the reference, the exact forces'
+    (:func:`~.tsne_forces.tsne_forces_torch`) without affinities."""
+    _, rep, z = tsne_forces_torch(y.double())
+    return rep, z
 
 
 def _lagrange(t: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
@@ -61,27 +58,14 @@ def _lagrange(t: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, -1)
 
 
-def fft_size(boxes: int) -> int:
-    """The smallest box count >= ``boxes`` whose circulant (``2 x nodes x boxes`` points per
-    dimension) has only the prime factors 2, 3 and 5: FFTs of such sizes are the fast ones (a
-    prime factor such as 157 made one call 25% slower on the CPU; openTSNE rounds the same way)."""
-    b = max(1, int(boxes))
-    while True:
-        m = b
-        for f in (2, 3, 5):
-            while m % f == 0:
-                m //= f
-        if m == 1:
-            return b
-        b += 1
-
-
 def grid_boxes(span: float, *, min_boxes: int = MIN_BOXES, boxes_per_unit: float = BOXES_PER_UNIT,
                max_boxes: int = MAX_BOXES) -> int:
     """Intervals per dimension for an embedding that spans ``span`` units: ``boxes_per_unit``
-    per unit, at least ``min_boxes``, rounded up to an :func:`fft_size`; ``ValueError`` beyond
-    ``max_boxes``."""
-    want = fft_size(max(int(min_boxes), int(math.ceil(span * boxes_per_unit))))
+    per unit, at least ``min_boxes``, rounded up to a 2/3/5-smooth count (so is the circulant,
+    ``2 x nodes x boxes`` per side: FFTs of such sizes are the fast ones; a box count of 157
+    made one call 25% slower than 160 on the CPU; openTSNE rounds the same way);
+    ``ValueError`` beyond ``max_boxes``."""
+    want = next_fast_len(max(int(min_boxes), int(math.ceil(span * boxes_per_unit))), real=True)
     if want > max_boxes:
         raise ValueError(
             f"the embedding spans {span:.0f} units: the FFT repulsion's grid would need {want} "
@@ -98,7 +82,7 @@ def repulsion_fft(y: torch.Tensor, *, nodes: int = NODES, min_boxes: int = MIN_B
 
     ``nodes`` interpolation nodes per interval, at least ``min_boxes`` intervals per dimension
     (more when the embedding spans more than ``min_boxes / boxes_per_unit``; rounded up to a
-    :func:`fft_size`; more than :data:`MAX_BOXES` is refused, see :func:`grid_boxes`)."""
+    fast FFT size; more than :data:`MAX_BOXES` is refused, see :func:`grid_boxes`)."""
     if y.ndim != 3 or y.shape[-1] != 2:
         raise ValueError(f"y must be [B, N, 2], got {tuple(y.shape)}")
     if nodes < 2 or min_boxes < 1:

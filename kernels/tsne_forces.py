@@ -18,7 +18,7 @@ MIN_GAIN = 0.01
 
 def tsne_forces_torch(y: torch.Tensor, P: Optional[torch.Tensor] = None,
                       nbr: Optional[torch.Tensor] = None, pval: Optional[torch.Tensor] = None,
-                      *, max_chunk_elements: int = 1 << 24, repulsion: bool = True
+                      *, max_chunk_elements: int = 1 << 24
                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reference attractive and repulsive sums and the normaliser Z of every layer.
 
@@ -26,30 +26,30 @@ def tsne_forces_torch(y: torch.Tensor, P: Optional[torch.Tensor] = None,
         y: ``[L, N, 2]`` embedding (float32 or float64; the result has its dtype).
         P: dense ``[LP, N, N]`` affinities, or ``None`` with ``nbr, pval`` (``[LP, M, N]``).
             ``LP`` divides ``L``: problem ``l`` uses the affinities of layer ``l % LP``, so
-            the S = L / LP repeats of a layer (run-major) share one P, never copied.
+            the S = L / LP repeats of a layer (run-major) share one P, never copied. Neither:
+            ``attr`` is zero (the repulsion alone, the reference of :mod:`.tsne_fft`).
 
     Returns:
         ``(attr, rep, Z)``: ``attr[l, i] = sum_j p_ij w_ij (y_i - y_j)``,
         ``rep[l, i] = sum_j w_ij^2 (y_i - y_j)`` (both ``[L, N, 2]``), ``Z[l] = sum_{i != j} w_ij``.
-        The gradient is :func:`gradient_from_forces`. With ``repulsion=False`` only ``attr``
-        is computed (``rep`` and ``Z`` are zeros; with neighbour lists nothing is O(N^2)): the
-        FFT repulsion of :mod:`.tsne_fft` supplies the rest.
+        The gradient is :func:`gradient_from_forces`.
 
     Example:
         >>> y = torch.randn(2, 50, 2); P = torch.rand(2, 50, 50)
         >>> attr, rep, Z = tsne_forces_torch(y, P)
     """
-    if (P is None) == (nbr is None):
-        raise ValueError("pass either a dense P or sparse (nbr, pval)")
+    if P is not None and nbr is not None:
+        raise ValueError("pass either a dense P or sparse (nbr, pval), not both")
     L, N, _ = y.shape
-    S, LP = repeats_of(L, P if P is not None else nbr)
+    if P is not None or nbr is not None:
+        S, LP = repeats_of(L, P if P is not None else nbr)
     dt = y.dtype
     y0, y1 = y[..., 0], y[..., 1]
     attr = torch.zeros_like(y)
     rep = torch.zeros_like(y)
     Z = torch.zeros(L, dtype=dt, device=y.device)
     rows = max(1, min(N, max_chunk_elements // max(1, L * N)))
-    for i0 in range(0, N if (repulsion or P is not None) else 0, rows):
+    for i0 in range(0, N, rows):
         i1 = min(N, i0 + rows)
         dx = y0[:, i0:i1, None] - y0[:, None, :]
         dy = y1[:, i0:i1, None] - y1[:, None, :]
@@ -351,13 +351,6 @@ def _launch_forces(y, P, edges: Optional[NeighbourEdges], attr, rep, zpart,
                                   DENSE=False, BLOCK_I=cfg.block_i, BLOCK_J=cfg.block_j)
 
 
-def kernel_edges(nbr: torch.Tensor, pval: torch.Tensor) -> NeighbourEdges:
-    """:func:`neighbour_edges` of padded lists in the dtypes the Triton kernel reads."""
-    e = neighbour_edges(nbr=nbr, pval=pval)
-    return NeighbourEdges(e.rowptr.contiguous(), e.rows, e.cols.contiguous(),
-                          e.p.to(torch.float32).contiguous())
-
-
 def forces_buffers(y: torch.Tensor, cfg: ForcesConfig):
     """``(attr, rep, zpart)``: the partial-sum buffers of one launch (see :func:`_launch_forces`)."""
     L, N, _ = y.shape
@@ -410,7 +403,7 @@ def tsne_forces_triton(y: torch.Tensor, P: Optional[torch.Tensor] = None,
         if nbr.shape[2] != N or tuple(pval.shape) != tuple(nbr.shape):
             raise ValueError(f"nbr/pval must be [LP, M, N] with N = {N}; got "
                              f"{tuple(nbr.shape)} and {tuple(pval.shape)}")
-        edges = kernel_edges(nbr, pval)
+        edges = neighbour_edges(nbr=nbr, pval=pval.to(torch.float32))
     attr, rep, zpart = forces_buffers(y, cfg)
     _launch_forces(y, P, edges, attr, rep, zpart, cfg)
     if return_partials:

@@ -9,7 +9,7 @@ import torch
 from ._triton import HAS_TRITON, check_triton_tensors
 from .tsne_affinities import DENSE_P_MAX_N, affinities_by_width, densify, joint_probabilities
 from .tsne_forces import (MIN_GAIN, ForcesConfig, _launch_forces, attraction_edges, forces_buffers,
-                          forces_config, kernel_edges, neighbour_edges, repeats_of,
+                          forces_config, neighbour_edges, repeats_of,
                           tsne_forces_torch, tsne_step_torch, tsne_step_triton)
 from .tsne_fft import repulsion_fft
 from .tsne_init import initial_embedding, reduce_layers, repeat_starts
@@ -97,7 +97,8 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
             dense_p = y.is_cuda and N <= DENSE_P_MAX_N
         if P is None and dense_p:
             P, nbr, pval = densify(nbr, pval), None, None
-        edges = None if P is not None else kernel_edges(nbr, pval)
+        edges = (None if P is not None else  # the kernel reads float32 p
+                 neighbour_edges(nbr=nbr, pval=pval.to(torch.float32)))
         if P is not None:
             P = P.to(torch.float32).contiguous()
         cfg = (forces_config(L, N, y.device) if config is None else  # validated, no empty split

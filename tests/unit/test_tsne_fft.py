@@ -41,6 +41,12 @@ def test_bad_shapes_are_refused():
         repulsion_fft(torch.zeros(5, 2))
     with pytest.raises(ValueError, match="nodes must be >= 2"):
         repulsion_fft(torch.zeros(1, 5, 2), nodes=1)
+    from sls_fast.kernels.tsne_forces import tsne_forces_torch
+
+    P = torch.zeros(1, 5, 5)
+    with pytest.raises(ValueError, match="not both"):
+        tsne_forces_torch(torch.zeros(1, 5, 2), P, torch.zeros(1, 2, 5, dtype=torch.int32),
+                          torch.zeros(1, 2, 5))
 
 
 @pytest.mark.slow
@@ -93,23 +99,10 @@ def test_the_fft_gradient_matches_scikit_learns_exact_kl_gradient(rng):
     y = rng.normal(size=(n, 2)) * 3.0
     _, ref = _kl_divergence(y.ravel(), squareform(p, checks=False), 1, n, 2)
     yt = torch.from_numpy(y)[None]
-    attr, _, _ = tsne_forces_torch(yt, torch.from_numpy(p)[None], repulsion=False)
+    attr, _, _ = tsne_forces_torch(yt, torch.from_numpy(p)[None])
     rep, z = repulsion_fft(yt, nodes=5, boxes_per_unit=2.0)
     ours = gradient_from_forces(attr, rep, z)[0].numpy().ravel()
     assert np.abs(ours - ref).max() / np.abs(ref).max() < 2e-3
-
-
-def test_fft_sizes_have_only_small_prime_factors():
-    from sls_fast.kernels.tsne_fft import fft_size
-
-    assert [fft_size(b) for b in (1, 7, 50, 149, 157, 1000)] == [1, 8, 50, 150, 160, 1000]
-    for b in range(1, 400):
-        m = fft_size(b)
-        assert m >= b and all(fft_size(k) == m for k in range(b, m + 1))
-        for f in (2, 3, 5):
-            while m % f == 0:
-                m //= f
-        assert m == 1
 
 
 def test_the_grid_grows_with_the_span_up_to_a_cap(rng):
@@ -117,6 +110,13 @@ def test_the_grid_grows_with_the_span_up_to_a_cap(rng):
 
     assert grid_boxes(3.0) == 50 and grid_boxes(149.2) == 150 and grid_boxes(157.0) == 160
     assert grid_boxes(998.0) == MAX_BOXES == 1000  # 1,000 = 2^3 5^3
+    for span in range(1, 1000, 7):  # at least the span, only the prime factors 2, 3 and 5
+        m = grid_boxes(float(span), min_boxes=1)
+        assert m >= span
+        for f in (2, 3, 5):
+            while m % f == 0:
+                m //= f
+        assert m == 1
     with pytest.raises(ValueError, match="spans 1001 units.*use an exact t-SNE backend"):
         grid_boxes(1001.0)
     # a far outlier: refused, not a 30,000^2 circulant (memory) nor a grid of 10-unit intervals
@@ -160,7 +160,7 @@ def test_the_compressed_attraction_matches_the_padded_lists(rng, S, LP, N):
 
     P, nbr, pval = _sparse_affinities(rng, LP, N)
     y = torch.from_numpy(rng.normal(size=(S * LP, N, 2)) * 5.0)
-    ref, _, _ = tsne_forces_torch(y, None, nbr, pval.double(), repulsion=False)
+    ref, _, _ = tsne_forces_torch(y, None, nbr, pval.double())
     edges = neighbour_edges(nbr=nbr, pval=pval)
     nnz = (pval != 0).sum((1, 2))
     assert edges.rows.shape[1] == int(nnz.max()) < nbr.shape[1] * N
