@@ -109,6 +109,7 @@ def tsne_optimize(y: torch.Tensor, P: Optional[torch.Tensor] = None,
             cuda_graph = y.is_cuda
     if forces == "fft":  # the attraction walks the non-zeros only (see neighbour_edges)
         edges = neighbour_edges(P, nbr, pval)
+        edges = edges._replace(p=edges.p.to(torch.float32))  # cast once, not every iteration
     n_explore = min(exploration_iter, max_iter)
     phases = [(early_exaggeration, 0.5, n_explore),
               (1.0, 0.8, max(0, max_iter - exploration_iter - 1))]
