@@ -85,11 +85,13 @@ def test_the_fft_backend_through_the_public_tsne(rng):
 
 def test_the_fft_gradient_matches_scikit_learns_exact_kl_gradient(rng):
     """The whole t-SNE gradient with the FFT repulsion (fine grid) against scikit-learn's
-    exact KL gradient in float64, same P, same embedding."""
+    exact KL gradient in float64, same P, same embedding; and the FFT path's own pieces (the
+    attraction over compressed rows, C++ in float32) against it too."""
     from scipy.spatial.distance import squareform
     from sklearn.manifold._t_sne import _kl_divergence
 
-    from sls_fast.kernels.tsne_forces import gradient_from_forces, tsne_forces_torch
+    from sls_fast.kernels.tsne_forces import (attraction_edges, gradient_from_forces,
+                                              neighbour_edges, tsne_forces_torch)
 
     n = 163
     p = rng.random((n, n))
@@ -103,6 +105,11 @@ def test_the_fft_gradient_matches_scikit_learns_exact_kl_gradient(rng):
     rep, z = repulsion_fft(yt, nodes=5, boxes_per_unit=2.0)
     ours = gradient_from_forces(attr, rep, z)[0].numpy().ravel()
     assert np.abs(ours - ref).max() / np.abs(ref).max() < 2e-3
+    y32 = yt.float()
+    attr32 = attraction_edges(y32, neighbour_edges(torch.from_numpy(p)[None].float()))
+    rep32, z32 = repulsion_fft(y32, nodes=5, boxes_per_unit=2.0)
+    ours32 = gradient_from_forces(attr32, rep32, z32)[0].double().numpy().ravel()
+    assert np.abs(ours32 - ref).max() / np.abs(ref).max() < 2e-3
 
 
 def test_the_grid_grows_with_the_span_up_to_a_cap(rng):
